@@ -21,7 +21,11 @@ pub struct Windows {
 
 impl Default for Windows {
     fn default() -> Self {
-        Windows { gap_ms: 7 * DAY_MS, lateness_ms: 24 * HOUR_MS, attribution_window_ms: 28 * DAY_MS }
+        Windows {
+            gap_ms: 7 * DAY_MS,
+            lateness_ms: 24 * HOUR_MS,
+            attribution_window_ms: 28 * DAY_MS,
+        }
     }
 }
 
@@ -44,7 +48,10 @@ pub struct AccountSettings {
 
 impl Default for AccountSettings {
     fn default() -> Self {
-        AccountSettings { currency: Currency::USD, time_zone: chrono_tz::UTC }
+        AccountSettings {
+            currency: Currency::USD,
+            time_zone: chrono_tz::UTC,
+        }
     }
 }
 
@@ -79,7 +86,9 @@ impl fmt::Debug for UserHasher {
 impl UserHasher {
     /// A hasher whose key is derived from `secret` (the configured user-hash key).
     pub fn new(secret: &[u8]) -> Self {
-        UserHasher { key: blake3::derive_key("wafunnel 2026 user id hash", secret) }
+        UserHasher {
+            key: blake3::derive_key("wafunnel 2026 user id hash", secret),
+        }
     }
 
     /// The keyed hash of a raw user id.
@@ -119,7 +128,9 @@ impl<'de> serde::Deserialize<'de> for UserKey {
         if text.len() != 32 {
             return Err(serde::de::Error::custom("expected 32 hex digits"));
         }
-        u128::from_str_radix(&text, 16).map(UserKey).map_err(serde::de::Error::custom)
+        u128::from_str_radix(&text, 16)
+            .map(UserKey)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -272,7 +272,11 @@ impl Event {
     pub fn partition_key(&self) -> String {
         match &self.body {
             Body::AdSpend { ad_id, .. } => format!("{}\u{1f}ad\u{1f}{}", self.account_id, ad_id),
-            _ => format!("{}\u{1f}user\u{1f}{}", self.account_id, self.user().map_or(0, |u| u.0)),
+            _ => format!(
+                "{}\u{1f}user\u{1f}{}",
+                self.account_id,
+                self.user().map_or(0, |u| u.0)
+            ),
         }
     }
 }
@@ -283,66 +287,98 @@ const MAX_ACCOUNT_ID: usize = 64;
 const MAX_USER_ID: usize = 128;
 const MAX_OTHER_ID: usize = 256;
 
-fn required<'a>(value: &'a Option<Cow<'_, str>>, field: &'static str, max: usize) -> Result<&'a str, Rejection> {
+fn required<'a>(
+    value: &'a Option<Cow<'_, str>>,
+    field: &'static str,
+    max: usize,
+) -> Result<&'a str, Rejection> {
     match value.as_deref() {
         None => Err(Rejection::MissingField(field)),
-        Some("") => Err(Rejection::InvalidField { field, detail: "must not be empty".into() }),
-        Some(s) if s.len() > max => {
-            Err(Rejection::InvalidField { field, detail: format!("longer than {max} bytes") })
-        }
+        Some("") => Err(Rejection::InvalidField {
+            field,
+            detail: "must not be empty".into(),
+        }),
+        Some(s) if s.len() > max => Err(Rejection::InvalidField {
+            field,
+            detail: format!("longer than {max} bytes"),
+        }),
         Some(s) => Ok(s),
     }
 }
 
 /// An optional identifier: absent, null and empty all mean "not given".
-fn optional(value: &Option<Cow<'_, str>>, field: &'static str) -> Result<Option<String>, Rejection> {
+fn optional(
+    value: &Option<Cow<'_, str>>,
+    field: &'static str,
+) -> Result<Option<String>, Rejection> {
     match value.as_deref() {
         None | Some("") => Ok(None),
-        Some(s) if s.len() > MAX_OTHER_ID => {
-            Err(Rejection::InvalidField { field, detail: format!("longer than {MAX_OTHER_ID} bytes") })
-        }
+        Some(s) if s.len() > MAX_OTHER_ID => Err(Rejection::InvalidField {
+            field,
+            detail: format!("longer than {MAX_OTHER_ID} bytes"),
+        }),
         Some(s) => Ok(Some(s.to_owned())),
     }
 }
 
 fn money(value: &Option<Cow<'_, str>>, field: &'static str) -> Result<Money, Rejection> {
     let text = value.as_deref().ok_or(Rejection::MissingField(field))?;
-    Money::parse(text).map_err(|e| Rejection::InvalidField { field, detail: e.to_string() })
+    Money::parse(text).map_err(|e| Rejection::InvalidField {
+        field,
+        detail: e.to_string(),
+    })
 }
 
 impl RawEvent<'_> {
     /// Validates every rule of SEMANTICS.md section 4 that needs no state.
     /// `now_ms` is the validation clock (the arrival time of the record).
-    pub fn validate(&self, accounts: &Accounts, hasher: &UserHasher, now_ms: i64) -> Result<Event, Rejection> {
+    pub fn validate(
+        &self,
+        accounts: &Accounts,
+        hasher: &UserHasher,
+        now_ms: i64,
+    ) -> Result<Event, Rejection> {
         let event_type = match self.event_type.as_deref() {
             None => return Err(Rejection::MissingField("type")),
-            Some(name) => EventType::parse(name).ok_or_else(|| Rejection::UnknownType(name.to_owned()))?,
+            Some(name) => {
+                EventType::parse(name).ok_or_else(|| Rejection::UnknownType(name.to_owned()))?
+            }
         };
         let event_id = required(&self.event_id, "event_id", MAX_EVENT_ID)?;
         let account_id = required(&self.account_id, "account_id", MAX_ACCOUNT_ID)?;
         let time = match &self.event_time {
             None => return Err(Rejection::MissingField("event_time")),
             Some(RawTime::Millis(ms)) => *ms,
-            Some(RawTime::Text(text)) => parse_rfc3339_ms(text).ok_or_else(|| Rejection::InvalidField {
-                field: "event_time",
-                detail: "not RFC 3339 or epoch milliseconds".into(),
-            })?,
+            Some(RawTime::Text(text)) => {
+                parse_rfc3339_ms(text).ok_or_else(|| Rejection::InvalidField {
+                    field: "event_time",
+                    detail: "not RFC 3339 or epoch milliseconds".into(),
+                })?
+            }
         };
         if time < MIN_EVENT_TIME_MS {
             return Err(Rejection::TooOld(time));
         }
         if time > now_ms.saturating_add(MAX_FUTURE_MS) {
-            return Err(Rejection::FutureTimestamp { event_time: time, now: now_ms });
+            return Err(Rejection::FutureTimestamp {
+                event_time: time,
+                now: now_ms,
+            });
         }
         let settings = accounts.get(account_id);
         let check_currency = |value: &Option<Cow<'_, str>>| -> Result<Currency, Rejection> {
-            let text = value.as_deref().ok_or(Rejection::MissingField("currency"))?;
+            let text = value
+                .as_deref()
+                .ok_or(Rejection::MissingField("currency"))?;
             let got = Currency::parse(text).ok_or_else(|| Rejection::InvalidField {
                 field: "currency",
                 detail: "not an ISO 4217 code".into(),
             })?;
             if got != settings.currency {
-                return Err(Rejection::CurrencyMismatch { expected: settings.currency, got });
+                return Err(Rejection::CurrencyMismatch {
+                    expected: settings.currency,
+                    got,
+                });
             }
             Ok(got)
         };
@@ -367,7 +403,10 @@ impl RawEvent<'_> {
                 automated: self.automated.unwrap_or(false),
                 template: self.template.unwrap_or(false),
             },
-            EventType::Lead => Body::Lead { user: user()?, ad_id: optional(&self.ad_id, "ad_id")? },
+            EventType::Lead => Body::Lead {
+                user: user()?,
+                ad_id: optional(&self.ad_id, "ad_id")?,
+            },
             EventType::Purchase => {
                 let user = user()?;
                 let value = money(&self.value, "value")?;
@@ -381,7 +420,10 @@ impl RawEvent<'_> {
             }
             EventType::AdSpend => {
                 let ad_id = required(&self.ad_id, "ad_id", MAX_OTHER_ID)?.to_owned();
-                let date_text = self.date.as_deref().ok_or(Rejection::MissingField("date"))?;
+                let date_text = self
+                    .date
+                    .as_deref()
+                    .ok_or(Rejection::MissingField("date"))?;
                 let date = Day::parse(date_text).ok_or_else(|| Rejection::InvalidField {
                     field: "date",
                     detail: "not a YYYY-MM-DD date".into(),
@@ -400,7 +442,12 @@ impl RawEvent<'_> {
                 }
             }
         };
-        Ok(Event { event_id: event_id.to_owned(), account_id: account_id.to_owned(), time, body })
+        Ok(Event {
+            event_id: event_id.to_owned(),
+            account_id: account_id.to_owned(),
+            time,
+            body,
+        })
     }
 }
 
@@ -408,10 +455,17 @@ impl RawEvent<'_> {
 pub fn decode_json(bytes: &[u8]) -> Result<RawEvent<'_>, Rejection> {
     let field = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = de.deserialize_map(RawVisitor { field: &field }).and_then(|raw| de.end().map(|()| raw));
+    let parsed = de
+        .deserialize_map(RawVisitor { field: &field })
+        .and_then(|raw| de.end().map(|()| raw));
     parsed.map_err(|e| match field.get() {
-        Some(field) => Rejection::InvalidField { field, detail: strip_position(&e) },
-        None => Rejection::Malformed { detail: e.to_string() },
+        Some(field) => Rejection::InvalidField {
+            field,
+            detail: strip_position(&e),
+        },
+        None => Rejection::Malformed {
+            detail: e.to_string(),
+        },
     })
 }
 
@@ -480,7 +534,9 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
                 "spend" => take!(raw.spend, "spend", Str<'de>),
                 "impressions" => take!(raw.impressions, "impressions", u64),
                 "clicks" => take!(raw.clicks, "clicks", u64),
-                "reported_conversations" => take!(raw.reported_conversations, "reported_conversations", u64),
+                "reported_conversations" => {
+                    take!(raw.reported_conversations, "reported_conversations", u64)
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -540,7 +596,9 @@ impl<'de> Deserialize<'de> for TimeField<'de> {
                 Ok(TimeField(RawTime::Millis(v)))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v).map(|v| TimeField(RawTime::Millis(v))).map_err(|_| E::custom("out of range"))
+                i64::try_from(v)
+                    .map(|v| TimeField(RawTime::Millis(v)))
+                    .map_err(|_| E::custom("out of range"))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(TimeField(RawTime::Text(Cow::Borrowed(v))))

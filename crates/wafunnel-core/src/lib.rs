@@ -23,4 +23,7 @@
 pub mod config;
 pub mod event;
 pub mod money;
+pub mod rows;
+pub mod sessionizer;
+pub mod tables;
 pub mod time;

@@ -145,7 +145,10 @@ impl Currency {
     /// Parses a three-letter upper-case code.
     pub fn parse(text: &str) -> Option<Currency> {
         let bytes: [u8; 3] = text.as_bytes().try_into().ok()?;
-        bytes.iter().all(u8::is_ascii_uppercase).then_some(Currency(bytes))
+        bytes
+            .iter()
+            .all(u8::is_ascii_uppercase)
+            .then_some(Currency(bytes))
     }
 
     /// The code as text.
@@ -208,7 +211,10 @@ mod tests {
 
     #[test]
     fn currency_codes() {
-        assert_eq!(Currency::parse("BRL").map(|c| c.to_string()), Some("BRL".into()));
+        assert_eq!(
+            Currency::parse("BRL").map(|c| c.to_string()),
+            Some("BRL".into())
+        );
         assert_eq!(Currency::parse("brl"), None);
         assert_eq!(Currency::parse("EURO"), None);
     }

@@ -54,7 +54,9 @@ impl Day {
         if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
             return None;
         }
-        NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(Day::from_date)
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .map(Day::from_date)
     }
 }
 
@@ -90,7 +92,12 @@ pub struct DayClock {
 impl DayClock {
     /// A clock for `tz`.
     pub fn new(tz: Tz) -> Self {
-        DayClock { tz, start: 0, end: 0, day: Day(0) }
+        DayClock {
+            tz,
+            start: 0,
+            end: 0,
+            day: Day(0),
+        }
     }
 
     /// The time zone.
@@ -109,7 +116,9 @@ impl DayClock {
         let date = utc.with_timezone(&self.tz).date_naive();
         let day = Day::from_date(date);
         let start = self.local_midnight_ms(date);
-        let end = date.succ_opt().map_or(i64::MAX, |next| self.local_midnight_ms(next));
+        let end = date
+            .succ_opt()
+            .map_or(i64::MAX, |next| self.local_midnight_ms(next));
         // A zone whose midnight is skipped or repeated still gets a valid
         // (if narrower) cache window: the bounds only gate the cache.
         if start <= ms && ms < end {
@@ -147,10 +156,19 @@ mod tests {
 
     #[test]
     fn rfc3339_and_epoch_agree() {
-        assert_eq!(parse_rfc3339_ms("2026-03-02T10:01:00Z"), Some(1_772_445_660_000));
-        assert_eq!(parse_rfc3339_ms("2026-03-02T12:01:00.000+02:00"), Some(1_772_445_660_000));
+        assert_eq!(
+            parse_rfc3339_ms("2026-03-02T10:01:00Z"),
+            Some(1_772_445_660_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-03-02T12:01:00.000+02:00"),
+            Some(1_772_445_660_000)
+        );
         assert_eq!(parse_rfc3339_ms("2026-03-02 10:01"), None);
-        assert_eq!(format_rfc3339_ms(1_772_445_660_000), "2026-03-02T10:01:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_772_445_660_000),
+            "2026-03-02T10:01:00.000Z"
+        );
     }
 
     #[test]
@@ -174,7 +192,10 @@ mod tests {
         let midnight = parse_rfc3339_ms("2026-03-02T03:00:00Z").expect("valid");
         assert_eq!(sao_paulo.day_of(midnight).to_string(), "2026-03-02");
         assert_eq!(sao_paulo.day_of(midnight - 1).to_string(), "2026-03-01");
-        assert_eq!(sao_paulo.day_start_ms(Day::parse("2026-03-02").expect("valid")), midnight);
+        assert_eq!(
+            sao_paulo.day_start_ms(Day::parse("2026-03-02").expect("valid")),
+            midnight
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@ fn accounts() -> Accounts {
     let mut accounts = Accounts::default();
     accounts.listed.insert(
         "act_br".into(),
-        AccountSettings { currency: Currency::parse("BRL").expect("code"), time_zone: chrono_tz::America::Sao_Paulo },
+        AccountSettings {
+            currency: Currency::parse("BRL").expect("code"),
+            time_zone: chrono_tz::America::Sao_Paulo,
+        },
     );
     accounts
 }
@@ -29,23 +32,44 @@ fn decodes_every_example_of_the_contract() {
     assert_eq!(events[0].time, 1_772_445_600_000);
     assert_eq!(events[1].time, 1_772_445_660_000);
     let hasher = UserHasher::new(b"k");
-    assert_eq!(events[2].body, Body::MessageOut { user: hasher.hash("u1"), automated: false, template: false });
+    assert_eq!(
+        events[2].body,
+        Body::MessageOut {
+            user: hasher.hash("u1"),
+            automated: false,
+            template: false
+        }
+    );
     match &events[3].body {
-        Body::Purchase { value, order_id, .. } => {
+        Body::Purchase {
+            value, order_id, ..
+        } => {
             assert_eq!(*value, Money(499_000));
             assert_eq!(order_id.as_deref(), Some("o-9"));
         }
         other => panic!("not a purchase: {other:?}"),
     }
     match &events[4].body {
-        Body::AdSpend { spend, date, reported_conversations, impressions, clicks, .. } => {
+        Body::AdSpend {
+            spend,
+            date,
+            reported_conversations,
+            impressions,
+            clicks,
+            ..
+        } => {
             assert_eq!(*spend, Money(1_205_000));
             assert_eq!(date.to_string(), "2026-03-02");
-            assert_eq!((*impressions, *clicks, *reported_conversations), (10_000, 150, 127));
+            assert_eq!(
+                (*impressions, *clicks, *reported_conversations),
+                (10_000, 150, 127)
+            );
         }
         other => panic!("not spend: {other:?}"),
     }
-    assert!(events.iter().all(|e| !serde_json::to_string(e).expect("json").contains("\"u1\"")));
+    assert!(events
+        .iter()
+        .all(|e| !serde_json::to_string(e).expect("json").contains("\"u1\"")));
 }
 
 #[test]
@@ -54,7 +78,13 @@ fn unknown_fields_are_ignored_and_null_means_absent() {
         r#"{"event_id":"m","type":"message_in","account_id":"a","user_id":"u","event_time":1772445660000,"referral_ad_id":null,"extra":{"nested":[1,2]}}"#,
     )
     .expect("valid");
-    assert!(matches!(event.body, Body::MessageIn { referral_ad_id: None, .. }));
+    assert!(matches!(
+        event.body,
+        Body::MessageIn {
+            referral_ad_id: None,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -104,7 +134,11 @@ fn rejections_name_the_reason_and_field() {
 
 #[test]
 fn the_future_and_2010_limits_are_inclusive() {
-    let at = |t: i64| format!(r#"{{"event_id":"e","type":"lead","account_id":"a","user_id":"u","event_time":{t}}}"#);
+    let at = |t: i64| {
+        format!(
+            r#"{{"event_id":"e","type":"lead","account_id":"a","user_id":"u","event_time":{t}}}"#
+        )
+    };
     assert!(parse(&at(NOW + 3_600_000)).is_ok());
     assert!(parse(&at(MIN_EVENT_TIME_MS)).is_ok());
 }
@@ -112,7 +146,14 @@ fn the_future_and_2010_limits_are_inclusive() {
 #[test]
 fn spend_in_the_account_currency_is_accepted() {
     let event = parse(r#"{"event_id":"e","type":"ad_spend","account_id":"act_br","event_time":1772445660000,"ad_id":"x","date":"2026-03-02","spend":"1","currency":"BRL"}"#).expect("valid");
-    assert!(matches!(event.body, Body::AdSpend { impressions: 0, reported_conversations: 0, .. }));
+    assert!(matches!(
+        event.body,
+        Body::AdSpend {
+            impressions: 0,
+            reported_conversations: 0,
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -1,0 +1,582 @@
+use super::*;
+use crate::config::{AccountSettings, UserHasher};
+use crate::event::parse_json_event;
+use crate::rows::ResponseBucket;
+use crate::tables::{ContactsDailyRow, FunnelDailyRow, Tables};
+use crate::time::{parse_rfc3339_ms, DAY_MS};
+
+const T0: i64 = 1_772_409_600_000; // 2026-03-02T00:00:00Z
+const MIN: i64 = 60_000;
+const NOW: i64 = 1_900_000_000_000;
+
+fn hasher() -> UserHasher {
+    UserHasher::new(b"test")
+}
+
+fn accounts() -> Accounts {
+    let mut accounts = Accounts::default();
+    accounts.listed.insert(
+        "act_br".into(),
+        AccountSettings {
+            currency: Currency::parse("BRL").expect("code"),
+            time_zone: chrono_tz::America::Sao_Paulo,
+        },
+    );
+    accounts
+}
+
+fn event(json: String) -> Event {
+    parse_json_event(json.as_bytes(), &accounts(), &hasher(), NOW)
+        .unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+fn click(id: &str, user: &str, t: i64, ad: &str) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"ad_click","account_id":"act_1","user_id":"{user}","event_time":{t},"ad_id":"{ad}","campaign_id":"cmp_{ad}","adset_id":"as_{ad}"}}"#
+    ))
+}
+
+fn msg_in(id: &str, user: &str, t: i64, referral: Option<&str>) -> Event {
+    let referral = referral.map_or(String::new(), |r| format!(r#","referral_ad_id":"{r}""#));
+    event(format!(
+        r#"{{"event_id":"{id}","type":"message_in","account_id":"act_1","user_id":"{user}","event_time":{t}{referral}}}"#
+    ))
+}
+
+fn msg_out(id: &str, user: &str, t: i64) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"message_out","account_id":"act_1","user_id":"{user}","event_time":{t}}}"#
+    ))
+}
+
+fn lead(id: &str, user: &str, t: i64, ad: Option<&str>) -> Event {
+    let ad = ad.map_or(String::new(), |a| format!(r#","ad_id":"{a}""#));
+    event(format!(
+        r#"{{"event_id":"{id}","type":"lead","account_id":"act_1","user_id":"{user}","event_time":{t}{ad}}}"#
+    ))
+}
+
+fn purchase(id: &str, user: &str, t: i64, value: &str) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"purchase","account_id":"act_1","user_id":"{user}","event_time":{t},"value":"{value}","currency":"USD"}}"#
+    ))
+}
+
+fn spend(id: &str, t: i64, ad: &str, date: &str, amount: &str, reported: u64) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"ad_spend","account_id":"act_1","event_time":{t},"ad_id":"{ad}","campaign_id":"cmp_{ad}","adset_id":"as_{ad}","date":"{date}","spend":"{amount}","currency":"USD","impressions":1000,"clicks":20,"reported_conversations":{reported}}}"#
+    ))
+}
+
+fn run_with(windows: Windows, events: &[Event]) -> (Tables, Vec<Outcome>) {
+    let mut s = Sessionizer::new(0, windows, accounts());
+    let mut tables = Tables::default();
+    let outcomes = events
+        .iter()
+        .map(|e| {
+            let o = s.apply(e);
+            tables.apply(s.drain());
+            o
+        })
+        .collect();
+    (tables, outcomes)
+}
+
+fn run(events: &[Event]) -> Tables {
+    run_with(Windows::default(), events).0
+}
+
+fn convs(t: &Tables) -> Vec<ConversationRow> {
+    t.conversations()
+}
+
+fn funnel(t: &Tables, ad: &str) -> Vec<FunnelDailyRow> {
+    t.funnel_daily()
+        .into_iter()
+        .filter(|r| &*r.ad_id == ad)
+        .collect()
+}
+
+#[test]
+fn a_click_then_message_and_reply_is_one_replied_conversation() {
+    let t = run(&[
+        click("c1", "u1", T0, "ad_1"),
+        msg_in("m1", "u1", T0 + MIN, Some("ad_1")),
+        msg_out("o1", "u1", T0 + 3 * MIN),
+        purchase("p1", "u1", T0 + DAY_MS, "49.90"),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!(convs(&t).len(), 1);
+    assert_eq!(
+        (c.clicks, c.inbound_messages, c.outbound_messages),
+        (1, 1, 1)
+    );
+    assert_eq!(c.first_response_ms, Some(2 * MIN));
+    assert_eq!(c.response_bucket, Some(ResponseBucket::Le5m));
+    assert_eq!(c.free_window_ends_at, Some(T0 + MIN + 72 * HOUR_MS));
+    assert_eq!(c.revenue, Money(499_000));
+    assert_eq!(c.time_to_close_ms, Some(DAY_MS));
+    assert_ne!(c.user_hash.to_string(), "u1");
+    let f = &funnel(&t, "ad_1")[0];
+    assert_eq!(
+        (
+            f.conversations_started,
+            f.conversations_messaged,
+            f.ghost_conversations
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        (f.replied, f.replied_le_5m, f.sum_first_response_ms),
+        (1, 1, 2 * MIN)
+    );
+    assert_eq!(
+        (f.clicks, f.inbound_messages, f.purchases, f.revenue),
+        (1, 1, 1, Money(499_000))
+    );
+    assert_eq!((&*f.campaign_id, &*f.adset_id), ("cmp_ad_1", "as_ad_1"));
+    assert_eq!(f.click_to_message_rate, Some(1.0));
+}
+
+#[test]
+fn the_gap_is_exactly_seven_days() {
+    let g = 7 * DAY_MS;
+    let t = run(&[
+        click("a", "u", T0, "ad_1"),
+        click("b", "u", T0 + g - 1, "ad_1"),
+    ]);
+    assert_eq!(convs(&t).len(), 1, "one ms short of 7 days joins");
+    let t = run(&[click("a", "u", T0, "ad_1"), click("b", "u", T0 + g, "ad_1")]);
+    assert_eq!(
+        convs(&t).len(),
+        2,
+        "exactly 7 days starts a new conversation"
+    );
+    // The gap counts from the last activity, not the start.
+    let t = run(&[
+        click("a", "u", T0, "ad_1"),
+        click("b", "u", T0 + 6 * DAY_MS, "ad_1"),
+        click("c", "u", T0 + 12 * DAY_MS, "ad_1"),
+    ]);
+    assert_eq!(convs(&t).len(), 1);
+}
+
+#[test]
+fn business_messages_never_start_or_extend_a_conversation() {
+    let t = run(&[
+        click("a", "u", T0, "ad_1"),
+        msg_out("o1", "u", T0 + 6 * DAY_MS),
+        click("b", "u", T0 + 7 * DAY_MS, "ad_1"),
+        msg_out("o2", "u", T0 + 20 * DAY_MS),
+    ]);
+    let rows = convs(&t);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].last_activity_at, T0);
+    assert_eq!(rows[0].outbound_messages, 1);
+    assert_eq!(
+        rows[1].outbound_messages, 0,
+        "14 days after the last activity is organic outbound"
+    );
+}
+
+#[test]
+fn same_millisecond_click_message_and_reply_follow_the_type_rank() {
+    // Delivered in reverse order within the same millisecond.
+    let t = run(&[
+        msg_out("o", "u", T0),
+        msg_in("m", "u", T0, None),
+        click("c", "u", T0, "ad_1"),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!(
+        (c.clicks, c.inbound_messages, c.outbound_messages),
+        (1, 1, 1)
+    );
+    assert_eq!(c.first_response_ms, Some(0));
+    assert_eq!(t.contacts_daily()[0].organic_inbound_messages, 0);
+}
+
+#[test]
+fn referral_less_messages_go_to_the_most_recently_active_conversation() {
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        click("c2", "u", T0 + HOUR_MS, "ad_2"),
+        msg_in("m1", "u", T0 + 2 * HOUR_MS, None),
+        msg_in("m2", "u", T0 + 2 * HOUR_MS + 7 * DAY_MS, None),
+    ]);
+    assert_eq!(funnel(&t, "ad_2")[0].inbound_messages, 1);
+    assert_eq!(funnel(&t, "ad_1")[0].inbound_messages, 0);
+    let organic = t.contacts_daily();
+    let day9 = organic
+        .iter()
+        .find(|r| r.organic_inbound_messages > 0)
+        .expect("organic row");
+    assert_eq!(
+        (day9.organic_inbound_messages, day9.organic_contacts),
+        (1, 1)
+    );
+}
+
+#[test]
+fn most_recent_ties_go_to_the_later_start_then_the_smaller_ad() {
+    let t = run(&[
+        click("c1", "u", T0, "ad_b"),
+        click("c2", "u", T0, "ad_a"),
+        msg_in("m", "u", T0 + 1, None),
+    ]);
+    assert_eq!(funnel(&t, "ad_a")[0].inbound_messages, 1);
+    // ad_x started earlier, both last active at T0 + 10: the later start wins.
+    let t = run(&[
+        click("c1", "u", T0, "ad_x"),
+        click("c2", "u", T0 + 5, "ad_y"),
+        click("c3", "u", T0 + 10, "ad_x"),
+        click("c4", "u", T0 + 10, "ad_y"),
+        msg_in("m", "u", T0 + 11, None),
+    ]);
+    assert_eq!(funnel(&t, "ad_y")[0].inbound_messages, 1);
+}
+
+#[test]
+fn response_bucket_edges_end_to_end() {
+    for (delay, bucket) in [
+        (300_000, ResponseBucket::Le5m),
+        (300_001, ResponseBucket::Le1h),
+        (HOUR_MS, ResponseBucket::Le1h),
+        (HOUR_MS + 1, ResponseBucket::Le24h),
+        (24 * HOUR_MS, ResponseBucket::Le24h),
+        (24 * HOUR_MS + 1, ResponseBucket::Gt24h),
+    ] {
+        let t = run(&[
+            msg_in("m", "u", T0, Some("ad_1")),
+            msg_out("o", "u", T0 + delay),
+        ]);
+        assert_eq!(convs(&t)[0].response_bucket, Some(bucket), "delay {delay}");
+        let f = &funnel(&t, "ad_1")[0];
+        let buckets = [
+            f.replied_le_5m,
+            f.replied_le_1h,
+            f.replied_le_24h,
+            f.replied_gt_24h,
+        ];
+        assert_eq!(buckets.iter().sum::<i64>(), 1);
+    }
+    let t = run(&[msg_in("m", "u", T0, Some("ad_1"))]);
+    assert_eq!(convs(&t)[0].response_bucket, Some(ResponseBucket::None));
+    let t = run(&[click("c", "u", T0, "ad_1"), msg_out("o", "u", T0 + 1)]);
+    assert_eq!(convs(&t)[0].response_bucket, None, "never messaged");
+    assert_eq!(
+        convs(&t)[0].first_reply_at,
+        None,
+        "an outbound before any inbound is no reply"
+    );
+    assert_eq!(funnel(&t, "ad_1")[0].ghost_conversations, 1);
+}
+
+#[test]
+fn the_free_window_is_72_hours_from_the_first_inbound() {
+    let w = 72 * HOUR_MS;
+    let t = run(&[
+        msg_in("m", "u", T0, Some("ad_1")),
+        msg_out("o1", "u", T0 + w - 1),
+        msg_in("m2", "u", T0 + w - 1, None),
+        msg_out("o2", "u", T0 + w),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!(
+        (c.outbound_in_free_window, c.outbound_after_free_window),
+        (1, 1)
+    );
+}
+
+fn msg_in_plain(id: &str, user: &str, t: i64) -> Event {
+    msg_in(id, user, t, None)
+}
+
+#[test]
+fn follow_ups_and_over_messaging() {
+    // in, reply, 2 follow-ups: not over-messaged.
+    let t = run(&[
+        msg_in("m1", "u", T0, Some("ad_1")),
+        msg_out("o1", "u", T0 + 1),
+        msg_out("o2", "u", T0 + 2),
+        msg_out("o3", "u", T0 + 3),
+    ]);
+    assert_eq!(
+        (
+            convs(&t)[0].followups_in_free_window,
+            convs(&t)[0].over_messaged
+        ),
+        (2, false)
+    );
+    // A third follow-up is over-messaging; a new inbound earns a new reply.
+    let t = run(&[
+        msg_in("m1", "u", T0, Some("ad_1")),
+        msg_out("o1", "u", T0 + 1),
+        msg_out("o2", "u", T0 + 2),
+        msg_in_plain("m2", "u", T0 + 3),
+        msg_out("o3", "u", T0 + 4),
+        msg_out("o4", "u", T0 + 5),
+        msg_out("o5", "u", T0 + 6),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!((c.followups_in_free_window, c.over_messaged), (3, true));
+    assert_eq!(funnel(&t, "ad_1")[0].over_messaged_conversations, 1);
+    // Outbound after the window is never a follow-up.
+    let t = run(&[
+        msg_in("m1", "u", T0, Some("ad_1")),
+        click("c", "u", T0 + 5 * DAY_MS, "ad_1"),
+        msg_out("o1", "u", T0 + 5 * DAY_MS + 1),
+        msg_out("o2", "u", T0 + 5 * DAY_MS + 2),
+        msg_out("o3", "u", T0 + 5 * DAY_MS + 3),
+        msg_out("o4", "u", T0 + 5 * DAY_MS + 4),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!(
+        (c.followups_in_free_window, c.outbound_after_free_window),
+        (0, 4)
+    );
+}
+
+#[test]
+fn the_attribution_window_is_28_days() {
+    let w = 28 * DAY_MS;
+    let t = run(&[
+        click("c", "u", T0, "ad_1"),
+        purchase("p1", "u", T0 + w - 1, "10"),
+        purchase("p2", "u", T0 + w, "20"),
+        lead("l1", "u", T0 + w, None),
+    ]);
+    let c = &convs(&t)[0];
+    assert_eq!(
+        (c.purchases, c.revenue, c.qualified_at),
+        (1, Money(100_000), None)
+    );
+    let unattributed: i64 = t
+        .contacts_daily()
+        .iter()
+        .map(|r| r.unattributed_purchases)
+        .sum();
+    let leads: i64 = t
+        .contacts_daily()
+        .iter()
+        .map(|r| r.unattributed_leads)
+        .sum();
+    assert_eq!((unattributed, leads), (1, 1));
+}
+
+#[test]
+fn leads_naming_an_ad_attach_to_that_ads_conversation_only() {
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        click("c2", "u", T0 + HOUR_MS, "ad_2"),
+        lead("l1", "u", T0 + 2 * HOUR_MS, Some("ad_1")),
+        lead("l2", "u", T0 + 3 * HOUR_MS, Some("ad_9")),
+        lead("l3", "u", T0 + 4 * HOUR_MS, None),
+        lead("l4", "u", T0 + 5 * HOUR_MS, None),
+    ]);
+    let rows = convs(&t);
+    let by_ad = |ad: &str| rows.iter().find(|c| &*c.ad_id == ad).expect("conv").clone();
+    assert_eq!(by_ad("ad_1").qualified_at, Some(T0 + 2 * HOUR_MS));
+    assert_eq!(
+        by_ad("ad_2").qualified_at,
+        Some(T0 + 4 * HOUR_MS),
+        "first lead wins"
+    );
+    assert_eq!(funnel(&t, "ad_2")[0].qualified_leads, 1);
+    assert_eq!(
+        t.contacts_daily()[0].unattributed_leads,
+        1,
+        "a lead naming an unknown ad"
+    );
+}
+
+#[test]
+fn one_person_on_two_ads_is_two_conversations_and_one_unique_contact() {
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        click("c2", "u", T0 + HOUR_MS, "ad_2"),
+        click("c3", "v", T0, "ad_1"),
+    ]);
+    assert_eq!(convs(&t).len(), 3);
+    assert_eq!(t.contacts_daily()[0].unique_contacts, 2);
+}
+
+#[test]
+fn spend_snapshots_latest_event_time_wins_ties_to_larger_event_id() {
+    let t = run(&[
+        click("c1", "u", T0 + DAY_MS - 1, "ad_1"),
+        spend("s1", T0 + DAY_MS, "ad_1", "2026-03-02", "100", 127),
+        spend("s3", T0 + 2 * DAY_MS, "ad_1", "2026-03-02", "120.50", 130),
+        spend("s2", T0 + 2 * DAY_MS, "ad_1", "2026-03-02", "999", 1),
+    ]);
+    let f = &funnel(&t, "ad_1")[0];
+    assert_eq!(
+        (f.spend, f.reported_conversations, f.impressions),
+        (Money(1_205_000), 130, 1000)
+    );
+    assert_eq!(f.cost_per_conversation, Some(Money(1_205_000)));
+    assert_eq!(f.cost_per_messaged_conversation, None);
+    assert_eq!(f.click_to_message_rate, Some(0.0));
+    // A spend-only day is a row too.
+    let t = run(&[spend("s1", T0 + DAY_MS, "ad_1", "2026-03-02", "10", 3)]);
+    assert_eq!(funnel(&t, "ad_1")[0].conversations_started, 0);
+}
+
+#[test]
+fn the_ad_hierarchy_comes_from_the_latest_naming_event() {
+    let renamed = event(format!(
+        r#"{{"event_id":"c9","type":"ad_click","account_id":"act_1","user_id":"v","event_time":{},"ad_id":"ad_1","campaign_id":"cmp_new","adset_id":"as_new"}}"#,
+        T0 + DAY_MS
+    ));
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        renamed,
+        spend("s", T0 + 2, "ad_1", "2026-03-01", "1", 0),
+    ]);
+    for row in funnel(&t, "ad_1") {
+        assert_eq!((&*row.campaign_id, &*row.adset_id), ("cmp_new", "as_new"));
+    }
+}
+
+#[test]
+fn days_are_in_the_account_time_zone() {
+    let at = parse_rfc3339_ms("2026-03-02T02:00:00Z").expect("valid");
+    let e = event(format!(
+        r#"{{"event_id":"c","type":"ad_click","account_id":"act_br","user_id":"u","event_time":{at},"ad_id":"ad_1"}}"#
+    ));
+    let t = run(&[e]);
+    assert_eq!(t.funnel_daily()[0].day.to_string(), "2026-03-01");
+    assert_eq!(t.contacts_daily()[0].day.to_string(), "2026-03-01");
+}
+
+#[test]
+fn duplicates_and_late_events_are_counted_not_applied() {
+    let l = Windows::default().lateness_ms;
+    let events = [
+        click("c1", "u", T0 + l, "ad_1"),
+        click("c1", "u", T0 + l, "ad_1"),
+        click("c2", "u", T0, "ad_1"),
+        click("c3", "u", T0 - 1, "ad_1"),
+    ];
+    let (t, outcomes) = run_with(Windows::default(), &events);
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::Applied,
+            Outcome::Late { watermark: T0 + l }
+        ]
+    );
+    assert_eq!(convs(&t)[0].clicks, 2);
+}
+
+fn small_windows() -> Windows {
+    Windows {
+        gap_ms: HOUR_MS,
+        lateness_ms: 24 * HOUR_MS,
+        attribution_window_ms: 3 * HOUR_MS,
+    }
+}
+
+#[test]
+fn a_late_activity_event_merges_two_conversations() {
+    let w = small_windows();
+    let in_order = [
+        click("a", "u", T0, "ad_1"),
+        click("m", "u", T0 + 40 * MIN, "ad_1"),
+        click("b", "u", T0 + 80 * MIN, "ad_1"),
+    ];
+    let shuffled = [
+        in_order[0].clone(),
+        in_order[2].clone(),
+        in_order[1].clone(),
+    ];
+    let mut s = Sessionizer::new(0, w, accounts());
+    let mut tables = Tables::default();
+    s.apply(&shuffled[0]);
+    s.apply(&shuffled[1]);
+    tables.apply(s.drain());
+    assert_eq!(tables.conversations().len(), 2);
+    s.apply(&shuffled[2]);
+    let changes = s.drain();
+    assert!(
+        changes
+            .conversations
+            .iter()
+            .any(|c| matches!(c, ConversationChange::Delete(_))),
+        "{changes:?}"
+    );
+    tables.apply(changes);
+    let (expected, _) = run_with(w, &in_order);
+    assert_eq!(tables.conversations(), expected.conversations());
+    assert_eq!(tables.funnel_daily(), expected.funnel_daily());
+    assert_eq!(tables.conversations().len(), 1);
+    assert_eq!(tables.funnel_daily()[0].conversations_started, 1);
+}
+
+#[test]
+fn a_late_click_re_attributes_a_referral_less_message() {
+    let w = small_windows();
+    let in_order = [
+        click("a", "u", T0, "ad_1"),
+        click("b", "u", T0 + 10 * MIN, "ad_2"),
+        msg_in("m", "u", T0 + 20 * MIN, None),
+    ];
+    let shuffled = [
+        in_order[0].clone(),
+        in_order[2].clone(),
+        in_order[1].clone(),
+    ];
+    let (a, _) = run_with(w, &in_order);
+    let (b, _) = run_with(w, &shuffled);
+    assert_eq!(a.funnel_daily(), b.funnel_daily());
+    assert_eq!(a.conversations(), b.conversations());
+    assert_eq!(funnel(&b, "ad_2")[0].inbound_messages, 1);
+}
+
+#[test]
+fn state_is_evicted_once_nothing_can_change() {
+    let mut s = Sessionizer::new(0, Windows::default(), accounts());
+    for u in 0..50 {
+        s.apply(&click(&format!("c{u}"), &format!("u{u}"), T0 + u, "ad_1"));
+    }
+    s.drain();
+    assert_eq!(s.stats().contacts, 50);
+    // 40 days later only the new contact's state remains.
+    s.apply(&click("late-day", "w", T0 + 40 * DAY_MS, "ad_2"));
+    s.drain();
+    let stats = s.stats();
+    assert_eq!((stats.contacts, stats.conversations), (1, 1));
+    assert!(stats.dedup_ids <= 1, "{stats:?}");
+    // The evicted day's funnel totals are released too.
+    assert_eq!(stats.funnel_keys, 1);
+}
+
+#[test]
+fn draining_twice_emits_nothing_new() {
+    let mut s = Sessionizer::new(0, Windows::default(), accounts());
+    s.apply(&click("c", "u", T0, "ad_1"));
+    assert!(!s.drain().is_empty());
+    assert!(s.drain().is_empty());
+}
+
+#[test]
+fn organic_contacts_are_distinct_per_day() {
+    let t = run(&[
+        msg_in_plain("m1", "u", T0),
+        msg_in_plain("m2", "u", T0 + 1),
+        msg_in_plain("m3", "v", T0 + 2),
+    ]);
+    let row: &ContactsDailyRow = &t.contacts_daily()[0];
+    assert_eq!(
+        (
+            row.organic_inbound_messages,
+            row.organic_contacts,
+            row.unique_contacts
+        ),
+        (3, 2, 0)
+    );
+}
+
+mod properties;

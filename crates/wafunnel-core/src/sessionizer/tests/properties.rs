@@ -1,0 +1,181 @@
+//! Property tests of the sessionizer's guarantees.
+
+use proptest::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::*;
+
+/// A compact description of one event, on a small space of users, ads and
+/// times so that boundaries and ties are hit often.
+#[derive(Clone, Debug)]
+struct Gen {
+    kind: u8,
+    user: u8,
+    ad: u8,
+    minute: i64,
+    flag: bool,
+}
+
+fn gen_event() -> impl Strategy<Value = Gen> {
+    (0u8..7, 0u8..4, 0u8..3, 0i64..600, any::<bool>()).prop_map(|(kind, user, ad, minute, flag)| {
+        Gen {
+            kind,
+            user,
+            ad,
+            minute,
+            flag,
+        }
+    })
+}
+
+fn to_events(gens: &[Gen]) -> Vec<Event> {
+    gens.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let id = format!("e{i:04}");
+            let user = format!("u{}", g.user);
+            let ad = format!("ad_{}", g.ad);
+            // Whole minutes plus a little jitter make same-millisecond ties common.
+            let t = T0 + g.minute * MIN / 4;
+            match g.kind {
+                0 => click(&id, &user, t, &ad),
+                1 => msg_in(&id, &user, t, g.flag.then_some(ad.as_str())),
+                2 | 3 => msg_out(&id, &user, t),
+                4 => lead(&id, &user, t, g.flag.then_some(ad.as_str())),
+                5 => purchase(&id, &user, t, if g.flag { "10.5" } else { "0.0001" }),
+                _ => spend(
+                    &id,
+                    t,
+                    &ad,
+                    if g.flag { "2026-03-02" } else { "2026-03-03" },
+                    &format!("{}.25", g.minute),
+                    g.minute as u64,
+                ),
+            }
+        })
+        .collect()
+}
+
+fn windows() -> Windows {
+    // Small gap and window so that 150 minutes of events cross them often.
+    Windows {
+        gap_ms: 20 * MIN,
+        lateness_ms: 45 * MIN,
+        attribution_window_ms: 40 * MIN,
+    }
+}
+
+fn total_order(events: &[Event]) -> Vec<Event> {
+    let mut sorted = events.to_vec();
+    sorted.sort_by(|a, b| {
+        (a.time, a.event_type(), &a.event_id).cmp(&(b.time, b.event_type(), &b.event_id))
+    });
+    sorted
+}
+
+/// An arrival order in which every event arrives less than `L` after its
+/// time would allow, so none is late.
+fn within_lateness(events: &[Event], seed: u64, lateness: i64) -> Vec<Event> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut keyed: Vec<(i64, Event)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.time + rand::Rng::random_range(&mut rng, 0..lateness),
+                e.clone(),
+            )
+        })
+        .collect();
+    keyed.shuffle(&mut rng);
+    keyed.sort_by_key(|(arrival, _)| *arrival);
+    keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+fn snapshot(
+    t: &Tables,
+) -> (
+    Vec<ConversationRow>,
+    Vec<FunnelDailyRow>,
+    Vec<ContactsDailyRow>,
+) {
+    (t.conversations(), t.funnel_daily(), t.contacts_daily())
+}
+
+fn run_drained_every(events: &[Event], every: usize) -> Tables {
+    let mut s = Sessionizer::new(0, windows(), accounts());
+    let mut tables = Tables::default();
+    for (i, e) in events.iter().enumerate() {
+        assert_ne!(
+            s.apply(e),
+            Outcome::Late {
+                watermark: s.watermark().unwrap_or(0)
+            },
+            "{e:?}"
+        );
+        if i % every == 0 {
+            tables.apply(s.drain());
+        }
+    }
+    tables.apply(s.drain());
+    tables
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_arrival_order_within_lateness_gives_the_same_tables(
+        gens in prop::collection::vec(gen_event(), 1..60),
+        seed in any::<u64>(),
+        every in 1usize..7,
+    ) {
+        let events = to_events(&gens);
+        let expected = snapshot(&run_drained_every(&total_order(&events), 1));
+        let shuffled = within_lateness(&events, seed, windows().lateness_ms);
+        prop_assert_eq!(snapshot(&run_drained_every(&shuffled, every)), expected);
+    }
+
+    #[test]
+    fn splitting_users_over_partitions_gives_the_same_tables(
+        gens in prop::collection::vec(gen_event(), 1..60),
+        partitions in 1u32..5,
+        seed in any::<u64>(),
+    ) {
+        let events = within_lateness(&to_events(&gens), seed, windows().lateness_ms);
+        let expected = snapshot(&run_drained_every(&events, 1));
+        let mut parts: Vec<Sessionizer> = (0..partitions).map(|p| Sessionizer::new(p, windows(), accounts())).collect();
+        for e in &events {
+            let key = xxhash_rust::xxh3::xxh3_64(e.partition_key().as_bytes());
+            parts[(key % u64::from(partitions)) as usize].apply(e);
+        }
+        let mut tables = Tables::default();
+        for p in &mut parts {
+            tables.apply(p.drain());
+        }
+        prop_assert_eq!(snapshot(&tables), expected);
+    }
+
+    #[test]
+    fn replaying_applied_events_changes_nothing(
+        gens in prop::collection::vec(gen_event(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        let events = within_lateness(&to_events(&gens), seed, windows().lateness_ms);
+        let mut s = Sessionizer::new(0, windows(), accounts());
+        let mut tables = Tables::default();
+        for e in &events {
+            s.apply(e);
+        }
+        tables.apply(s.drain());
+        let before = snapshot(&tables);
+        let mut replayed = events.clone();
+        replayed.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        for e in &replayed {
+            let dup_or_late = matches!(s.apply(e), Outcome::Duplicate | Outcome::Late { .. });
+            prop_assert!(dup_or_late);
+        }
+        prop_assert!(s.drain().is_empty());
+        prop_assert_eq!(snapshot(&tables), before);
+    }
+}

@@ -1,0 +1,690 @@
+"""Proof of the ClickHouse schema (schemas/clickhouse/*.sql).
+
+Every test loads all migrations, in order, into a fresh database, inserts a
+small hand-made set of partial rows and checks the BI views row by row,
+with their column names and types.
+
+Backends:
+  chdb    always: current ClickHouse in process (PyPI chdb-core).
+  server  only when CLICKHOUSE_URL is set (e.g. http://127.0.0.1:18123/):
+          a real server over HTTP, e.g. Debian's clickhouse-server 18.16.
+          Each test creates and drops its own database there.
+
+Run:  pip install -r tests/chdb/requirements.txt
+      python -m pytest tests/chdb -q
+      CLICKHOUSE_URL=http://127.0.0.1:18123/ python -m pytest tests/chdb -q
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS_DIR = REPO / "schemas" / "clickhouse"
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+# --------------------------------------------------------------------------
+# Migrations, split the way the Rust runner splits them
+# --------------------------------------------------------------------------
+
+def migration_files() -> list[Path]:
+    return sorted(p for p in MIGRATIONS_DIR.iterdir() if p.suffix == ".sql")
+
+
+def split_statements(text: str) -> list[str]:
+    """A statement ends with ';' at the end of a line; no other ';' exists."""
+    out = []
+    for chunk in re.split(r";[ \t]*(?:\r?\n|$)", text):
+        code = "\n".join(
+            line for line in chunk.splitlines() if not line.strip().startswith("--")
+        ).strip()
+        if code:
+            out.append(chunk.strip())
+    return out
+
+
+# --------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------
+
+_TSV_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b",
+                "f": "\f", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m.group(1), m.group(1)), field)
+
+
+def _convert(raw: str, typ: str):
+    nullable = typ.startswith("Nullable(")
+    if nullable:
+        if raw == "\\N":
+            return None
+        typ = typ[len("Nullable("):-1]
+    if re.fullmatch(r"U?Int\d+", typ):
+        return int(raw)
+    if typ.startswith("Decimal"):
+        return Decimal(raw)
+    if typ.startswith("Float"):
+        return float(raw)
+    return _unescape(raw)
+
+
+def parse_tsv_with_names_and_types(text: str):
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return [], [], []
+    names = [_unescape(x) for x in lines[0].split("\t")]
+    types = [_unescape(x) for x in lines[1].split("\t")]
+    rows = []
+    for line in lines[2:]:
+        fields = line.split("\t")
+        rows.append(tuple(_convert(f, t) for f, t in zip(fields, types)))
+    return names, types, rows
+
+
+class ChdbBackend:
+    name = "chdb"
+
+    def __init__(self):
+        from chdb import session  # chdb-core
+
+        self._session = session.Session()  # temporary, fresh per test
+        self.database = "wafunnel_test"
+        self._session.query(f"CREATE DATABASE {self.database}")
+        self._session.query(f"USE {self.database}")
+
+    def execute(self, sql: str) -> None:
+        self._session.query(sql)
+
+    def query(self, sql: str):
+        res = self._session.query(sql, "TSVWithNamesAndTypes")
+        return parse_tsv_with_names_and_types(res.bytes().decode())
+
+    def close(self):
+        self._session.close()
+
+
+class ServerBackend:
+    name = "server"
+
+    def __init__(self, url: str):
+        self.url = url if url.endswith("/") else url + "/"
+        self.database = "wafunnel_test_" + uuid.uuid4().hex[:12]
+        self._post("CREATE DATABASE " + self.database, database="default")
+
+    def _post(self, sql: str, database: str | None = None, **settings) -> str:
+        params = {"database": database or self.database, **settings}
+        req = urllib.request.Request(
+            self.url + "?" + urllib.parse.urlencode(params), data=sql.encode()
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.read().decode()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{e.code}: {e.read().decode()}\n--- query:\n{sql}") from None
+
+    def execute(self, sql: str) -> None:
+        self._post(sql)
+
+    def query(self, sql: str):
+        return parse_tsv_with_names_and_types(
+            self._post(sql + "\nFORMAT TSVWithNamesAndTypes")
+        )
+
+    def close(self):
+        self._post("DROP DATABASE IF EXISTS " + self.database, database="default")
+
+
+BACKENDS = ["chdb"]
+if os.environ.get("CLICKHOUSE_URL"):
+    BACKENDS.append("server")
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request):
+    if request.param == "chdb":
+        backend = ChdbBackend()
+    else:
+        backend = ServerBackend(os.environ["CLICKHOUSE_URL"])
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def apply_migrations(db) -> None:
+    for path in migration_files():
+        for stmt in split_statements(path.read_text()):
+            db.execute(stmt)
+
+
+@pytest.fixture
+def loaded(db):
+    apply_migrations(db)
+    insert_fixture_rows(db)
+    return db
+
+
+# --------------------------------------------------------------------------
+# Fixture data: hand-made partial rows, as the sessionizer would write them
+# --------------------------------------------------------------------------
+
+D2, D3, D4, D5 = "2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"
+T0 = 1772445600000  # 2026-03-02T10:00:00Z
+
+FUNNEL_COLS = (
+    "account_id, ad_id, day, partition, clicks, inbound_messages, "
+    "conversations_started, conversations_messaged, replied, replied_le_5m, "
+    "replied_le_1h, replied_le_24h, replied_gt_24h, sum_first_response_ms, "
+    "outbound_in_free_window, outbound_after_free_window, "
+    "over_messaged_conversations, qualified_leads, purchases, revenue, spend, "
+    "impressions, reported_conversations, version"
+)
+
+
+def funnel(account, ad, day, partition, version, *, clicks=0, inbound=0, started=0,
+           messaged=0, replied=0, le_5m=0, le_1h=0, le_24h=0, gt_24h=0, sum_frm=0,
+           out_in=0, out_after=0, over=0, qualified=0, purchases=0, revenue="0",
+           spend="0", impressions=0, reported=0) -> str:
+    return (
+        f"('{account}', '{ad}', '{day}', {partition}, {clicks}, {inbound}, {started}, "
+        f"{messaged}, {replied}, {le_5m}, {le_1h}, {le_24h}, {gt_24h}, {sum_frm}, "
+        f"{out_in}, {out_after}, {over}, {qualified}, {purchases}, {revenue}, {spend}, "
+        f"{impressions}, {reported}, {version})"
+    )
+
+
+CONTACTS_COLS = (
+    "account_id, day, partition, unique_contacts, organic_inbound_messages, "
+    "organic_contacts, unattributed_leads, unattributed_purchases, version"
+)
+
+ADS_COLS = "account_id, ad_id, partition, campaign_id, adset_id, named_at, named_by, version"
+
+CONV_COLS = (
+    "account_id, ad_id, user_hash, started_at, last_activity_at, clicks, first_click_at, "
+    "inbound_messages, first_inbound_at, outbound_messages, first_reply_at, "
+    "first_response_ms, response_bucket, free_window_ends_at, outbound_in_free_window, "
+    "outbound_after_free_window, followups_in_free_window, over_messaged, qualified_at, "
+    "purchases, revenue, first_purchase_at, time_to_close_ms, partition, version, is_deleted"
+)
+
+H72 = 72 * 3600 * 1000
+
+
+def insert_fixture_rows(db) -> None:
+    # No background merges: every INSERT stays its own part, so the views are
+    # proven to apply FINAL themselves (test_views_after_merges merges them).
+    for table in ("funnel_partial", "contacts_partial", "ads", "conversation_rows",
+                  "spend_snapshots", "late_events", "record_accounting"):
+        db.execute(f"SYSTEM STOP MERGES {table}")
+
+    def ins(table, cols, *rows):
+        # One INSERT, one part: later inserts of older versions must still lose.
+        db.execute(f"INSERT INTO {table} ({cols}) VALUES " + ", ".join(rows))
+
+    # ---- funnel_partial
+    # ad_1 / D2, partition 0: version 5 is current; version 3 arrives later
+    # (a replay) and must not win.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_1", D2, 0, 5, clicks=3, inbound=4, started=2, messaged=2,
+        replied=2, le_5m=1, le_1h=1, sum_frm=300000 + 1800000, out_in=4, out_after=1,
+        over=0, qualified=1, purchases=1, revenue="49.9"))
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_1", D2, 0, 3, clicks=2, inbound=1, started=1, messaged=1,
+        replied=1, le_5m=1, sum_frm=300000, out_in=1))
+    # ad_1 / D2, partition 1: one more conversation (never messaged) and the spend.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_1", D2, 1, 2, clicks=1, started=1, spend="10",
+        impressions=1000, reported=2))
+    # ad_1 / D3, partition 1: counted at version 6, retracted (all zero) at 7.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_1", D3, 1, 6, clicks=1, started=1, messaged=1))
+    ins("funnel_partial", FUNNEL_COLS, funnel("act_1", "ad_1", D3, 1, 7))
+    # ad_1 / D4: spend on a day with no conversations at all.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_1", D4, 1, 8, spend="0.0001", impressions=10))
+    # ad_2 / D2: counted at version 1, then retracted at version 4 -> no row.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_1", "ad_2", D2, 0, 1, clicks=1, inbound=1, started=1, messaged=1))
+    ins("funnel_partial", FUNNEL_COLS, funnel("act_1", "ad_2", D2, 0, 4))
+    # ad_3 / D5: two partitions, decimal truncation (0.0002 / 3 -> 0.0000).
+    ins("funnel_partial", FUNNEL_COLS,
+        funnel("act_1", "ad_3", D5, 0, 1, clicks=2, inbound=2, started=2, messaged=2,
+               replied=1, gt_24h=1, sum_frm=90000000, out_in=1, out_after=2, over=1,
+               spend="0.0002"),
+        funnel("act_1", "ad_3", D5, 1, 1, clicks=1, inbound=3, started=1, messaged=1,
+               replied=1, le_24h=1, sum_frm=7200000, out_in=5, purchases=2,
+               revenue="100.0001", qualified=1))
+    # act_2 / ad_9: an ad whose campaign and ad set were never named.
+    ins("funnel_partial", FUNNEL_COLS, funnel(
+        "act_2", "ad_9", D2, 0, 1, clicks=1, inbound=1, started=1, messaged=1))
+
+    # ---- ads: ad_1's hierarchy changed over time, on two partitions.
+    ins("ads", ADS_COLS, f"('act_1', 'ad_1', 0, 'cmp_1', 'as_1', {T0}, 'c-1', 1)")
+    # Renamed: same named_at on both partitions, the larger event id wins the
+    # tie. Winner on partition 1 here, on partition 0 for ad_3 below, so that
+    # no read order can make a tie-blind argMax pass.
+    ins("ads", ADS_COLS, f"('act_1', 'ad_1', 0, 'cmp_3', 'as_3', {T0 + 3000}, 'c-4', 2)")
+    ins("ads", ADS_COLS, f"('act_1', 'ad_1', 1, 'cmp_2', 'as_2', {T0 + 3000}, 'c-5', 3)")
+    # An older version on partition 1 with a later named_at: replaced, so it
+    # must not be seen (FINAL is applied before argMax).
+    ins("ads", ADS_COLS, f"('act_1', 'ad_1', 1, 'cmp_9', 'as_9', {T0 + 9000}, 's-9', 2)")
+    # Partition 2 named ad_1 earlier, with a larger event id: time comes first.
+    ins("ads", ADS_COLS, f"('act_1', 'ad_1', 2, 'cmp_7', 'as_7', {T0 + 1000}, 'z-7', 1)")
+    ins("ads", ADS_COLS, f"('act_1', 'ad_3', 1, 'cmp_8', 'as_8', {T0 - 1000}, 'c-0', 1)")
+    ins("ads", ADS_COLS, f"('act_1', 'ad_3', 0, 'cmp_1', 'as_1', {T0 - 1000}, 'c-0z', 1)")
+    ins("ads", ADS_COLS, f"('act_1', 'ad_2', 0, 'cmp_1', 'as_2', {T0}, 'c-2', 1)")
+
+    # ---- contacts_partial
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 2, 1, 1, 0, 0, 3)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 5, 5, 5, 5, 5, 1)")  # replay of v1
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 1, 1, 0, 0, 1, 2, 2)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5)")  # retraction
+    ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1)")
+
+    # ---- conversation_rows
+    fi = T0 + 60000
+    conv_a_v1 = (
+        f"('act_1', 'ad_1', 'uh_a', {T0}, {fi}, 1, {T0}, 1, {fi}, 0, NULL, NULL, 'none', "
+        f"{fi + H72}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0)"
+    )
+    conv_a_v2 = (
+        f"('act_1', 'ad_1', 'uh_a', {T0}, {fi + 600000}, 1, {T0}, 2, {fi}, 5, {fi + 120000}, "
+        f"120000, 'le_5m', {fi + H72}, 4, 1, 3, 1, {T0 + 7200000}, 1, 49.9, "
+        f"{T0 + 86400000}, 86400000, 0, 4, 0)"
+    )
+    conv_b = (
+        f"('act_1', 'ad_1', 'uh_b', {T0 + 5000}, {T0 + 5000}, 1, {T0 + 5000}, 0, NULL, 0, "
+        f"NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 1, 2, 0)"
+    )
+    conv_c_live = (
+        f"('act_1', 'ad_2', 'uh_c', {T0}, {T0}, 1, {T0}, 0, NULL, 0, NULL, NULL, NULL, NULL, "
+        f"0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0)"
+    )
+    conv_c_deleted = conv_c_live.replace(", 0, 1, 0)", ", 0, 2, 1)")
+    assert conv_c_deleted != conv_c_live
+    ins("conversation_rows", CONV_COLS, conv_a_v2)
+    ins("conversation_rows", CONV_COLS, conv_a_v1)  # replayed older version
+    ins("conversation_rows", CONV_COLS, conv_b, conv_c_live)
+    ins("conversation_rows", CONV_COLS, conv_c_deleted)
+
+    # Other tables the pipeline writes: they must accept its rows.
+    ins("spend_snapshots",
+        "account_id, ad_id, date, partition, event_id, event_time, spend, currency, "
+        "impressions, clicks, reported_conversations, version",
+        f"('act_1', 'ad_1', '{D2}', 1, 's-1', {T0 + 86400000}, 10, 'USD', 1000, 15, 2, 1)")
+    ins("late_events",
+        "topic, partition, offset, account_id, event_id, event_type, event_time, "
+        "watermark, reason, raw",
+        f"('events', 0, 42, 'act_1', 'x-1', 'message_in', {T0}, {T0 + 2 * 86400000}, "
+        f"'late', '{{\"event_id\":\"x-1\"}}')")
+    ins("record_accounting", "stage, topic, partition, outcome, records, version",
+        "('sessionize', 'events', 0, 'applied', 17, 1)",
+        "('sessionize', 'events', 0, 'late', 1, 1)")
+
+
+# --------------------------------------------------------------------------
+# Expected views
+# --------------------------------------------------------------------------
+
+FUNNEL_DAILY_COLUMNS = [
+    ("account_id", "String"),
+    ("campaign_id", "String"),
+    ("adset_id", "String"),
+    ("ad_id", "String"),
+    ("day", "Date"),
+    ("clicks", "Int64"),
+    ("inbound_messages", "Int64"),
+    ("conversations_started", "Int64"),
+    ("conversations_messaged", "Int64"),
+    ("ghost_conversations", "Int64"),
+    ("replied", "Int64"),
+    ("replied_le_5m", "Int64"),
+    ("replied_le_1h", "Int64"),
+    ("replied_le_24h", "Int64"),
+    ("replied_gt_24h", "Int64"),
+    ("sum_first_response_ms", "Int64"),
+    ("outbound_in_free_window", "Int64"),
+    ("outbound_after_free_window", "Int64"),
+    ("over_messaged_conversations", "Int64"),
+    ("qualified_leads", "Int64"),
+    ("purchases", "Int64"),
+    ("revenue", "Decimal(18, 4)"),
+    ("spend", "Decimal(18, 4)"),
+    ("impressions", "Int64"),
+    ("reported_conversations", "Int64"),
+    ("cost_per_conversation", "Nullable(Decimal(18, 4))"),
+    ("cost_per_messaged_conversation", "Nullable(Decimal(18, 4))"),
+    ("click_to_message_rate", "Nullable(Float64)"),
+]
+
+D = Decimal
+FUNNEL_DAILY_ROWS = [
+    # account, campaign, adset, ad, day,
+    # clicks, inbound, started, messaged, ghost, replied, le_5m, le_1h, le_24h, gt_24h,
+    # sum_frm, out_in, out_after, over, qualified, purchases, revenue, spend,
+    # impressions, reported, cost_per_conv, cost_per_messaged, rate
+    ("act_1", "cmp_2", "as_2", "ad_1", D2,
+     4, 4, 3, 2, 1, 2, 1, 1, 0, 0,
+     2100000, 4, 1, 0, 1, 1, D("49.9"), D("10"),
+     1000, 2, D("3.3333"), D("5"), 2 / 3),
+    ("act_1", "cmp_2", "as_2", "ad_1", D4,
+     0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+     0, 0, 0, 0, 0, 0, D("0"), D("0.0001"),
+     10, 0, None, None, None),
+    ("act_1", "cmp_1", "as_1", "ad_3", D5,
+     3, 5, 3, 3, 0, 2, 0, 0, 1, 1,
+     97200000, 6, 2, 1, 1, 2, D("100.0001"), D("0.0002"),
+     0, 0, D("0"), D("0"), 1.0),
+    ("act_2", "", "", "ad_9", D2,
+     1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+     0, 0, 0, 0, 0, 0, D("0"), D("0"),
+     0, 0, D("0"), D("0"), 1.0),
+]
+
+CONTACTS_DAILY_COLUMNS = [
+    ("account_id", "String"),
+    ("day", "Date"),
+    ("unique_contacts", "Int64"),
+    ("organic_inbound_messages", "Int64"),
+    ("organic_contacts", "Int64"),
+    ("unattributed_leads", "Int64"),
+    ("unattributed_purchases", "Int64"),
+]
+
+CONTACTS_DAILY_ROWS = [
+    ("act_1", D2, 3, 1, 1, 1, 2),
+    ("act_2", D4, 0, 3, 2, 0, 0),
+]
+
+CONVERSATIONS_COLUMNS = [
+    ("account_id", "String"),
+    ("ad_id", "String"),
+    ("user_hash", "String"),
+    ("started_at", "Int64"),
+    ("last_activity_at", "Int64"),
+    ("clicks", "UInt32"),
+    ("first_click_at", "Nullable(Int64)"),
+    ("inbound_messages", "UInt32"),
+    ("first_inbound_at", "Nullable(Int64)"),
+    ("outbound_messages", "UInt32"),
+    ("first_reply_at", "Nullable(Int64)"),
+    ("first_response_ms", "Nullable(Int64)"),
+    ("response_bucket", "Nullable(String)"),
+    ("free_window_ends_at", "Nullable(Int64)"),
+    ("outbound_in_free_window", "UInt32"),
+    ("outbound_after_free_window", "UInt32"),
+    ("followups_in_free_window", "UInt32"),
+    ("over_messaged", "UInt8"),
+    ("qualified_at", "Nullable(Int64)"),
+    ("purchases", "UInt32"),
+    ("revenue", "Decimal(18, 4)"),
+    ("first_purchase_at", "Nullable(Int64)"),
+    ("time_to_close_ms", "Nullable(Int64)"),
+]
+
+_FI = T0 + 60000
+CONVERSATIONS_ROWS = [
+    ("act_1", "ad_1", "uh_a", T0, _FI + 600000, 1, T0, 2, _FI, 5, _FI + 120000,
+     120000, "le_5m", _FI + H72, 4, 1, 3, 1, T0 + 7200000, 1, D("49.9"),
+     T0 + 86400000, 86400000),
+    ("act_1", "ad_1", "uh_b", T0 + 5000, T0 + 5000, 1, T0 + 5000, 0, None, 0, None,
+     None, None, None, 0, 0, 0, 0, None, 0, D("0"), None, None),
+]
+
+# The tables' columns: the contract with the Rust writer.
+TABLE_COLUMNS = {
+    "schema_migrations": "version UInt32, name String, checksum String, applied_at Int64",
+    "conversation_rows": (
+        "account_id String, ad_id String, user_hash String, started_at Int64, "
+        "last_activity_at Int64, clicks UInt32, first_click_at Nullable(Int64), "
+        "inbound_messages UInt32, first_inbound_at Nullable(Int64), outbound_messages UInt32, "
+        "first_reply_at Nullable(Int64), first_response_ms Nullable(Int64), "
+        "response_bucket Nullable(String), free_window_ends_at Nullable(Int64), "
+        "outbound_in_free_window UInt32, outbound_after_free_window UInt32, "
+        "followups_in_free_window UInt32, over_messaged UInt8, qualified_at Nullable(Int64), "
+        "purchases UInt32, revenue Decimal(18, 4), first_purchase_at Nullable(Int64), "
+        "time_to_close_ms Nullable(Int64), partition UInt32, version UInt64, is_deleted UInt8"
+    ),
+    "funnel_partial": (
+        "account_id String, ad_id String, day Date, partition UInt32, clicks Int64, "
+        "inbound_messages Int64, conversations_started Int64, conversations_messaged Int64, "
+        "replied Int64, replied_le_5m Int64, replied_le_1h Int64, replied_le_24h Int64, "
+        "replied_gt_24h Int64, sum_first_response_ms Int64, outbound_in_free_window Int64, "
+        "outbound_after_free_window Int64, over_messaged_conversations Int64, "
+        "qualified_leads Int64, purchases Int64, revenue Decimal(18, 4), "
+        "spend Decimal(18, 4), impressions Int64, reported_conversations Int64, version UInt64"
+    ),
+    "contacts_partial": (
+        "account_id String, day Date, partition UInt32, unique_contacts Int64, "
+        "organic_inbound_messages Int64, organic_contacts Int64, unattributed_leads Int64, "
+        "unattributed_purchases Int64, version UInt64"
+    ),
+    "ads": (
+        "account_id String, ad_id String, partition UInt32, campaign_id String, "
+        "adset_id String, named_at Int64, named_by String, version UInt64"
+    ),
+    "spend_snapshots": (
+        "account_id String, ad_id String, date Date, partition UInt32, event_id String, "
+        "event_time Int64, spend Decimal(18, 4), currency String, impressions Int64, "
+        "clicks Int64, reported_conversations Int64, version UInt64"
+    ),
+    "late_events": (
+        "topic String, partition UInt32, offset Int64, account_id String, event_id String, "
+        "event_type String, event_time Int64, watermark Int64, reason String, raw String"
+    ),
+    "record_accounting": (
+        "stage String, topic String, partition UInt32, outcome String, records UInt64, "
+        "version UInt64"
+    ),
+}
+
+TABLE_KEYS = {
+    "schema_migrations": ("MergeTree", "version"),
+    "conversation_rows": ("ReplacingMergeTree", "account_id, ad_id, user_hash, started_at"),
+    "funnel_partial": ("ReplacingMergeTree", "account_id, ad_id, day, partition"),
+    "contacts_partial": ("ReplacingMergeTree", "account_id, day, partition"),
+    "ads": ("ReplacingMergeTree", "account_id, ad_id, partition"),
+    "spend_snapshots": ("ReplacingMergeTree", "account_id, ad_id, date, partition"),
+    "late_events": ("ReplacingMergeTree", "topic, partition, offset"),
+    "record_accounting": ("ReplacingMergeTree", "stage, topic, partition, outcome"),
+}
+
+
+def _select_view(db, view, order_by):
+    names, types, rows = db.query(f"SELECT * FROM {view} ORDER BY {order_by}")
+    return list(zip(names, types)), rows
+
+
+def _assert_rows(actual, expected):
+    assert len(actual) == len(expected), actual
+    for got, want in zip(actual, expected):
+        assert len(got) == len(want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            if isinstance(w, float):
+                assert g == pytest.approx(w, rel=1e-12), (i, got)
+            else:
+                assert g == w and type(g) is type(w), (i, g, w, got)
+
+
+# --------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------
+
+def test_migration_files_are_well_formed():
+    files = migration_files()
+    assert files, "no migrations"
+    numbers = []
+    for path in files:
+        m = MIGRATION_NAME.match(path.name)
+        assert m, path.name
+        numbers.append(int(m.group(1)))
+        text = path.read_text()
+        # The runner's split rule: ';' only at the end of a line.
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if ";" in line:
+                assert line.rstrip().endswith(";") and line.count(";") == 1, (path.name, lineno)
+                assert not line.lstrip().startswith("--"), (path.name, lineno)
+        # Nothing but whitespace after the last statement.
+        assert text.rstrip().endswith(";"), path.name
+        assert split_statements(text), path.name
+        # Things that 18.16 does not know.
+        upper = text.upper()
+        for banned in ("DATETIME64", "CODEC", " TTL ", "IS_DELETED)", "ADD COLUMN IF NOT EXISTS"):
+            assert banned not in upper, (path.name, banned)
+    assert numbers == list(range(1, len(files) + 1)), numbers
+
+
+def test_migrations_are_rerunnable(db):
+    apply_migrations(db)
+    apply_migrations(db)  # IF NOT EXISTS everywhere
+    names, _, rows = db.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
+    )
+    assert dict(rows) == {
+        "ads": "ReplacingMergeTree",
+        "contacts_daily": "View",
+        "contacts_partial": "ReplacingMergeTree",
+        "conversation_rows": "ReplacingMergeTree",
+        "conversations": "View",
+        "funnel_daily": "View",
+        "funnel_partial": "ReplacingMergeTree",
+        "late_events": "ReplacingMergeTree",
+        "record_accounting": "ReplacingMergeTree",
+        "schema_migrations": "MergeTree",
+        "spend_snapshots": "ReplacingMergeTree",
+    }
+
+
+def test_table_columns_and_keys(db):
+    apply_migrations(db)
+    for table, spec in TABLE_COLUMNS.items():
+        _, _, rows = db.query(f"DESCRIBE TABLE {table}")
+        assert ", ".join(f"{r[0]} {r[1]}" for r in rows) == spec, table
+        _, _, rows = db.query(
+            "SELECT engine, sorting_key FROM system.tables "
+            f"WHERE database = currentDatabase() AND name = '{table}'"
+        )
+        assert rows == [TABLE_KEYS[table]], table
+
+
+def test_funnel_daily(loaded):
+    columns, rows = _select_view(loaded, "funnel_daily", "account_id, ad_id, day")
+    assert columns == FUNNEL_DAILY_COLUMNS
+    _assert_rows(rows, FUNNEL_DAILY_ROWS)
+
+
+def test_funnel_daily_with_join_use_nulls(loaded):
+    # A BI data source may run with join_use_nulls = 1: an ad without a
+    # hierarchy must still show '' and every type must stay the same.
+    names, types, rows = loaded.query(
+        "SELECT * FROM funnel_daily ORDER BY account_id, ad_id, day SETTINGS join_use_nulls = 1"
+    )
+    assert list(zip(names, types)) == FUNNEL_DAILY_COLUMNS
+    _assert_rows(rows, FUNNEL_DAILY_ROWS)
+
+
+def test_contacts_daily(loaded):
+    columns, rows = _select_view(loaded, "contacts_daily", "account_id, day")
+    assert columns == CONTACTS_DAILY_COLUMNS
+    _assert_rows(rows, CONTACTS_DAILY_ROWS)
+
+
+def test_conversations(loaded):
+    columns, rows = _select_view(loaded, "conversations", "account_id, ad_id, user_hash, started_at")
+    assert columns == CONVERSATIONS_COLUMNS
+    _assert_rows(rows, CONVERSATIONS_ROWS)
+
+
+def test_views_after_merges(loaded):
+    # OPTIMIZE ... FINAL collapses the parts: the views must not change.
+    for table in ("funnel_partial", "contacts_partial", "ads", "conversation_rows"):
+        loaded.execute(f"SYSTEM START MERGES {table}")
+        loaded.execute(f"OPTIMIZE TABLE {table} FINAL")
+    _, _, rows = loaded.query(
+        "SELECT table, count() FROM system.parts WHERE database = currentDatabase() "
+        "AND active AND table IN ('funnel_partial', 'contacts_partial', 'ads', "
+        "'conversation_rows') GROUP BY table ORDER BY table"
+    )
+    assert [n for _, n in rows] == [1, 1, 1, 1], rows
+    _assert_rows(_select_view(loaded, "funnel_daily", "account_id, ad_id, day")[1],
+                 FUNNEL_DAILY_ROWS)
+    _assert_rows(_select_view(loaded, "contacts_daily", "account_id, day")[1],
+                 CONTACTS_DAILY_ROWS)
+    _assert_rows(_select_view(loaded, "conversations",
+                              "account_id, ad_id, user_hash, started_at")[1],
+                 CONVERSATIONS_ROWS)
+
+
+def test_bi_queries(loaded):
+    # What a dashboard asks: the views compose with filters and grouping.
+    _, _, rows = loaded.query(
+        "SELECT campaign_id, sum(clicks) AS clicks, sum(spend) AS spend "
+        "FROM funnel_daily WHERE day >= '2026-03-01' AND account_id = 'act_1' "
+        "GROUP BY campaign_id ORDER BY campaign_id"
+    )
+    assert rows == [("cmp_1", 3, D("0.0002")), ("cmp_2", 4, D("10.0001"))]
+
+    _, _, rows = loaded.query(
+        "SELECT day, sum(conversations_started) AS started, sum(ghost_conversations) AS ghosts "
+        "FROM funnel_daily WHERE day BETWEEN toDate('2026-03-02') AND toDate('2026-03-04') "
+        "GROUP BY day ORDER BY day"
+    )
+    assert rows == [(D2, 4, 1), (D4, 0, 0)]
+
+    # Unique contacts over a range: distinct users over conversations.
+    _, _, rows = loaded.query(
+        "SELECT account_id, uniqExact(user_hash) AS contacts, count() AS n, sum(revenue) AS revenue "
+        "FROM conversations WHERE started_at >= 1772409600000 GROUP BY account_id"
+    )
+    assert rows == [("act_1", 2, 2, D("49.9"))]
+
+    _, _, rows = loaded.query(
+        "SELECT response_bucket, count() AS n FROM conversations "
+        "GROUP BY response_bucket ORDER BY response_bucket"
+    )
+    assert rows == [("le_5m", 1), (None, 1)]
+
+
+def test_decimal_division_truncates_toward_zero(db):
+    # The rule behind cost_per_*: Decimal(18, 4) / integer, truncated.
+    _, types, rows = db.query(
+        "SELECT toDecimal64('10', 4) / toInt64(3) AS a, toDecimal64('0.0001', 4) / toInt64(3) AS b, "
+        "toDecimal64('-10', 4) / toInt64(3) AS c, toDecimal64('2', 4) / toInt64(3) AS d"
+    )
+    assert types == ["Decimal(18, 4)"] * 4
+    assert rows == [(D("3.3333"), D("0"), D("-3.3333"), D("0.6666"))]
+
+
+def test_other_tables_replace_on_key(loaded):
+    loaded.execute(
+        "INSERT INTO late_events (topic, partition, offset, account_id, event_id, event_type, "
+        f"event_time, watermark, reason, raw) VALUES ('events', 0, 42, 'act_1', 'x-1', "
+        f"'message_in', {T0}, {T0 + 2 * 86400000}, 'late', 'replayed')"
+    )
+    _, _, rows = loaded.query("SELECT count() FROM late_events FINAL")
+    assert rows == [(1,)]
+    loaded.execute(
+        "INSERT INTO record_accounting (stage, topic, partition, outcome, records, version) "
+        "VALUES ('sessionize', 'events', 0, 'applied', 20, 2), "
+        "('sessionize', 'events', 0, 'late', 0, 0)"
+    )
+    _, _, rows = loaded.query(
+        "SELECT outcome, records FROM record_accounting FINAL ORDER BY outcome"
+    )
+    assert rows == [("applied", 20), ("late", 1)]
