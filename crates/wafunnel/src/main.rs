@@ -1,0 +1,154 @@
+//! The `wafunnel` command.
+//!
+//! - `demo` generates seeded click-to-WhatsApp traffic, runs it through the
+//!   real sessionizer and prints the funnel report. It needs no services.
+//! - `replay FILE` does the same for an NDJSON event log (`-` for stdin).
+//!
+//! Both can write the three BI tables as NDJSON with `--out DIR`.
+
+mod offline;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wafunnel_core::config::{AccountSettings, Accounts};
+use wafunnel_core::money::Currency;
+
+/// Click-to-WhatsApp funnel numbers a marketer can trust.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate realistic traffic for several ad accounts and print the funnel report.
+    Demo {
+        /// Seed of the generated traffic: the same seed gives the same report.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Roughly how many events to generate (default: the demo size, about 80k).
+        #[arg(long)]
+        events: Option<u64>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run an NDJSON event log (one canonical JSON event per line) through the sessionizer.
+    Replay {
+        /// The log file, or `-` for standard input.
+        file: PathBuf,
+        /// An account's currency and time zone, as `ACCOUNT=CURRENCY/ZONE`
+        /// (e.g. `act_2=BRL/America/Sao_Paulo`). Other accounts use USD and UTC.
+        #[arg(long = "account", value_name = "ACCOUNT=CURRENCY/ZONE")]
+        accounts: Vec<String>,
+        /// The clock that rejects future timestamps, as epoch ms or RFC 3339 (default: now).
+        #[arg(long)]
+        now: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Write funnel_daily.ndjson, contacts_daily.ndjson and conversations.ndjson here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Key of the user-id hash (the same key gives the same user_hash values).
+    #[arg(
+        long,
+        env = "WAFUNNEL_USER_HASH_KEY",
+        default_value = "wafunnel-offline",
+        hide_env_values = true
+    )]
+    user_hash_key: String,
+}
+
+fn parse_account(spec: &str) -> anyhow::Result<(String, AccountSettings)> {
+    let (id, rest) = spec
+        .split_once('=')
+        .context("expected ACCOUNT=CURRENCY/ZONE")?;
+    let (currency, zone) = rest
+        .split_once('/')
+        .context("expected ACCOUNT=CURRENCY/ZONE")?;
+    let currency = Currency::parse(currency)
+        .with_context(|| format!("`{currency}` is not an ISO 4217 code"))?;
+    let time_zone: chrono_tz::Tz = zone
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{zone}` is not an IANA time zone"))?;
+    Ok((
+        id.to_owned(),
+        AccountSettings {
+            currency,
+            time_zone,
+        },
+    ))
+}
+
+fn parse_now(text: Option<&str>) -> anyhow::Result<i64> {
+    match text {
+        None => Ok(chrono::Utc::now().timestamp_millis()),
+        Some(t) => t
+            .parse::<i64>()
+            .ok()
+            .or_else(|| wafunnel_core::time::parse_rfc3339_ms(t))
+            .with_context(|| format!("--now `{t}` is neither epoch ms nor RFC 3339")),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo {
+            seed,
+            events,
+            output,
+        } => {
+            let mut cfg = wafunnel_gen::GenConfig {
+                seed,
+                ..wafunnel_gen::GenConfig::demo()
+            };
+            if let Some(n) = events {
+                cfg = cfg.with_target_events(n);
+            }
+            let result = offline::run_demo(&cfg, output.user_hash_key.as_bytes());
+            offline::finish(&result, output.out.as_deref())
+        }
+        Command::Replay {
+            file,
+            accounts,
+            now,
+            output,
+        } => {
+            let mut settings = Accounts::default();
+            for spec in &accounts {
+                let (id, s) = parse_account(spec).with_context(|| format!("--account {spec}"))?;
+                settings.listed.insert(id, s);
+            }
+            let now = parse_now(now.as_deref())?;
+            let result =
+                offline::run_replay(&file, settings, output.user_hash_key.as_bytes(), now)?;
+            offline::finish(&result, output.out.as_deref())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
