@@ -18,14 +18,19 @@ use crate::time::{Day, HOUR_MS};
 #[serde(rename_all = "snake_case")]
 pub enum ResponseBucket {
     /// At most 300 s.
+    #[serde(rename = "le_5m")]
     Le5m,
     /// Over 5 min, at most 1 h.
+    #[serde(rename = "le_1h")]
     Le1h,
     /// Over 1 h, at most 24 h.
+    #[serde(rename = "le_24h")]
     Le24h,
     /// Over 24 h.
+    #[serde(rename = "gt_24h")]
     Gt24h,
     /// Messaged, never answered.
+    #[serde(rename = "none")]
     None,
 }
 
@@ -296,6 +301,22 @@ mod tests {
         assert_eq!(ResponseBucket::of(HOUR_MS + 1), ResponseBucket::Le24h);
         assert_eq!(ResponseBucket::of(24 * HOUR_MS), ResponseBucket::Le24h);
         assert_eq!(ResponseBucket::of(24 * HOUR_MS + 1), ResponseBucket::Gt24h);
+    }
+
+    #[test]
+    fn bucket_names_are_the_column_values() {
+        for b in [
+            ResponseBucket::Le5m,
+            ResponseBucket::Le1h,
+            ResponseBucket::Le24h,
+            ResponseBucket::Gt24h,
+            ResponseBucket::None,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&b).expect("json"),
+                format!("\"{}\"", b.as_str())
+            );
+        }
     }
 
     #[test]
