@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what it needs,
+# starts a local Kafka broker and ClickHouse server (deploy/local), runs
+# format and lint checks, unit, property and golden tests, the ClickHouse
+# schema tests on the local server and on current ClickHouse (chdb), and the
+# end-to-end tests against the real services, then stops the services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export WAFUNNEL_LOCAL="${WAFUNNEL_LOCAL:-$root/.local}"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
+command -v clickhouse-server >/dev/null 2>&1 || need_apt+=(clickhouse-server clickhouse-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+venv="$WAFUNNEL_LOCAL/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating the Python environment for the schema tests"
+  mkdir -p "$WAFUNNEL_LOCAL"
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q -r tests/chdb/requirements.txt
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (unit, property, golden)"
+cargo test --workspace --locked
+
+echo "== starting Kafka and ClickHouse"
+trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
+eval "$(deploy/local/up.sh)"
+export KAFKA_BOOTSTRAP CLICKHOUSE_URL
+
+echo "== ClickHouse schema on the local server and on chdb"
+CLICKHOUSE_URL="$CLICKHOUSE_URL" "$venv/bin/python" -m pytest tests/chdb -q -p no:cacheprovider
+
+if [ -f crates/wafunnel-stream/tests/e2e.rs ]; then
+  echo "== end-to-end tests on Kafka and ClickHouse"
+  cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1
+fi
+echo "== all tests passed"
