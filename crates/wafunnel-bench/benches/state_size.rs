@@ -1,0 +1,33 @@
+//! Bytes of resident memory per open conversation: builds the state of
+//! 1M open conversations started over 20 days (10M with `WAFUNNEL_BENCH_10M=1`) and divides the
+//! growth of resident memory by the conversations held.
+
+use wafunnel_bench::{opening_clicks, resident_bytes};
+use wafunnel_core::config::{Accounts, Windows};
+use wafunnel_core::sessionizer::Sessionizer;
+
+fn main() {
+    let live = if std::env::var_os("WAFUNNEL_BENCH_10M").is_some() {
+        10_000_000
+    } else {
+        1_000_000
+    };
+    // Events are built first so that only the state counts.
+    let clicks = opening_clicks(live);
+    let before = resident_bytes().unwrap_or(0);
+    let mut s = Sessionizer::new(0, Windows::default(), Accounts::default());
+    for e in &clicks {
+        s.apply(e);
+    }
+    s.drain();
+    let after = resident_bytes().unwrap_or(0);
+    let stats = s.stats();
+    println!(
+        "open conversations {}: {} bytes of resident memory each (contacts {}, dedup ids {}, events kept for reordering {})",
+        stats.conversations,
+        after.saturating_sub(before) / stats.conversations.max(1) as u64,
+        stats.contacts,
+        stats.dedup_ids,
+        stats.kept_events
+    );
+}
