@@ -10,6 +10,9 @@ use wafunnel_core::tables::FunnelDailyRow;
 
 use crate::offline::RunResult;
 
+/// (account, campaign); `None` for the whole account.
+type AccountCampaign = (Arc<str>, Option<Arc<str>>);
+
 #[derive(Default)]
 struct Totals {
     spend: i64,
@@ -108,7 +111,7 @@ pub fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()> {
             r.campaign_id.clone(),
         );
     }
-    let mut users: BTreeMap<(Arc<str>, Option<Arc<str>>), BTreeSet<u128>> = BTreeMap::new();
+    let mut users: BTreeMap<AccountCampaign, BTreeSet<u128>> = BTreeMap::new();
     for c in &conversations {
         let campaign = campaign_of
             .get(&(c.account_id.clone(), c.ad_id.clone()))
