@@ -57,6 +57,20 @@ fn to_events(gens: &[Gen]) -> Vec<Event> {
         .collect()
 }
 
+/// `act_1` in the Azores (UTC-1 in March): local midnight falls inside the
+/// 150 minutes of generated traffic, so day boundaries are exercised.
+fn zoned() -> Accounts {
+    let mut accounts = accounts();
+    accounts.listed.insert(
+        "act_1".into(),
+        AccountSettings {
+            currency: Currency::USD,
+            time_zone: chrono_tz::Atlantic::Azores,
+        },
+    );
+    accounts
+}
+
 fn windows() -> Windows {
     // Small gap and window so that 150 minutes of events cross them often.
     Windows {
@@ -103,7 +117,7 @@ fn snapshot(
 }
 
 fn run_drained_every(events: &[Event], every: usize) -> Tables {
-    let mut s = Sessionizer::new(0, windows(), accounts());
+    let mut s = Sessionizer::new(0, windows(), zoned());
     let mut tables = Tables::default();
     for (i, e) in events.iter().enumerate() {
         assert_ne!(
@@ -137,6 +151,17 @@ proptest! {
     }
 
     #[test]
+    fn the_sessionizer_agrees_with_the_naive_reference(
+        gens in prop::collection::vec(gen_event(), 1..80),
+        seed in any::<u64>(),
+        every in 1usize..7,
+    ) {
+        let events = within_lateness(&to_events(&gens), seed, windows().lateness_ms);
+        let expected = reference::reference(&events, windows(), &zoned());
+        prop_assert_eq!(snapshot(&run_drained_every(&events, every)), expected);
+    }
+
+    #[test]
     fn splitting_users_over_partitions_gives_the_same_tables(
         gens in prop::collection::vec(gen_event(), 1..60),
         partitions in 1u32..5,
@@ -144,7 +169,7 @@ proptest! {
     ) {
         let events = within_lateness(&to_events(&gens), seed, windows().lateness_ms);
         let expected = snapshot(&run_drained_every(&events, 1));
-        let mut parts: Vec<Sessionizer> = (0..partitions).map(|p| Sessionizer::new(p, windows(), accounts())).collect();
+        let mut parts: Vec<Sessionizer> = (0..partitions).map(|p| Sessionizer::new(p, windows(), zoned())).collect();
         for e in &events {
             let key = xxhash_rust::xxh3::xxh3_64(e.partition_key().as_bytes());
             parts[(key % u64::from(partitions)) as usize].apply(e);
@@ -162,7 +187,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let events = within_lateness(&to_events(&gens), seed, windows().lateness_ms);
-        let mut s = Sessionizer::new(0, windows(), accounts());
+        let mut s = Sessionizer::new(0, windows(), zoned());
         let mut tables = Tables::default();
         for e in &events {
             s.apply(e);
