@@ -246,17 +246,16 @@ def insert_fixture_rows(db) -> None:
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_1", "ad_1", D2, 0, 3, clicks=2, inbound=1, started=1, messaged=1,
         replied=1, le_5m=1, sum_frm=300000, out_in=1))
-    # ad_1 / D2, partition 1: one more conversation (never messaged) and the spend.
+    # ad_1 / D2, partition 1: one more conversation (never messaged). The
+    # spend columns of funnel_partial are not read: spend comes from the
+    # snapshots below.
     ins("funnel_partial", FUNNEL_COLS, funnel(
-        "act_1", "ad_1", D2, 1, 2, clicks=1, started=1, spend="10",
-        impressions=1000, reported=2))
+        "act_1", "ad_1", D2, 1, 2, clicks=1, started=1, spend="777",
+        impressions=777, reported=777))
     # ad_1 / D3, partition 1: counted at version 6, retracted (all zero) at 7.
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_1", "ad_1", D3, 1, 6, clicks=1, started=1, messaged=1))
     ins("funnel_partial", FUNNEL_COLS, funnel("act_1", "ad_1", D3, 1, 7))
-    # ad_1 / D4: spend on a day with no conversations at all.
-    ins("funnel_partial", FUNNEL_COLS, funnel(
-        "act_1", "ad_1", D4, 1, 8, spend="0.0001", impressions=10))
     # ad_2 / D2: counted at version 1, then retracted at version 4 -> no row.
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_1", "ad_2", D2, 0, 1, clicks=1, inbound=1, started=1, messaged=1))
@@ -264,8 +263,7 @@ def insert_fixture_rows(db) -> None:
     # ad_3 / D5: two partitions, decimal truncation (0.0002 / 3 -> 0.0000).
     ins("funnel_partial", FUNNEL_COLS,
         funnel("act_1", "ad_3", D5, 0, 1, clicks=2, inbound=2, started=2, messaged=2,
-               replied=1, gt_24h=1, sum_frm=90000000, out_in=1, out_after=2, over=1,
-               spend="0.0002"),
+               replied=1, gt_24h=1, sum_frm=90000000, out_in=1, out_after=2, over=1),
         funnel("act_1", "ad_3", D5, 1, 1, clicks=1, inbound=3, started=1, messaged=1,
                replied=1, le_24h=1, sum_frm=7200000, out_in=5, purchases=2,
                revenue="100.0001", qualified=1))
@@ -323,11 +321,26 @@ def insert_fixture_rows(db) -> None:
     ins("conversation_rows", CONV_COLS, conv_b, conv_c_live)
     ins("conversation_rows", CONV_COLS, conv_c_deleted)
 
-    # Other tables the pipeline writes: they must accept its rows.
-    ins("spend_snapshots",
-        "account_id, ad_id, date, partition, event_id, event_time, spend, currency, "
-        "impressions, clicks, reported_conversations, version",
+    # ---- spend_snapshots: the winning snapshot per partition; over
+    # partitions the latest (event_time, event_id) wins.
+    spend_cols = ("account_id, ad_id, date, partition, event_id, event_time, spend, currency, "
+                  "impressions, clicks, reported_conversations, version")
+    ins("spend_snapshots", spend_cols,
         f"('act_1', 'ad_1', '{D2}', 1, 's-1', {T0 + 86400000}, 10, 'USD', 1000, 15, 2, 1)")
+    # An earlier snapshot of the same ad and date on another partition loses,
+    # and so does one at the same time with a smaller event id.
+    ins("spend_snapshots", spend_cols,
+        f"('act_1', 'ad_1', '{D2}', 0, 's-0', {T0}, 99, 'USD', 9, 9, 9, 1)",
+        f"('act_1', 'ad_1', '{D2}', 2, 's-0', {T0 + 86400000}, 98, 'USD', 9, 9, 9, 1)")
+    # Replaced on its partition by a later version: never seen.
+    ins("spend_snapshots", spend_cols,
+        f"('act_1', 'ad_1', '{D4}', 1, 's-4', {T0}, 55, 'USD', 55, 0, 55, 1)")
+    ins("spend_snapshots", spend_cols,
+        f"('act_1', 'ad_1', '{D4}', 1, 's-5', {T0 + 1}, 0.0001, 'USD', 10, 0, 0, 2)")
+    ins("spend_snapshots", spend_cols,
+        f"('act_1', 'ad_3', '{D5}', 0, 's-6', {T0}, 0.0002, 'USD', 0, 0, 0, 1)")
+
+    # Other tables the pipeline writes: they must accept its rows.
     ins("late_events",
         "topic, partition, offset, account_id, event_id, event_type, event_time, "
         "watermark, reason, raw",
@@ -492,6 +505,10 @@ TABLE_COLUMNS = {
         "stage String, topic String, partition UInt32, outcome String, records UInt64, "
         "version UInt64"
     ),
+    "record_outcomes": (
+        "stage String, source_topic String, source_partition UInt32, worker_topic String, "
+        "worker_partition UInt32, outcome String, records UInt64, version UInt64"
+    ),
 }
 
 TABLE_KEYS = {
@@ -503,6 +520,8 @@ TABLE_KEYS = {
     "spend_snapshots": ("ReplacingMergeTree", "account_id, ad_id, date, partition"),
     "late_events": ("ReplacingMergeTree", "topic, partition, offset"),
     "record_accounting": ("ReplacingMergeTree", "stage, topic, partition, outcome"),
+    "record_outcomes": ("ReplacingMergeTree",
+                        "stage, source_topic, source_partition, worker_topic, worker_partition, outcome"),
 }
 
 
@@ -564,6 +583,8 @@ def test_migrations_are_rerunnable(db):
         "conversations": "View",
         "funnel_daily": "View",
         "funnel_partial": "ReplacingMergeTree",
+        "input_accounting": "View",
+        "record_outcomes": "ReplacingMergeTree",
         "late_events": "ReplacingMergeTree",
         "record_accounting": "ReplacingMergeTree",
         "schema_migrations": "MergeTree",
@@ -688,3 +709,20 @@ def test_other_tables_replace_on_key(loaded):
         "SELECT outcome, records FROM record_accounting FINAL ORDER BY outcome"
     )
     assert rows == [("applied", 20), ("late", 1)]
+
+
+def test_input_accounting_adds_every_outcome_of_every_worker(loaded):
+    loaded.execute(
+        "INSERT INTO record_outcomes (stage, source_topic, source_partition, worker_topic, "
+        "worker_partition, outcome, records, version) VALUES "
+        "('sessionize', 'raw', 0, 'events', 0, 'applied', 7, 10), "
+        "('sessionize', 'raw', 0, 'events', 0, 'applied', 5, 4), "
+        "('sessionize', 'raw', 0, 'events', 1, 'applied', 3, 2), "
+        "('sessionize', 'raw', 0, 'events', 1, 'duplicate', 2, 2), "
+        "('sessionize', 'raw', 1, 'events', 1, 'late', 1, 2), "
+        "('dead_letter', 'raw', 1, 'dead', 0, 'dead_lettered', 4, 9)"
+    )
+    names, _, rows = loaded.query("SELECT * FROM input_accounting ORDER BY source_topic, source_partition")
+    assert names == ["source_topic", "source_partition", "applied", "duplicate", "late",
+                     "dead_lettered", "records"]
+    assert rows == [("raw", 0, 10, 2, 0, 0, 12), ("raw", 1, 0, 0, 1, 4, 5)]
