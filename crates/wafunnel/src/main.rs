@@ -5,6 +5,8 @@
 //! - `replay FILE` does the same for an NDJSON event log (`-` for stdin).
 //!
 //! Both can write the three BI tables as NDJSON with `--out DIR`.
+//! - `migrate`, `ingest`, `sessionize` and `check` run the streaming
+//!   pipeline on Kafka and ClickHouse (see `wafunnel-stream`).
 
 mod offline;
 mod report;
@@ -21,6 +23,14 @@ use wafunnel_core::money::Currency;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Configuration file of the streaming services (TOML; `WAFUNNEL_*` environment variables override it).
+    #[arg(
+        long,
+        global = true,
+        env = "WAFUNNEL_CONFIG",
+        default_value = "wafunnel.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +62,8 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    #[command(flatten)]
+    Service(wafunnel_stream::cli::ServiceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +146,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 offline::run_replay(&file, settings, output.user_hash_key.as_bytes(), now)?;
             offline::finish(&result, output.out.as_deref())
         }
+        Command::Service(command) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(wafunnel_stream::cli::run(command, &cli.config))
+        }
     }
 }
 
@@ -141,7 +158,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(Cli::parse()) {

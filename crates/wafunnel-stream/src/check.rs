@@ -1,0 +1,176 @@
+//! `wafunnel check`: test your own funnel before you spend a dollar. Each
+//! step prints `ok` or `FAIL` with the detail; a canary click goes through
+//! ingest and sessionize (both must be running) and is read back from the
+//! `conversations` view.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use wafunnel_avro::Format;
+use wafunnel_core::config::UserHasher;
+
+use crate::config::Config;
+use crate::kafka::{self, LogContext};
+
+/// The account canary events use; its rows are real rows, under this name.
+pub const CANARY_ACCOUNT: &str = "wafunnel-canary";
+
+fn report(step: &str, result: Result<String, String>) -> bool {
+    match result {
+        Ok(detail) => {
+            println!("ok    {step}: {detail}");
+            true
+        }
+        Err(detail) => {
+            println!("FAIL  {step}: {detail}");
+            false
+        }
+    }
+}
+
+/// Runs every step; returns whether all passed.
+pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
+    let partitions = match kafka::topic_partitions(&cfg.kafka, Duration::from_secs(5)) {
+        Ok(p) => p,
+        Err(e) => {
+            return report(
+                "kafka broker reachable",
+                Err(format!("{}: {e}", cfg.kafka.bootstrap)),
+            )
+        }
+    };
+    report("kafka broker reachable", Ok(cfg.kafka.bootstrap.clone()));
+    let mut wanted: Vec<(&str, i32)> = cfg
+        .topics
+        .raw
+        .iter()
+        .map(|t| (t.name.as_str(), cfg.topics.internal_partitions))
+        .collect();
+    wanted.push((&cfg.topics.internal, cfg.topics.internal_partitions));
+    wanted.push((&cfg.topics.dead_letter, 1));
+    let missing: Vec<(&str, i32)> = wanted
+        .iter()
+        .copied()
+        .filter(|(t, _)| !partitions.contains_key(*t))
+        .collect();
+    if !missing.is_empty() && create_topics {
+        if let Err(e) = kafka::create_topics(&cfg.kafka, &missing).await {
+            return report(
+                "topics present",
+                Err(format!("cannot create {missing:?}: {e}")),
+            );
+        }
+        report(
+            "topics created",
+            Ok(missing
+                .iter()
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+                .join(", ")),
+        );
+    } else if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+        return report(
+            "topics present",
+            Err(format!(
+                "missing {} (run with --create-topics)",
+                names.join(", ")
+            )),
+        );
+    } else {
+        report(
+            "topics present",
+            Ok(wanted
+                .iter()
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+                .join(", ")),
+        );
+    }
+
+    let sink = crate::sink::Sink::new(&cfg.clickhouse);
+    match sink.client().query("SELECT 1").fetch_one::<u8>().await {
+        Ok(_) => report("clickhouse reachable", Ok(cfg.clickhouse.url.clone())),
+        Err(e) => {
+            return report(
+                "clickhouse reachable",
+                Err(format!("{}: {e}", cfg.clickhouse.url)),
+            )
+        }
+    };
+    match crate::sink::is_migrated(sink.client()).await {
+        Ok(true) => report(
+            "clickhouse migrated",
+            Ok(format!("database {}", cfg.clickhouse.database)),
+        ),
+        Ok(false) => {
+            return report(
+                "clickhouse migrated",
+                Err("migrations missing: run `wafunnel migrate`".into()),
+            )
+        }
+        Err(e) => {
+            return report(
+                "clickhouse migrated",
+                Err(format!("{e} (run `wafunnel migrate`)")),
+            )
+        }
+    };
+
+    let Some(topic) = cfg.topics.raw.iter().find(|t| t.format == Format::Json) else {
+        return report(
+            "canary",
+            Err("no JSON raw topic to send the canary to".into()),
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let user = format!("canary-{now}");
+    let line = format!(
+        r#"{{"event_id":"canary-{now}","type":"ad_click","account_id":"{CANARY_ACCOUNT}","user_id":"{user}","event_time":{now},"ad_id":"canary","campaign_id":"canary","adset_id":"canary"}}"#
+    );
+    let producer: FutureProducer<LogContext> =
+        match kafka::client_config(&cfg.kafka).create_with_context(LogContext) {
+            Ok(p) => p,
+            Err(e) => return report("canary sent", Err(e.to_string())),
+        };
+    if let Err((e, _)) = producer
+        .send(
+            FutureRecord::to(&topic.name).key(&user).payload(&line),
+            Duration::from_secs(10),
+        )
+        .await
+    {
+        return report("canary sent", Err(e.to_string()));
+    }
+    report("canary sent", Ok(format!("to {}", topic.name)));
+    let hash = UserHasher::new(cfg.user_hash_key()).hash(&user).to_string();
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let seen = sink
+            .client()
+            .query("SELECT count() FROM conversations WHERE account_id = ? AND user_hash = ?")
+            .bind(CANARY_ACCOUNT)
+            .bind(&hash)
+            .fetch_one::<u64>()
+            .await;
+        if matches!(seen, Ok(n) if n > 0) {
+            return report(
+                "canary in clickhouse",
+                Ok(format!(
+                    "conversation visible after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                )),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report(
+        "canary in clickhouse",
+        Err(format!(
+            "not visible after {} s: are `wafunnel ingest` and `wafunnel sessionize` running?",
+            timeout.as_secs()
+        )),
+    )
+}

@@ -1,0 +1,607 @@
+//! `wafunnel ingest`: raw topics → validated, re-keyed events and dead letters.
+//!
+//! Contract:
+//! - Each raw record is decoded with its topic's format and validated with
+//!   the configured accounts, the user-hash key, and its own Kafka timestamp
+//!   as the clock (so a replay decides exactly as the first run did).
+//! - A valid record becomes the JSON of the validated event (the raw user id
+//!   is already replaced by its keyed hash) on the internal topic, keyed by
+//!   `Event::partition_key` so one contact's events, and one ad's spend,
+//!   share a partition. Headers carry the source topic, partition, offset.
+//! - An invalid record goes, as its raw bytes, to the dead-letter topic with
+//!   the reason code, detail and source in headers.
+//! - A batch's outputs and its consumed offsets are committed in one Kafka
+//!   transaction: each record is forwarded or dead-lettered exactly once.
+//!   When a transaction fails, it is aborted and the same batch, still in
+//!   memory, is processed again; if the process dies instead, the next owner
+//!   reads the batch again from the last committed offsets.
+//! - A retryable decode failure (schema registry unreachable) makes ingest
+//!   wait and retry instead of dead-lettering good records.
+//! - Raw partitions are kept within `windows.max_partition_skew` of each
+//!   other in event time (see [`Alignment`]), so a backfill cannot turn
+//!   good events into late ones downstream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use wafunnel_avro::{AvroCodec, CachingRegistry, Decoder, HttpRegistry};
+use wafunnel_core::config::{Accounts, UserHasher};
+use wafunnel_core::event::Rejection;
+
+use crate::config::Config;
+use crate::kafka::{self, LogContext};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why ingest stopped or a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Kafka failed; the batch is retried (fatal only when the producer is fenced).
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A record could not be decoded for a reason that may pass (registry down).
+    #[error("retryable decode failure: {0}")]
+    Decode(wafunnel_avro::Error),
+    /// Bad configuration: fatal.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The result of deciding one record.
+enum Decision {
+    Forward {
+        key: String,
+        payload: Vec<u8>,
+        event_time: i64,
+    },
+    DeadLetter {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+type Partition = (String, i32);
+
+/// Keeps the raw partitions within `skew_ms` of each other in event time.
+///
+/// Kafka gives no order across partitions: a backfill may deliver one
+/// partition's month before another's first day, and downstream everything
+/// behind the watermark by more than the allowed lateness would be late. A
+/// partition whose next event is further ahead than `skew_ms` of the
+/// slowest partition is paused, its record held, until the others catch up.
+/// The slowest partition is never held, so this never deadlocks; a
+/// partition at its end (EOF) or not assigned holds nobody back.
+struct Alignment {
+    skew_ms: i64,
+    assigned: Vec<Partition>,
+    forwarded: HashMap<Partition, i64>,
+    at_end: std::collections::HashSet<Partition>,
+    held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
+}
+
+impl Alignment {
+    /// Where a partition stands: its next held event, else the last event forwarded.
+    fn position(&self, p: &Partition) -> Option<i64> {
+        if self.at_end.contains(p) {
+            return None;
+        }
+        if let Some(Decision::Forward { event_time, .. }) =
+            self.held.get(p).and_then(|q| q.front()).map(|(_, d)| d)
+        {
+            return Some(*event_time);
+        }
+        // A partition that delivered nothing yet may be far behind: it holds others back.
+        Some(self.forwarded.get(p).copied().unwrap_or(i64::MIN))
+    }
+
+    /// The slowest position among the other partitions.
+    fn floor(&self, except: &Partition) -> Option<i64> {
+        self.assigned
+            .iter()
+            .filter(|p| *p != except)
+            .filter_map(|p| self.position(p))
+            .min()
+    }
+
+    fn ahead(&self, p: &Partition, event_time: i64) -> bool {
+        self.floor(p)
+            .is_some_and(|floor| event_time > floor.saturating_add(self.skew_ms))
+    }
+}
+
+/// Counts of one ingest run, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestCounts {
+    /// Records forwarded to the internal topic.
+    pub forwarded: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+struct Ingest {
+    consumer: StreamConsumer<LogContext>,
+    producer: FutureProducer<LogContext>,
+    decoders: HashMap<String, Decoder<HttpRegistry>>,
+    accounts: Accounts,
+    hasher: UserHasher,
+    internal: String,
+    dead_letter: String,
+    max_records: usize,
+    flush_interval: Duration,
+    counts: IngestCounts,
+    alignment: Alignment,
+}
+
+/// Runs ingest until `shutdown` turns true.
+pub async fn run(
+    cfg: &Config,
+    instance: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<IngestCounts, IngestError> {
+    let mut ingest = Ingest::new(cfg, instance)?;
+    ingest.producer.init_transactions(TXN_TIMEOUT)?;
+    tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
+    while !*shutdown.borrow() {
+        let batch = ingest.collect(&mut shutdown).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match ingest.commit_batch(&batch).await {
+                Ok(counts) => {
+                    ingest.counts.forwarded += counts.forwarded;
+                    ingest.counts.dead_lettered += counts.dead_lettered;
+                    break;
+                }
+                Err(IngestError::Kafka(e)) if is_fatal(&e) => return Err(IngestError::Kafka(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
+                    if let Err(abort) = ingest.producer.abort_transaction(TXN_TIMEOUT) {
+                        tracing::warn!(error = %abort, "cannot abort transaction");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    if *shutdown.borrow() {
+                        return Ok(ingest.counts);
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        forwarded = ingest.counts.forwarded,
+        dead_lettered = ingest.counts.dead_lettered,
+        "ingest stopped"
+    );
+    Ok(ingest.counts)
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
+impl Ingest {
+    fn new(cfg: &Config, instance: &str) -> Result<Self, IngestError> {
+        let consumer: StreamConsumer<LogContext> = kafka::client_config(&cfg.kafka)
+            .set("group.id", &cfg.kafka.ingest_group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            // Small fetches keep the partitions interleaved, so that event
+            // time advances evenly and nothing looks late downstream.
+            .set("max.partition.fetch.bytes", "65536")
+            .create_with_context(LogContext)?;
+        let topics: Vec<&str> = cfg.topics.raw.iter().map(|t| t.name.as_str()).collect();
+        consumer.subscribe(&topics)?;
+        let producer: FutureProducer<LogContext> = kafka::client_config(&cfg.kafka)
+            .set(
+                "transactional.id",
+                format!("{}-{instance}", cfg.kafka.ingest_group),
+            )
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .set("compression.type", "lz4")
+            .create_with_context(LogContext)?;
+        let registry = match &cfg.schema_registry {
+            Some(r) => {
+                Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut decoders = HashMap::new();
+        for topic in &cfg.topics.raw {
+            let decoder = Decoder::new(
+                topic.format,
+                AvroCodec::new(),
+                registry.clone().map(CachingRegistry::new),
+            )
+            .map_err(|e| IngestError::Config(format!("topic {}: {e}", topic.name)))?;
+            decoders.insert(topic.name.clone(), decoder);
+        }
+        Ok(Ingest {
+            consumer,
+            producer,
+            decoders,
+            accounts: cfg
+                .accounts()
+                .map_err(|e| IngestError::Config(e.to_string()))?,
+            hasher: UserHasher::new(cfg.user_hash_key()),
+            internal: cfg.topics.internal.clone(),
+            dead_letter: cfg.topics.dead_letter.clone(),
+            max_records: cfg.batch.max_records,
+            flush_interval: Duration::from_millis(cfg.batch.flush_interval_ms),
+            counts: IngestCounts::default(),
+            alignment: Alignment {
+                skew_ms: cfg
+                    .max_partition_skew_ms()
+                    .map_err(|e| IngestError::Config(e.to_string()))?,
+                assigned: Vec::new(),
+                forwarded: HashMap::new(),
+                at_end: Default::default(),
+                held: HashMap::new(),
+            },
+        })
+    }
+
+    /// Receives and decides records until the batch is full or the flush
+    /// interval ends, holding back partitions that run ahead in event time.
+    async fn collect(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<(OwnedMessage, Decision)>, IngestError> {
+        let mut batch = Vec::new();
+        self.refresh_assignment();
+        self.release(&mut batch)?;
+        let deadline = Instant::now() + self.flush_interval;
+        while batch.len() < self.max_records {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let message = tokio::select! {
+                received = tokio::time::timeout(left, self.consumer.recv()) => match received {
+                    Ok(Ok(message)) => message.detach(),
+                    Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                        self.mark_at_end(partition);
+                        self.release(&mut batch)?;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            let decision = self.decide_with_retry(&message, shutdown).await?;
+            let partition: Partition = (message.topic().to_owned(), message.partition());
+            if !self.alignment.assigned.contains(&partition) {
+                // The first records arrive right after an assignment.
+                self.refresh_assignment();
+            }
+            self.alignment.at_end.remove(&partition);
+            match decision {
+                Decision::Forward { event_time, .. }
+                    if self.alignment.held.contains_key(&partition)
+                        || self.alignment.ahead(&partition, event_time) =>
+                {
+                    if !self.alignment.held.contains_key(&partition) {
+                        tracing::debug!(
+                            topic = partition.0,
+                            partition = partition.1,
+                            event_time,
+                            "partition ahead in event time, paused"
+                        );
+                        self.pause(&partition, true)?;
+                    }
+                    self.alignment
+                        .held
+                        .entry(partition)
+                        .or_default()
+                        .push_back((message, decision));
+                }
+                decision => {
+                    if let Decision::Forward { event_time, .. } = &decision {
+                        let slot = self
+                            .alignment
+                            .forwarded
+                            .entry(partition)
+                            .or_insert(i64::MIN);
+                        *slot = (*slot).max(*event_time);
+                    }
+                    batch.push((message, decision));
+                }
+            }
+            self.release(&mut batch)?;
+        }
+        Ok(batch)
+    }
+
+    fn refresh_assignment(&mut self) {
+        if let Ok(assignment) = self.consumer.assignment() {
+            self.alignment.assigned = assignment
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+        }
+    }
+
+    /// librdkafka reports the end of a partition by number only: with
+    /// several raw topics, check which of them really are at their end.
+    fn mark_at_end(&mut self, partition: i32) {
+        let positions = self.consumer.position().ok();
+        let candidates: Vec<Partition> = self
+            .alignment
+            .assigned
+            .iter()
+            .filter(|p| p.1 == partition)
+            .cloned()
+            .collect();
+        for candidate in candidates {
+            let (topic, partition) = (&candidate.0, candidate.1);
+            let Ok((low, high)) =
+                self.consumer
+                    .fetch_watermarks(topic, partition, Duration::from_secs(2))
+            else {
+                continue;
+            };
+            let position = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(topic, partition))
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0);
+            let at_end = match position {
+                Some(position) => position >= high,
+                None => low == high,
+            };
+            if at_end {
+                self.alignment.at_end.insert(candidate);
+            }
+        }
+    }
+
+    /// Moves the held records of partitions that are no longer ahead into the batch.
+    fn release(&mut self, batch: &mut Vec<(OwnedMessage, Decision)>) -> Result<(), IngestError> {
+        loop {
+            let ready = self
+                .alignment
+                .held
+                .iter()
+                .find_map(|(p, queue)| match queue.front() {
+                    Some((_, Decision::Forward { event_time, .. }))
+                        if !self.alignment.ahead(p, *event_time) =>
+                    {
+                        Some(p.clone())
+                    }
+                    Some((_, Decision::DeadLetter { .. })) => Some(p.clone()),
+                    _ => None,
+                });
+            let Some(partition) = ready else {
+                return Ok(());
+            };
+            for (message, decision) in self.alignment.held.remove(&partition).unwrap_or_default() {
+                if let Decision::Forward { event_time, .. } = &decision {
+                    let slot = self
+                        .alignment
+                        .forwarded
+                        .entry(partition.clone())
+                        .or_insert(i64::MIN);
+                    *slot = (*slot).max(*event_time);
+                }
+                batch.push((message, decision));
+            }
+            self.pause(&partition, false)?;
+        }
+    }
+
+    fn pause(&self, (topic, partition): &Partition, pause: bool) -> Result<(), IngestError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        if pause {
+            self.consumer.pause(&tpl)?;
+        } else {
+            self.consumer.resume(&tpl)?;
+        }
+        Ok(())
+    }
+
+    async fn decide_with_retry(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Decision, IngestError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.decide(message).await {
+                Err(IngestError::Decode(e)) if !*shutdown.borrow() => {
+                    // Consumption waits: good records are never dead-lettered for this.
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn decide(&self, message: &OwnedMessage) -> Result<Decision, IngestError> {
+        let Some(bytes) = message.payload() else {
+            return Ok(Decision::DeadLetter {
+                reason: "malformed",
+                detail: "record has no value".into(),
+            });
+        };
+        let Some(decoder) = self.decoders.get(message.topic()) else {
+            return Err(IngestError::Config(format!(
+                "no decoder for topic {}",
+                message.topic()
+            )));
+        };
+        let raw = match decoder.decode(bytes).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_retryable() => return Err(IngestError::Decode(e)),
+            Err(e) => {
+                return Ok(Decision::DeadLetter {
+                    reason: e.code(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let now = message
+            .timestamp()
+            .to_millis()
+            .unwrap_or_else(wall_clock_ms);
+        match raw.validate(&self.accounts, &self.hasher, now) {
+            Ok(event) => {
+                let payload = serde_json::to_vec(&event).map_err(|e| {
+                    IngestError::Config(format!("cannot encode a validated event: {e}"))
+                })?;
+                Ok(Decision::Forward {
+                    key: event.partition_key(),
+                    payload,
+                    event_time: event.time,
+                })
+            }
+            Err(rejection) => Ok(dead_letter(&rejection)),
+        }
+    }
+
+    async fn commit_batch(
+        &self,
+        batch: &[(OwnedMessage, Decision)],
+    ) -> Result<IngestCounts, IngestError> {
+        self.producer.begin_transaction()?;
+        let mut counts = IngestCounts::default();
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for (message, decision) in batch {
+            let partition = message.partition().to_string();
+            let offset = message.offset().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: kafka::SOURCE_TOPIC,
+                    value: Some(message.topic()),
+                })
+                .insert(Header {
+                    key: kafka::SOURCE_PARTITION,
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: kafka::SOURCE_OFFSET,
+                    value: Some(&offset),
+                });
+            let record = match decision {
+                Decision::Forward { key, payload, .. } => {
+                    counts.forwarded += 1;
+                    (
+                        self.internal.as_str(),
+                        Some(key.as_bytes().to_vec()),
+                        payload.clone(),
+                        headers,
+                    )
+                }
+                Decision::DeadLetter { reason, detail } => {
+                    counts.dead_lettered += 1;
+                    tracing::debug!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        reason,
+                        "dead-lettered"
+                    );
+                    let headers = headers
+                        .insert(Header {
+                            key: kafka::REASON,
+                            value: Some(*reason),
+                        })
+                        .insert(Header {
+                            key: kafka::DETAIL,
+                            value: Some(detail.as_str()),
+                        });
+                    (
+                        self.dead_letter.as_str(),
+                        message.key().map(<[u8]>::to_vec),
+                        message.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    )
+                }
+            };
+            deliveries.push(self.send(record).await?);
+            next.insert(
+                (message.topic().to_owned(), message.partition()),
+                message.offset() + 1,
+            );
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| IngestError::Config("no consumer group metadata".into()))?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+        self.producer.commit_transaction(TXN_TIMEOUT)?;
+        for delivery in deliveries {
+            if let Ok(Err((e, _))) = delivery.await {
+                // The transaction committed, so this cannot be a lost record;
+                // it would have failed the commit. Log for the operator.
+                tracing::warn!(error = %e, "delivery report error after commit");
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn send(
+        &self,
+        (topic, key, payload, headers): (&str, Option<Vec<u8>>, Vec<u8>, OwnedHeaders),
+    ) -> Result<rdkafka::producer::DeliveryFuture, IngestError> {
+        loop {
+            let mut record = FutureRecord::to(topic)
+                .payload(&payload)
+                .headers(headers.clone());
+            if let Some(key) = &key {
+                record = record.key(key);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Backpressure: the local queue is full until the broker catches up.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn dead_letter(rejection: &Rejection) -> Decision {
+    Decision::DeadLetter {
+        reason: rejection.code(),
+        detail: rejection.to_string(),
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,115 @@
+//! Kafka plumbing shared by the services: client configuration with a
+//! logging context (librdkafka's own warnings go to `tracing`), topic
+//! administration, and the header names of the internal and dead-letter
+//! records.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+
+use crate::config::KafkaConfig;
+
+/// Header: the raw topic a record came from.
+pub const SOURCE_TOPIC: &str = "wafunnel.source.topic";
+/// Header: its partition.
+pub const SOURCE_PARTITION: &str = "wafunnel.source.partition";
+/// Header: its offset.
+pub const SOURCE_OFFSET: &str = "wafunnel.source.offset";
+/// Dead-letter header: the machine-readable reason.
+pub const REASON: &str = "wafunnel.reason";
+/// Dead-letter header: the human-readable detail.
+pub const DETAIL: &str = "wafunnel.detail";
+
+/// Forwards librdkafka's log lines to `tracing` (by default they would be lost).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// A client configuration with the bootstrap servers and the passthrough properties.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &cfg.bootstrap);
+    for (key, value) in &cfg.properties {
+        config.set(key, value);
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Creates topics that do not exist yet (`name`, partitions); existing ones are left alone.
+pub async fn create_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let admin: AdminClient<LogContext> = client_config(cfg).create_with_context(LogContext)?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::error!(topic, error = %code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Partition counts of the topics the broker knows.
+pub fn topic_partitions(
+    cfg: &KafkaConfig,
+    timeout: Duration,
+) -> Result<HashMap<String, i32>, KafkaError> {
+    let consumer: BaseConsumer<LogContext> = client_config(cfg).create_with_context(LogContext)?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// A header's value as text.
+pub fn header<'a>(message: &'a impl Message, key: &str) -> Option<&'a str> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}

@@ -1,0 +1,617 @@
+//! ClickHouse: migrations and the sink of partition rows.
+//!
+//! Contract: every row written is full state, versioned by the offset of
+//! the input that produced it (per partition, only growing), into a
+//! `ReplacingMergeTree`. Writing a batch twice, or rows of a replayed batch,
+//! leaves the views unchanged. A batch is acknowledged only when every
+//! `INSERT` of it returned; the caller commits Kafka offsets after that.
+
+use std::time::Duration;
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use wafunnel_core::rows::{Changes, ConversationChange, ConversationRow};
+use wafunnel_core::time::Day;
+
+use crate::config::ClickHouseConfig;
+
+/// A ClickHouse failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The server is unreachable or failed the request: retry later.
+    #[error("clickhouse request failed: {0}")]
+    Unavailable(#[from] clickhouse::error::Error),
+    /// A migration already applied has changed: fatal, the schema is not what this build expects.
+    #[error("migration {version} ({name}) was applied with another checksum")]
+    MigrationChanged {
+        /// Its number.
+        version: u32,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl SinkError {
+    /// Whether retrying can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Unavailable(_))
+    }
+}
+
+/// The versioned migrations, in order.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "core_tables",
+        include_str!("../../../schemas/clickhouse/0001_core_tables.sql"),
+    ),
+    (
+        2,
+        "bi_views",
+        include_str!("../../../schemas/clickhouse/0002_bi_views.sql"),
+    ),
+    (
+        3,
+        "spend_snapshots_and_outcomes",
+        include_str!("../../../schemas/clickhouse/0003_spend_snapshots_and_outcomes.sql"),
+    ),
+];
+
+/// Splits a migration into statements: each ends with `;` at the end of a line.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            if !statement.is_empty() {
+                out.push(statement);
+            }
+            current.clear();
+        }
+    }
+    out
+}
+
+fn checksum(sql: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(sql.as_bytes()))
+}
+
+/// A client for the configured database (created by [`migrate`]).
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password.0)
+        .with_database(&cfg.database)
+        // The server in the test suite (18.16) cannot describe row types.
+        .with_validation(false)
+        // 18.16 answers `compress=1` SELECTs with an empty body (and logs a
+        // Poco `!_pStream` assertion), so every fetch would find no row.
+        .with_compression(clickhouse::Compression::None)
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+struct AppliedMigration {
+    version: u32,
+    name: String,
+    checksum: String,
+    applied_at: i64,
+}
+
+/// Creates the database and applies the migrations not applied yet, in
+/// order, recording each in `schema_migrations`. Returns how many it applied.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<usize, SinkError> {
+    let server = client(cfg).with_database("default");
+    server
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            cfg.database.replace('`', "")
+        ))
+        .execute()
+        .await?;
+    let db = client(cfg);
+    let bootstrap = statements(MIGRATIONS[0].2);
+    // schema_migrations itself is created by the first migration.
+    for statement in bootstrap.iter().filter(|s| s.contains("schema_migrations")) {
+        db.query(statement).execute().await?;
+    }
+    let applied: Vec<AppliedMigration> = db
+        .query("SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await?;
+    let mut count = 0;
+    for &(version, name, sql) in MIGRATIONS {
+        let sum = checksum(sql);
+        if let Some(done) = applied.iter().find(|m| m.version == version) {
+            if done.checksum != sum {
+                return Err(SinkError::MigrationChanged {
+                    version,
+                    name: name.to_owned(),
+                });
+            }
+            continue;
+        }
+        for statement in statements(sql) {
+            db.query(&statement).execute().await?;
+        }
+        let mut insert = db.insert::<AppliedMigration>("schema_migrations").await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        insert
+            .write(&AppliedMigration {
+                version,
+                name: name.to_owned(),
+                checksum: sum,
+                applied_at: now,
+            })
+            .await?;
+        insert.end().await?;
+        tracing::info!(version, name, "applied migration");
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Whether every migration is applied.
+pub async fn is_migrated(db: &Client) -> Result<bool, SinkError> {
+    let n: u64 = db
+        .query("SELECT count() FROM schema_migrations")
+        .fetch_one()
+        .await?;
+    Ok(n as usize >= MIGRATIONS.len())
+}
+
+fn day16(day: Day) -> u16 {
+    u16::try_from(day.0).unwrap_or(0)
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct ConversationCh {
+    pub account_id: String,
+    pub ad_id: String,
+    pub user_hash: String,
+    pub started_at: i64,
+    pub last_activity_at: i64,
+    pub clicks: u32,
+    pub first_click_at: Option<i64>,
+    pub inbound_messages: u32,
+    pub first_inbound_at: Option<i64>,
+    pub outbound_messages: u32,
+    pub first_reply_at: Option<i64>,
+    pub first_response_ms: Option<i64>,
+    pub response_bucket: Option<String>,
+    pub free_window_ends_at: Option<i64>,
+    pub outbound_in_free_window: u32,
+    pub outbound_after_free_window: u32,
+    pub followups_in_free_window: u32,
+    pub over_messaged: u8,
+    pub qualified_at: Option<i64>,
+    pub purchases: u32,
+    pub revenue: i64,
+    pub first_purchase_at: Option<i64>,
+    pub time_to_close_ms: Option<i64>,
+}
+
+impl From<&ConversationRow> for ConversationCh {
+    fn from(r: &ConversationRow) -> Self {
+        ConversationCh {
+            account_id: r.account_id.to_string(),
+            ad_id: r.ad_id.to_string(),
+            user_hash: r.user_hash.to_string(),
+            started_at: r.started_at,
+            last_activity_at: r.last_activity_at,
+            clicks: r.clicks,
+            first_click_at: r.first_click_at,
+            inbound_messages: r.inbound_messages,
+            first_inbound_at: r.first_inbound_at,
+            outbound_messages: r.outbound_messages,
+            first_reply_at: r.first_reply_at,
+            first_response_ms: r.first_response_ms,
+            response_bucket: r.response_bucket.map(|b| b.as_str().to_owned()),
+            free_window_ends_at: r.free_window_ends_at,
+            outbound_in_free_window: r.outbound_in_free_window,
+            outbound_after_free_window: r.outbound_after_free_window,
+            followups_in_free_window: r.followups_in_free_window,
+            over_messaged: u8::from(r.over_messaged),
+            qualified_at: r.qualified_at,
+            purchases: r.purchases,
+            revenue: r.revenue.0,
+            first_purchase_at: r.first_purchase_at,
+            time_to_close_ms: r.time_to_close_ms,
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ConversationWrite {
+    account_id: String,
+    ad_id: String,
+    user_hash: String,
+    started_at: i64,
+    last_activity_at: i64,
+    clicks: u32,
+    first_click_at: Option<i64>,
+    inbound_messages: u32,
+    first_inbound_at: Option<i64>,
+    outbound_messages: u32,
+    first_reply_at: Option<i64>,
+    first_response_ms: Option<i64>,
+    response_bucket: Option<String>,
+    free_window_ends_at: Option<i64>,
+    outbound_in_free_window: u32,
+    outbound_after_free_window: u32,
+    followups_in_free_window: u32,
+    over_messaged: u8,
+    qualified_at: Option<i64>,
+    purchases: u32,
+    revenue: i64,
+    first_purchase_at: Option<i64>,
+    time_to_close_ms: Option<i64>,
+    partition: u32,
+    version: u64,
+    is_deleted: u8,
+}
+
+impl ConversationWrite {
+    fn new(r: ConversationCh, partition: u32, version: u64, is_deleted: u8) -> Self {
+        ConversationWrite {
+            account_id: r.account_id,
+            ad_id: r.ad_id,
+            user_hash: r.user_hash,
+            started_at: r.started_at,
+            last_activity_at: r.last_activity_at,
+            clicks: r.clicks,
+            first_click_at: r.first_click_at,
+            inbound_messages: r.inbound_messages,
+            first_inbound_at: r.first_inbound_at,
+            outbound_messages: r.outbound_messages,
+            first_reply_at: r.first_reply_at,
+            first_response_ms: r.first_response_ms,
+            response_bucket: r.response_bucket,
+            free_window_ends_at: r.free_window_ends_at,
+            outbound_in_free_window: r.outbound_in_free_window,
+            outbound_after_free_window: r.outbound_after_free_window,
+            followups_in_free_window: r.followups_in_free_window,
+            over_messaged: r.over_messaged,
+            qualified_at: r.qualified_at,
+            purchases: r.purchases,
+            revenue: r.revenue,
+            first_purchase_at: r.first_purchase_at,
+            time_to_close_ms: r.time_to_close_ms,
+            partition,
+            version,
+            is_deleted,
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct FunnelWrite {
+    account_id: String,
+    ad_id: String,
+    day: u16,
+    partition: u32,
+    clicks: i64,
+    inbound_messages: i64,
+    conversations_started: i64,
+    conversations_messaged: i64,
+    replied: i64,
+    replied_le_5m: i64,
+    replied_le_1h: i64,
+    replied_le_24h: i64,
+    replied_gt_24h: i64,
+    sum_first_response_ms: i64,
+    outbound_in_free_window: i64,
+    outbound_after_free_window: i64,
+    over_messaged_conversations: i64,
+    qualified_leads: i64,
+    purchases: i64,
+    revenue: i64,
+    version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct ContactsWrite {
+    account_id: String,
+    day: u16,
+    partition: u32,
+    unique_contacts: i64,
+    organic_inbound_messages: i64,
+    organic_contacts: i64,
+    unattributed_leads: i64,
+    unattributed_purchases: i64,
+    version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct AdWrite {
+    account_id: String,
+    ad_id: String,
+    partition: u32,
+    campaign_id: String,
+    adset_id: String,
+    named_at: i64,
+    named_by: String,
+    version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct SpendWrite {
+    account_id: String,
+    ad_id: String,
+    date: u16,
+    partition: u32,
+    event_id: String,
+    event_time: i64,
+    spend: i64,
+    currency: String,
+    impressions: i64,
+    clicks: i64,
+    reported_conversations: i64,
+    version: u64,
+}
+
+/// An event kept aside because it was older than the watermark minus the allowed lateness.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct LateWrite {
+    /// Internal topic.
+    pub topic: String,
+    /// Internal partition.
+    pub partition: u32,
+    /// Offset in it.
+    pub offset: i64,
+    /// Account.
+    pub account_id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Event time.
+    pub event_time: i64,
+    /// Partition watermark when it arrived.
+    pub watermark: i64,
+    /// Why it was not applied.
+    pub reason: String,
+    /// The validated event as JSON (user already hashed).
+    pub raw: String,
+}
+
+/// Cumulative count of one outcome, as decided by one worker partition.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct OutcomeWrite {
+    pub stage: String,
+    pub source_topic: String,
+    pub source_partition: u32,
+    pub worker_topic: String,
+    pub worker_partition: u32,
+    pub outcome: String,
+    pub records: u64,
+    pub version: u64,
+}
+
+/// One batch to write: a partition's changes with their version, late
+/// events and outcome counts.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Per internal partition: its changes and the version to write them with.
+    pub changes: Vec<(u32, u64, Changes)>,
+    /// Late events.
+    pub late: Vec<LateWrite>,
+    /// Outcome counts that changed.
+    pub outcomes: Vec<OutcomeWrite>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.changes.iter().all(|(_, _, c)| c.is_empty())
+            && self.late.is_empty()
+            && self.outcomes.is_empty()
+    }
+}
+
+/// Writes batches to ClickHouse with the `Inserter`, one INSERT per table per batch.
+#[derive(Clone)]
+pub struct Sink {
+    db: Client,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+async fn write_all<T>(db: &Client, table: &str, rows: &[T::Value<'_>]) -> Result<(), SinkError>
+where
+    T: clickhouse::RowWrite,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut inserter = db.inserter::<T>(table);
+    for row in rows {
+        inserter.write(row).await?;
+    }
+    inserter.end().await?;
+    Ok(())
+}
+
+impl Sink {
+    /// A sink on the configured database.
+    pub fn new(cfg: &ClickHouseConfig) -> Self {
+        Sink { db: client(cfg) }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.db
+    }
+
+    /// Writes one batch; returns when ClickHouse acknowledged every row.
+    pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+        let mut conversations = Vec::new();
+        let mut funnel = Vec::new();
+        let mut contacts = Vec::new();
+        let mut ads = Vec::new();
+        let mut spend = Vec::new();
+        for (partition, version, changes) in &batch.changes {
+            let (partition, version) = (*partition, *version);
+            for change in &changes.conversations {
+                let (row, is_deleted) = match change {
+                    ConversationChange::Upsert(row) => (ConversationCh::from(row), 0),
+                    ConversationChange::Delete(key) => (
+                        ConversationCh {
+                            account_id: key.account_id.to_string(),
+                            ad_id: key.ad_id.to_string(),
+                            user_hash: key.user_hash.to_string(),
+                            started_at: key.started_at,
+                            last_activity_at: key.started_at,
+                            clicks: 0,
+                            first_click_at: None,
+                            inbound_messages: 0,
+                            first_inbound_at: None,
+                            outbound_messages: 0,
+                            first_reply_at: None,
+                            first_response_ms: None,
+                            response_bucket: None,
+                            free_window_ends_at: None,
+                            outbound_in_free_window: 0,
+                            outbound_after_free_window: 0,
+                            followups_in_free_window: 0,
+                            over_messaged: 0,
+                            qualified_at: None,
+                            purchases: 0,
+                            revenue: 0,
+                            first_purchase_at: None,
+                            time_to_close_ms: None,
+                        },
+                        1,
+                    ),
+                };
+                conversations.push(ConversationWrite::new(row, partition, version, is_deleted));
+            }
+            for r in &changes.funnel {
+                let c = &r.counts;
+                funnel.push(FunnelWrite {
+                    account_id: r.account_id.to_string(),
+                    ad_id: r.ad_id.to_string(),
+                    day: day16(r.day),
+                    partition,
+                    clicks: c.clicks,
+                    inbound_messages: c.inbound_messages,
+                    conversations_started: c.conversations_started,
+                    conversations_messaged: c.conversations_messaged,
+                    replied: c.replied,
+                    replied_le_5m: c.replied_le_5m,
+                    replied_le_1h: c.replied_le_1h,
+                    replied_le_24h: c.replied_le_24h,
+                    replied_gt_24h: c.replied_gt_24h,
+                    sum_first_response_ms: c.sum_first_response_ms,
+                    outbound_in_free_window: c.outbound_in_free_window,
+                    outbound_after_free_window: c.outbound_after_free_window,
+                    over_messaged_conversations: c.over_messaged_conversations,
+                    qualified_leads: c.qualified_leads,
+                    purchases: c.purchases,
+                    revenue: c.revenue,
+                    version,
+                });
+            }
+            for r in &changes.contacts {
+                let c = &r.counts;
+                contacts.push(ContactsWrite {
+                    account_id: r.account_id.to_string(),
+                    day: day16(r.day),
+                    partition,
+                    unique_contacts: c.unique_contacts,
+                    organic_inbound_messages: c.organic_inbound_messages,
+                    organic_contacts: c.organic_contacts,
+                    unattributed_leads: c.unattributed_leads,
+                    unattributed_purchases: c.unattributed_purchases,
+                    version,
+                });
+            }
+            for r in &changes.ads {
+                ads.push(AdWrite {
+                    account_id: r.account_id.to_string(),
+                    ad_id: r.ad_id.to_string(),
+                    partition,
+                    campaign_id: r.campaign_id.to_string(),
+                    adset_id: r.adset_id.to_string(),
+                    named_at: r.named_at,
+                    named_by: r.named_by.to_string(),
+                    version,
+                });
+            }
+            for r in &changes.spend {
+                spend.push(SpendWrite {
+                    account_id: r.account_id.to_string(),
+                    ad_id: r.ad_id.to_string(),
+                    date: day16(r.date),
+                    partition,
+                    event_id: r.event_id.to_string(),
+                    event_time: r.event_time,
+                    spend: r.spend.0,
+                    currency: r.currency.to_string(),
+                    impressions: r.impressions,
+                    clicks: r.clicks,
+                    reported_conversations: r.reported_conversations,
+                    version,
+                });
+            }
+        }
+        write_all::<ConversationWrite>(&self.db, "conversation_rows", &conversations).await?;
+        write_all::<FunnelWrite>(&self.db, "funnel_partial", &funnel).await?;
+        write_all::<ContactsWrite>(&self.db, "contacts_partial", &contacts).await?;
+        write_all::<AdWrite>(&self.db, "ads", &ads).await?;
+        write_all::<SpendWrite>(&self.db, "spend_snapshots", &spend).await?;
+        write_all::<LateWrite>(&self.db, "late_events", &batch.late).await?;
+        write_all::<OutcomeWrite>(&self.db, "record_outcomes", &batch.outcomes).await?;
+        Ok(())
+    }
+
+    /// Writes a batch, retrying with backoff while ClickHouse is unavailable.
+    pub async fn write_with_retry(&self, batch: &Batch) -> Result<(), SinkError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.write(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse write failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_statements() {
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| statements(m.2)).collect();
+        assert!(all.len() >= 10, "{}", all.len());
+        assert!(
+            all.iter().all(|s| !s.contains(';')),
+            "a statement kept a semicolon"
+        );
+        assert!(all
+            .iter()
+            .any(|s| s.starts_with("CREATE VIEW funnel_daily")));
+        let numbers: Vec<u32> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(numbers, (1..=MIGRATIONS.len() as u32).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,495 @@
+//! End-to-end tests on a real Kafka broker and ClickHouse server, started by
+//! `deploy/local/up.sh` (`scripts/test.sh` does it). Each test has its own
+//! topics and its own database.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::watch;
+use wafunnel_core::config::UserHasher;
+use wafunnel_core::event::parse_json_event;
+use wafunnel_core::sessionizer::{Outcome, Sessionizer};
+use wafunnel_core::tables::Tables;
+use wafunnel_stream::config::Config;
+use wafunnel_stream::kafka::{self, LogContext};
+use wafunnel_stream::sink::{self, ConversationCh};
+
+const HASH_KEY: &str = "e2e-test-user-hash-key";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: start the services with deploy/local/up.sh (scripts/test.sh does)"
+        )
+    })
+}
+
+struct Env {
+    cfg: Config,
+    raw: String,
+    avro: String,
+}
+
+impl Env {
+    async fn new(name: &str, raw_partitions: i32, internal_partitions: i32) -> Env {
+        let suffix = format!("{name}-{}", std::process::id());
+        let raw = format!("raw-{suffix}");
+        let avro = format!("raw-avro-{suffix}");
+        let text = format!(
+            r#"
+user_hash_key = "{HASH_KEY}"
+[kafka]
+bootstrap = "{bootstrap}"
+ingest_group = "ingest-{suffix}"
+sessionize_group = "sessionize-{suffix}"
+[topics]
+raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro-single-object" }}]
+internal = "events-{suffix}"
+dead_letter = "dead-{suffix}"
+internal_partitions = {internal_partitions}
+[clickhouse]
+url = "{url}"
+database = "wafunnel_{db}"
+[[accounts]]
+id = "act_1001"
+currency = "USD"
+time_zone = "UTC"
+[[accounts]]
+id = "act_2002"
+currency = "BRL"
+time_zone = "America/Sao_Paulo"
+[[accounts]]
+id = "act_3003"
+currency = "EUR"
+time_zone = "Europe/Madrid"
+[batch]
+max_records = 20000
+flush_interval_ms = 300
+"#,
+            bootstrap = env("KAFKA_BOOTSTRAP"),
+            url = env("CLICKHOUSE_URL").trim_end_matches('/'),
+            db = suffix.replace('-', "_"),
+        );
+        let cfg = Config::parse(&text, |_| None).expect("test config");
+        kafka::create_topics(
+            &cfg.kafka,
+            &[
+                (&raw, raw_partitions),
+                (&avro, 1),
+                (&cfg.topics.internal, internal_partitions),
+                (&cfg.topics.dead_letter, 1),
+            ],
+        )
+        .await
+        .expect("create topics");
+        sink::migrate(&cfg.clickhouse).await.expect("migrate");
+        Env { cfg, raw, avro }
+    }
+
+    async fn produce(&self, topic: &str, partitions: i32, records: &[Vec<u8>]) {
+        let producer: FutureProducer<LogContext> = kafka::client_config(&self.cfg.kafka)
+            .set("linger.ms", "20")
+            .create_with_context(LogContext)
+            .expect("producer");
+        let mut pending = Vec::new();
+        for (i, payload) in records.iter().enumerate() {
+            let mut record = FutureRecord::<(), _>::to(topic)
+                .payload(payload)
+                .partition(i as i32 % partitions);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.expect("delivered").expect("acknowledged");
+        }
+    }
+
+    /// Runs ingest and sessionize until every input record is accounted for.
+    async fn run_pipeline(&self, expected_records: u64) -> Accounting {
+        let (stop, shutdown) = watch::channel(false);
+        let ingest_cfg = Config::parse(&self.toml_again(), |_| None).expect("config");
+        let sessionize_cfg = Config::parse(&self.toml_again(), |_| None).expect("config");
+        let ingest_shutdown = shutdown.clone();
+        let ingest = tokio::spawn(async move {
+            wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
+        });
+        let sessionize = tokio::spawn(async move {
+            wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await
+        });
+        let started = Instant::now();
+        let accounting = loop {
+            let accounting = self.accounting().await;
+            if accounting.total() >= expected_records {
+                break accounting;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "only {accounting:?} of {expected_records} records accounted for"
+            );
+            assert!(
+                !ingest.is_finished() && !sessionize.is_finished(),
+                "a service stopped early"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        stop.send(true).expect("stop");
+        ingest.await.expect("join").expect("ingest");
+        sessionize.await.expect("join").expect("sessionize");
+        accounting
+    }
+
+    fn toml_again(&self) -> String {
+        // Config is not Clone (it holds secrets); rebuild it from the same values.
+        let c = &self.cfg;
+        format!(
+            r#"
+user_hash_key = "{HASH_KEY}"
+[kafka]
+bootstrap = "{}"
+ingest_group = "{}"
+sessionize_group = "{}"
+[topics]
+raw = [{{ name = "{}", format = "json" }}, {{ name = "{}", format = "avro-single-object" }}]
+internal = "{}"
+dead_letter = "{}"
+[clickhouse]
+url = "{}"
+database = "{}"
+[[accounts]]
+id = "act_1001"
+currency = "USD"
+time_zone = "UTC"
+[[accounts]]
+id = "act_2002"
+currency = "BRL"
+time_zone = "America/Sao_Paulo"
+[[accounts]]
+id = "act_3003"
+currency = "EUR"
+time_zone = "Europe/Madrid"
+[batch]
+max_records = 20000
+flush_interval_ms = 300
+"#,
+            c.kafka.bootstrap,
+            c.kafka.ingest_group,
+            c.kafka.sessionize_group,
+            self.raw,
+            self.avro,
+            c.topics.internal,
+            c.topics.dead_letter,
+            c.clickhouse.url,
+            c.clickhouse.database
+        )
+    }
+
+    async fn accounting(&self) -> Accounting {
+        let db = sink::client(&self.cfg.clickhouse);
+        db.query("SELECT sum(applied), sum(duplicate), sum(late), sum(dead_lettered) FROM input_accounting")
+            .fetch_one::<Accounting>()
+            .await
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct Accounting {
+    applied: u64,
+    duplicate: u64,
+    late: u64,
+    dead_lettered: u64,
+}
+
+impl Accounting {
+    fn total(&self) -> u64 {
+        self.applied + self.duplicate + self.late + self.dead_lettered
+    }
+}
+
+#[derive(Debug, PartialEq, Deserialize, clickhouse::Row)]
+struct FunnelDailyCh {
+    account_id: String,
+    campaign_id: String,
+    adset_id: String,
+    ad_id: String,
+    day: u16,
+    clicks: i64,
+    inbound_messages: i64,
+    conversations_started: i64,
+    conversations_messaged: i64,
+    ghost_conversations: i64,
+    replied: i64,
+    replied_le_5m: i64,
+    replied_le_1h: i64,
+    replied_le_24h: i64,
+    replied_gt_24h: i64,
+    sum_first_response_ms: i64,
+    outbound_in_free_window: i64,
+    outbound_after_free_window: i64,
+    over_messaged_conversations: i64,
+    qualified_leads: i64,
+    purchases: i64,
+    revenue: i64,
+    spend: i64,
+    impressions: i64,
+    reported_conversations: i64,
+    cost_per_conversation: Option<i64>,
+    cost_per_messaged_conversation: Option<i64>,
+    click_to_message_rate: Option<f64>,
+}
+
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct ContactsDailyCh {
+    account_id: String,
+    day: u16,
+    unique_contacts: i64,
+    organic_inbound_messages: i64,
+    organic_contacts: i64,
+    unattributed_leads: i64,
+    unattributed_purchases: i64,
+}
+
+fn expected_funnel(tables: &Tables) -> Vec<FunnelDailyCh> {
+    tables
+        .funnel_daily()
+        .into_iter()
+        .map(|r| FunnelDailyCh {
+            account_id: r.account_id.to_string(),
+            campaign_id: r.campaign_id.to_string(),
+            adset_id: r.adset_id.to_string(),
+            ad_id: r.ad_id.to_string(),
+            day: r.day.0 as u16,
+            clicks: r.clicks,
+            inbound_messages: r.inbound_messages,
+            conversations_started: r.conversations_started,
+            conversations_messaged: r.conversations_messaged,
+            ghost_conversations: r.ghost_conversations,
+            replied: r.replied,
+            replied_le_5m: r.replied_le_5m,
+            replied_le_1h: r.replied_le_1h,
+            replied_le_24h: r.replied_le_24h,
+            replied_gt_24h: r.replied_gt_24h,
+            sum_first_response_ms: r.sum_first_response_ms,
+            outbound_in_free_window: r.outbound_in_free_window,
+            outbound_after_free_window: r.outbound_after_free_window,
+            over_messaged_conversations: r.over_messaged_conversations,
+            qualified_leads: r.qualified_leads,
+            purchases: r.purchases,
+            revenue: r.revenue.0,
+            spend: r.spend.0,
+            impressions: r.impressions,
+            reported_conversations: r.reported_conversations,
+            cost_per_conversation: r.cost_per_conversation.map(|m| m.0),
+            cost_per_messaged_conversation: r.cost_per_messaged_conversation.map(|m| m.0),
+            click_to_message_rate: r.click_to_message_rate,
+        })
+        .collect()
+}
+
+fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
+    tables
+        .contacts_daily()
+        .into_iter()
+        .map(|r| ContactsDailyCh {
+            account_id: r.account_id.to_string(),
+            day: r.day.0 as u16,
+            unique_contacts: r.unique_contacts,
+            organic_inbound_messages: r.organic_inbound_messages,
+            organic_contacts: r.organic_contacts,
+            unattributed_leads: r.unattributed_leads,
+            unattributed_purchases: r.unattributed_purchases,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn a_generated_log_gives_the_in_process_tables_exactly() {
+    let env = Env::new("e2e", 4, 4).await;
+    let gen = wafunnel_gen::GenConfig::scaled(100_000);
+    let log = wafunnel_gen::generate(&gen);
+    let lines: Vec<Vec<u8>> = log.records.iter().map(|r| r.line.clone()).collect();
+    assert!(lines.len() >= 100_000, "{} records", lines.len());
+
+    // The reference: the same records through one in-process sessionizer.
+    let accounts = env.cfg.accounts().expect("accounts");
+    let hasher = UserHasher::new(HASH_KEY.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let mut reference = Sessionizer::new(0, env.cfg.windows().expect("windows"), accounts.clone());
+    let mut duplicates = 0;
+    for line in &lines {
+        let event =
+            parse_json_event(line, &accounts, &hasher, now).expect("generated lines are valid");
+        match reference.apply(&event) {
+            Outcome::Applied => {}
+            Outcome::Duplicate => duplicates += 1,
+            Outcome::Late { .. } => panic!("the generated log has no late event"),
+        }
+    }
+    let mut tables = Tables::default();
+    tables.apply(reference.drain());
+
+    env.produce(&env.raw, 4, &lines).await;
+    let accounting = env.run_pipeline(lines.len() as u64).await;
+    assert_eq!(
+        accounting,
+        Accounting {
+            applied: lines.len() as u64 - duplicates,
+            duplicate: duplicates,
+            late: 0,
+            dead_lettered: 0
+        }
+    );
+
+    let db = sink::client(&env.cfg.clickhouse);
+    let funnel: Vec<FunnelDailyCh> = db
+        .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
+        .fetch_all()
+        .await
+        .expect("funnel_daily");
+    let expected = expected_funnel(&tables);
+    assert_eq!(funnel.len(), expected.len());
+    for (got, want) in funnel.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+    let contacts: Vec<ContactsDailyCh> = db
+        .query("SELECT * FROM contacts_daily ORDER BY account_id, day")
+        .fetch_all()
+        .await
+        .expect("contacts_daily");
+    assert_eq!(contacts, expected_contacts(&tables));
+    let conversations: Vec<ConversationCh> = db
+        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
+        .fetch_all()
+        .await
+        .expect("conversations");
+    let mut want: Vec<ConversationCh> = tables
+        .conversations()
+        .iter()
+        .map(ConversationCh::from)
+        .collect();
+    want.sort_by(|a, b| {
+        (&a.account_id, &a.ad_id, &a.user_hash, a.started_at).cmp(&(
+            &b.account_id,
+            &b.ad_id,
+            &b.user_hash,
+            b.started_at,
+        ))
+    });
+    assert_eq!(conversations.len(), want.len());
+    for (got, want) in conversations.iter().zip(&want) {
+        assert_eq!(got, want);
+    }
+}
+
+async fn dead_letters(env: &Env, expected: usize) -> BTreeMap<String, String> {
+    let consumer: StreamConsumer<LogContext> = kafka::client_config(&env.cfg.kafka)
+        .set("group.id", format!("dlq-reader-{}", std::process::id()))
+        .set("isolation.level", "read_committed")
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&env.cfg.topics.dead_letter, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    let mut out = BTreeMap::new();
+    while out.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("dead letters arrive")
+            .expect("consume");
+        let reason = kafka::header(&message, kafka::REASON)
+            .expect("reason header")
+            .to_owned();
+        assert!(
+            kafka::header(&message, kafka::SOURCE_OFFSET).is_some(),
+            "source offset header"
+        );
+        let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        out.insert(payload, reason);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
+    let env = Env::new("bad", 1, 2).await;
+    let future = 4_102_444_800_000_i64; // 2100-01-01
+    let good = |i: u32| {
+        format!(
+            r#"{{"event_id":"g{i}","type":"ad_click","account_id":"act_1001","user_id":"u{i}","event_time":"2026-03-02T10:00:0{i}Z","ad_id":"ad_1"}}"#
+        )
+    };
+    let bad: Vec<(String, &str)> = vec![
+        (r#"{"event_id":"t1","type":"ad_click","account_id":"act_1001""#.into(), "malformed"),
+        (r#"{"event_id":"w1","type":"ad_click","account_id":"act_1001","user_id":"u","event_time":true,"ad_id":"a"}"#.into(), "invalid_field"),
+        (r#"{"event_id":"k1","type":"refund","account_id":"act_1001","user_id":"u","event_time":1772445660000}"#.into(), "unknown_type"),
+        (format!(r#"{{"event_id":"f1","type":"lead","account_id":"act_1001","user_id":"u","event_time":{future}}}"#), "future_timestamp"),
+        (r#"{"event_id":"c1","type":"purchase","account_id":"act_2002","user_id":"u","event_time":1772445660000,"value":"10","currency":"USD"}"#.into(), "currency_mismatch"),
+    ];
+    let mut json: Vec<Vec<u8>> = Vec::new();
+    for (i, (line, _)) in bad.iter().enumerate() {
+        json.push(good(i as u32).into_bytes());
+        json.push(line.clone().into_bytes());
+    }
+    json.push(good(9).into_bytes());
+    // Avro single-object records: one valid, one truncated, one with a fingerprint nobody knows.
+    let codec = wafunnel_avro::AvroCodec::new();
+    let single = codec
+        .encode_single_object(&wafunnel_core::event::decode_json(good(7).as_bytes()).expect("raw"))
+        .expect("encode");
+    let truncated = single[..single.len() - 3].to_vec();
+    let mut unknown = single.clone();
+    unknown[2..10].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef]);
+    let avro = vec![single.clone(), truncated.clone(), unknown.clone()];
+
+    env.produce(&env.raw, 1, &json).await;
+    env.produce(&env.avro, 1, &avro).await;
+    let total = (json.len() + avro.len()) as u64;
+    let accounting = env.run_pipeline(total).await;
+    assert_eq!(
+        accounting,
+        Accounting {
+            applied: 7,
+            duplicate: 0,
+            late: 0,
+            dead_lettered: 7
+        }
+    );
+
+    let letters = dead_letters(&env, 7).await;
+    for (line, reason) in &bad {
+        assert_eq!(
+            letters.get(line).map(String::as_str),
+            Some(*reason),
+            "{line}"
+        );
+    }
+    let reason_of = |bytes: &[u8]| {
+        letters
+            .get(&String::from_utf8_lossy(bytes).into_owned())
+            .cloned()
+    };
+    assert_eq!(reason_of(&truncated).as_deref(), Some("bad_avro"));
+    assert_eq!(reason_of(&unknown).as_deref(), Some("unknown_schema_id"));
+}
