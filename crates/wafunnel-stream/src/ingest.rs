@@ -266,6 +266,7 @@ impl Ingest {
     ) -> Result<Vec<(OwnedMessage, Decision)>, IngestError> {
         let mut batch = Vec::new();
         self.refresh_assignment();
+        self.check_idle_partitions();
         self.release(&mut batch)?;
         let deadline = Instant::now() + self.flush_interval;
         while batch.len() < self.max_records {
@@ -346,7 +347,7 @@ impl Ingest {
     /// librdkafka reports the end of a partition by number only: with
     /// several raw topics, check which of them really are at their end.
     fn mark_at_end(&mut self, partition: i32) {
-        let positions = self.consumer.position().ok();
+        self.refresh_assignment();
         let candidates: Vec<Partition> = self
             .alignment
             .assigned
@@ -355,25 +356,54 @@ impl Ingest {
             .cloned()
             .collect();
         for candidate in candidates {
-            let (topic, partition) = (&candidate.0, candidate.1);
-            let Ok((low, high)) =
-                self.consumer
-                    .fetch_watermarks(topic, partition, Duration::from_secs(2))
-            else {
-                continue;
-            };
-            let position = positions
-                .as_ref()
-                .and_then(|tpl| tpl.find_partition(topic, partition))
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0);
-            let at_end = match position {
-                Some(position) => position >= high,
-                None => low == high,
-            };
-            if at_end {
-                self.alignment.at_end.insert(candidate);
-            }
+            self.check_end(candidate);
+        }
+    }
+
+    /// Marks `candidate` as at its end if everything in it was delivered. A
+    /// partition at its end (or empty) holds no other partition back.
+    fn check_end(&mut self, candidate: Partition) {
+        let (topic, partition) = (&candidate.0, candidate.1);
+        let Ok((low, high)) =
+            self.consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(2))
+        else {
+            return;
+        };
+        let position = self
+            .consumer
+            .position()
+            .ok()
+            .and_then(|tpl| {
+                tpl.find_partition(topic, partition)
+                    .and_then(|e| e.offset().to_raw())
+            })
+            .filter(|o| *o >= 0);
+        let at_end = match position {
+            Some(position) => position >= high,
+            None => low == high,
+        };
+        if at_end {
+            self.alignment.at_end.insert(candidate);
+        }
+    }
+
+    /// While records are held, idle partitions are checked for having reached their end.
+    fn check_idle_partitions(&mut self) {
+        if self.alignment.held.is_empty() {
+            return;
+        }
+        let idle: Vec<Partition> = self
+            .alignment
+            .assigned
+            .iter()
+            .filter(|p| {
+                !self.alignment.held.contains_key(*p) && !self.alignment.at_end.contains(*p)
+            })
+            .cloned()
+            .collect();
+        for p in idle {
+            self.check_end(p);
         }
     }
 

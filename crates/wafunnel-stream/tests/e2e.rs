@@ -493,3 +493,25 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
     assert_eq!(reason_of(&truncated).as_deref(), Some("bad_avro"));
     assert_eq!(reason_of(&unknown).as_deref(), Some("unknown_schema_id"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn check_sends_a_canary_through_the_running_pipeline() {
+    let env = Env::new("check", 1, 1).await;
+    let (stop, shutdown) = watch::channel(false);
+    let ingest_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+    let sessionize_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+    let ingest_shutdown = shutdown.clone();
+    let ingest = tokio::spawn(async move {
+        wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
+    });
+    let sessionize =
+        tokio::spawn(
+            async move { wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await },
+        );
+    let passed = wafunnel_stream::check::run(&env.cfg, false, Duration::from_secs(120)).await;
+    stop.send(true).expect("stop");
+    ingest.await.expect("join").expect("ingest");
+    sessionize.await.expect("join").expect("sessionize");
+    assert!(passed, "check failed: see its output above");
+}
