@@ -515,3 +515,224 @@ async fn check_sends_a_canary_through_the_running_pipeline() {
     sessionize.await.expect("join").expect("sessionize");
     assert!(passed, "check failed: see its output above");
 }
+
+/// A service run as its own process, so that it can be killed with SIGKILL.
+struct Service {
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    fn new(config: &std::path::Path, command: &str, log: std::path::PathBuf) -> Service {
+        let args = vec![
+            "--config".into(),
+            config.display().to_string(),
+            command.into(),
+        ];
+        Service {
+            args,
+            child: None,
+            log,
+        }
+    }
+
+    fn start(&mut self) {
+        let bin = env("WAFUNNEL_BIN");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = std::process::Command::new(bin)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the wafunnel binary");
+        self.child = Some(child);
+    }
+
+    /// Restarts it if it exited by itself (as a supervisor would).
+    fn keep_alive(&mut self) {
+        if let Some(child) = &mut self.child {
+            if child.try_wait().expect("wait").is_some() {
+                self.start();
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn local_script(script: &str, command: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/local")
+        .join(script);
+    let status = std::process::Command::new(path)
+        .arg(command)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run deploy script");
+    assert!(status.success(), "{script} {command} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
+async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
+    let env_ = Env::new("chaos", 4, 4).await;
+    let gen = wafunnel_gen::GenConfig::scaled(
+        std::env::var("WAFUNNEL_CHAOS_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000),
+    );
+    let lines: Vec<Vec<u8>> = wafunnel_gen::generate(&gen)
+        .records
+        .into_iter()
+        .map(|r| r.line)
+        .collect();
+    let accounts = env_.cfg.accounts().expect("accounts");
+    let hasher = UserHasher::new(HASH_KEY.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let mut reference = Sessionizer::new(0, env_.cfg.windows().expect("windows"), accounts.clone());
+    for line in &lines {
+        reference.apply(&parse_json_event(line, &accounts, &hasher, now).expect("valid"));
+    }
+    let mut tables = Tables::default();
+    tables.apply(reference.drain());
+    env_.produce(&env_.raw, 4, &lines).await;
+
+    let dir = std::env::temp_dir().join(format!("wafunnel-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("wafunnel.toml");
+    std::fs::write(&config, env_.toml_again()).expect("config");
+    let mut ingest = Service::new(&config, "ingest", dir.join("ingest.log"));
+    let mut sessionize = Service::new(&config, "sessionize", dir.join("sessionize.log"));
+    ingest.start();
+    sessionize.start();
+
+    // A fixed schedule of faults, spread over the run: kill -9 of the
+    // sessionizer ten times and of ingest three times, ClickHouse down for
+    // a while, the Kafka broker restarted.
+    let faults = [
+        "kill-sessionize",
+        "kill-ingest",
+        "kill-sessionize",
+        "clickhouse-down",
+        "kill-sessionize",
+        "kill-sessionize",
+        "kafka-restart",
+        "kill-sessionize",
+        "kill-ingest",
+        "kill-sessionize",
+        "kill-sessionize",
+        "kill-ingest",
+        "kill-sessionize",
+        "kill-sessionize",
+    ];
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    for fault in faults {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(700 + rng % 1500)).await;
+        match fault {
+            "kill-sessionize" => {
+                sessionize.kill9();
+                sessionize.start();
+            }
+            "kill-ingest" => {
+                ingest.kill9();
+                ingest.start();
+            }
+            "clickhouse-down" => {
+                local_script("clickhouse.sh", "stop");
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                local_script("clickhouse.sh", "start");
+            }
+            _ => local_script("kafka.sh", "restart"),
+        }
+        ingest.keep_alive();
+        sessionize.keep_alive();
+    }
+    let started = Instant::now();
+    let expected = lines.len() as u64;
+    loop {
+        ingest.keep_alive();
+        sessionize.keep_alive();
+        if env_.accounting().await.total() >= expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not every record accounted for; logs in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ingest.kill9();
+    sessionize.kill9();
+
+    let accounting = env_.accounting().await;
+    assert_eq!(
+        accounting.total(),
+        expected,
+        "every record exactly once: {accounting:?}"
+    );
+    assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
+    let db = sink::client(&env_.cfg.clickhouse);
+    let funnel: Vec<FunnelDailyCh> = db
+        .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
+        .fetch_all()
+        .await
+        .expect("funnel_daily");
+    assert!(
+        funnel == expected_funnel(&tables),
+        "funnel_daily differs from a clean run"
+    );
+    let contacts: Vec<ContactsDailyCh> = db
+        .query("SELECT * FROM contacts_daily ORDER BY account_id, day")
+        .fetch_all()
+        .await
+        .expect("contacts_daily");
+    assert_eq!(contacts, expected_contacts(&tables));
+    let conversations: Vec<ConversationCh> = db
+        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
+        .fetch_all()
+        .await
+        .expect("conversations");
+    let mut want: Vec<ConversationCh> = tables
+        .conversations()
+        .iter()
+        .map(ConversationCh::from)
+        .collect();
+    want.sort_by(|a, b| {
+        (&a.account_id, &a.ad_id, &a.user_hash, a.started_at).cmp(&(
+            &b.account_id,
+            &b.ad_id,
+            &b.user_hash,
+            b.started_at,
+        ))
+    });
+    assert!(
+        conversations == want,
+        "conversations differ from a clean run"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
