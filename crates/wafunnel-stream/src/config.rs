@@ -62,6 +62,18 @@ pub struct Config {
     /// Batching of the sessionizer's writes.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Where the services serve `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The operator endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on (env `WAFUNNEL_METRICS_LISTEN`); none by default.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// A value that is never printed.
@@ -316,6 +328,9 @@ impl Config {
         if let Some(v) = env("WAFUNNEL_CLICKHOUSE_PASSWORD") {
             cfg.clickhouse.password = Secret(v);
         }
+        if let Some(v) = env("WAFUNNEL_METRICS_LISTEN") {
+            cfg.metrics.listen = Some(v);
+        }
         cfg.check()?;
         Ok(cfg)
     }
@@ -366,6 +381,7 @@ impl Config {
             ));
         }
         self.accounts()?;
+        self.metrics_addr()?;
         if self.batch.max_records == 0 {
             return Err(invalid("batch.max_records", "must be at least 1"));
         }
@@ -390,6 +406,20 @@ impl Config {
             lateness_ms: parse("windows.lateness", &self.windows.lateness)?,
             attribution_window_ms: parse("windows.attribution", &self.windows.attribution)?,
         })
+    }
+
+    /// The address of the operator endpoints, if any.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.metrics
+            .listen
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| ConfigError::Invalid {
+                    setting: "metrics.listen".into(),
+                    detail: format!("`{text}` is not host:port"),
+                })
+            })
+            .transpose()
     }
 
     /// How far ahead in event time a raw partition may run.

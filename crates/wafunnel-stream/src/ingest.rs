@@ -36,6 +36,7 @@ use wafunnel_core::event::Rejection;
 
 use crate::config::Config;
 use crate::kafka::{self, LogContext};
+use crate::metrics;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,7 +84,11 @@ struct Alignment {
     forwarded: HashMap<Partition, i64>,
     at_end: std::collections::HashSet<Partition>,
     held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
+    paused: std::collections::HashSet<Partition>,
 }
+
+/// Records held for a partition that runs ahead before it is paused.
+const HOLD_BEFORE_PAUSE: usize = 5_000;
 
 impl Alignment {
     /// Where a partition stands: its next held event, else the last event forwarded.
@@ -146,6 +151,7 @@ pub async fn run(
 ) -> Result<IngestCounts, IngestError> {
     let mut ingest = Ingest::new(cfg, instance)?;
     ingest.producer.init_transactions(TXN_TIMEOUT)?;
+    metrics::READY.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
     while !*shutdown.borrow() {
         let batch = ingest.collect(&mut shutdown).await?;
@@ -158,10 +164,14 @@ pub async fn run(
                 Ok(counts) => {
                     ingest.counts.forwarded += counts.forwarded;
                     ingest.counts.dead_lettered += counts.dead_lettered;
+                    metrics::INGEST_FORWARDED.add(counts.forwarded);
+                    metrics::INGEST_DEAD_LETTERED.add(counts.dead_lettered);
+                    metrics::INGEST_PAUSED_PARTITIONS.set(ingest.alignment.paused.len() as i64);
                     break;
                 }
                 Err(IngestError::Kafka(e)) if is_fatal(&e) => return Err(IngestError::Kafka(e)),
                 Err(e) => {
+                    metrics::INGEST_RETRIES.add(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
                     if let Err(abort) = ingest.producer.abort_transaction(TXN_TIMEOUT) {
                         tracing::warn!(error = %abort, "cannot abort transaction");
@@ -202,6 +212,7 @@ impl Ingest {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "100")
             // Small fetches keep the partitions interleaved, so that event
             // time advances evenly and nothing looks late downstream.
             .set("max.partition.fetch.bytes", "65536")
@@ -254,6 +265,7 @@ impl Ingest {
                 forwarded: HashMap::new(),
                 at_end: Default::default(),
                 held: HashMap::new(),
+                paused: Default::default(),
             },
         })
     }
@@ -302,7 +314,11 @@ impl Ingest {
                     if self.alignment.held.contains_key(&partition)
                         || self.alignment.ahead(&partition, event_time) =>
                 {
-                    if !self.alignment.held.contains_key(&partition) {
+                    let queue = self.alignment.held.entry(partition.clone()).or_default();
+                    queue.push_back((message, decision));
+                    // Small skews are absorbed in memory; a partition far
+                    // ahead is paused so that memory stays bounded.
+                    if queue.len() == HOLD_BEFORE_PAUSE {
                         tracing::debug!(
                             topic = partition.0,
                             partition = partition.1,
@@ -310,12 +326,8 @@ impl Ingest {
                             "partition ahead in event time, paused"
                         );
                         self.pause(&partition, true)?;
+                        self.alignment.paused.insert(partition);
                     }
-                    self.alignment
-                        .held
-                        .entry(partition)
-                        .or_default()
-                        .push_back((message, decision));
                 }
                 decision => {
                     if let Decision::Forward { event_time, .. } = &decision {
@@ -426,18 +438,29 @@ impl Ingest {
             let Some(partition) = ready else {
                 return Ok(());
             };
-            for (message, decision) in self.alignment.held.remove(&partition).unwrap_or_default() {
-                if let Decision::Forward { event_time, .. } = &decision {
-                    let slot = self
-                        .alignment
-                        .forwarded
-                        .entry(partition.clone())
-                        .or_insert(i64::MIN);
-                    *slot = (*slot).max(*event_time);
-                }
-                batch.push((message, decision));
+            // One record at a time: the queue may span more than the skew.
+            let Some(queue) = self.alignment.held.get_mut(&partition) else {
+                return Ok(());
+            };
+            let Some((message, decision)) = queue.pop_front() else {
+                return Ok(());
+            };
+            let left = queue.len();
+            if left == 0 {
+                self.alignment.held.remove(&partition);
             }
-            self.pause(&partition, false)?;
+            if left < HOLD_BEFORE_PAUSE / 2 && self.alignment.paused.remove(&partition) {
+                self.pause(&partition, false)?;
+            }
+            if let Decision::Forward { event_time, .. } = &decision {
+                let slot = self
+                    .alignment
+                    .forwarded
+                    .entry(partition)
+                    .or_insert(i64::MIN);
+                *slot = (*slot).max(*event_time);
+            }
+            batch.push((message, decision));
         }
     }
 

@@ -25,5 +25,6 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod sessionize;
 pub mod sink;

@@ -32,6 +32,7 @@ use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 
 use crate::config::Config;
 use crate::kafka::{self, LogContext};
+use crate::metrics;
 use crate::sink::{Batch, LateWrite, OutcomeWrite, Sink, SinkError};
 
 /// Why sessionize stopped.
@@ -108,6 +109,7 @@ pub async fn run(
     let flush_interval = Duration::from_millis(cfg.batch.flush_interval_ms);
     let mut processed = 0u64;
     let mut late: Vec<LateWrite> = Vec::new();
+    let mut last_gauges = Instant::now();
     tracing::info!(
         internal,
         dead_letter = dead,
@@ -144,6 +146,7 @@ pub async fn run(
                         dirty: false,
                     });
                 *worker.counts.entry(source(&message)).or_default() += 1;
+                metrics::SESSIONIZE_DEAD_LETTERED.add(1);
                 worker.next_offset = message.offset() + 1;
                 worker.dirty = true;
                 continue;
@@ -159,9 +162,16 @@ pub async fn run(
             let payload = message.payload().unwrap_or_default();
             let outcome = match serde_json::from_slice::<Event>(payload) {
                 Ok(event) => match worker.sessionizer.apply(&event) {
-                    Outcome::Applied => "applied",
-                    Outcome::Duplicate => "duplicate",
+                    Outcome::Applied => {
+                        metrics::SESSIONIZE_APPLIED.add(1);
+                        "applied"
+                    }
+                    Outcome::Duplicate => {
+                        metrics::SESSIONIZE_DUPLICATE.add(1);
+                        "duplicate"
+                    }
                     Outcome::Late { watermark } => {
+                        metrics::SESSIONIZE_LATE.add(1);
                         late.push(LateWrite {
                             topic: internal.clone(),
                             partition,
@@ -203,12 +213,40 @@ pub async fn run(
             &mut late,
         )
         .await?;
+        if last_gauges.elapsed() >= GAUGE_EVERY {
+            last_gauges = Instant::now();
+            update_gauges(&consumer, &internal, &workers);
+        }
         if *shutdown.borrow() {
             break;
         }
     }
     tracing::info!(processed, "sessionize stopped");
     Ok(processed)
+}
+
+/// How often the gauges that cost a scan or a broker round trip are updated.
+const GAUGE_EVERY: Duration = Duration::from_secs(10);
+
+fn update_gauges(
+    consumer: &StreamConsumer<LogContext>,
+    internal: &str,
+    workers: &HashMap<u32, Worker>,
+) {
+    let open: usize = workers
+        .values()
+        .map(|w| w.sessionizer.stats().conversations)
+        .sum();
+    metrics::OPEN_CONVERSATIONS.set(open as i64);
+    let mut lag = 0i64;
+    for (&partition, worker) in workers {
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(internal, partition as i32, Duration::from_secs(1))
+        {
+            lag += (high - worker.next_offset).max(0);
+        }
+    }
+    metrics::CONSUMER_LAG.set(lag);
 }
 
 /// Writes everything changed since the last flush, then commits the offsets.

@@ -14,6 +14,7 @@ use wafunnel_core::rows::{Changes, ConversationChange, ConversationRow};
 use wafunnel_core::time::Day;
 
 use crate::config::ClickHouseConfig;
+use crate::metrics;
 
 /// A ClickHouse failure.
 #[derive(Debug, thiserror::Error)]
@@ -582,10 +583,18 @@ impl Sink {
     /// Writes a batch, retrying with backoff while ClickHouse is unavailable.
     pub async fn write_with_retry(&self, batch: &Batch) -> Result<(), SinkError> {
         let mut delay = Duration::from_millis(200);
+        let started = std::time::Instant::now();
         loop {
             match self.write(batch).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    metrics::FLUSHES.add(1);
+                    metrics::FLUSH_MILLIS.add(started.elapsed().as_millis() as u64);
+                    metrics::READY.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(e) if e.is_retryable() => {
+                    metrics::CLICKHOUSE_RETRIES.add(1);
+                    metrics::READY.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse write failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
