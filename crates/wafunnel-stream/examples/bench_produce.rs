@@ -48,6 +48,9 @@ async fn main() {
     };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // Idempotence keeps each partition in order through retries: a
+        // reordered input would turn good events late downstream.
+        .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("compression.type", "lz4")

@@ -93,6 +93,8 @@ flush_interval_ms = 300
 
     async fn produce(&self, topic: &str, partitions: i32, records: &[Vec<u8>]) {
         let producer: FutureProducer<LogContext> = kafka::client_config(&self.cfg.kafka)
+            // In order through retries, like a well-behaved upstream producer.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "20")
             .create_with_context(LogContext)
             .expect("producer");
