@@ -390,7 +390,21 @@ impl Ingest {
                 tpl.find_partition(topic, partition)
                     .and_then(|e| e.offset().to_raw())
             })
-            .filter(|o| *o >= 0);
+            .filter(|o| *o >= 0)
+            // Nothing delivered since the assignment: reading starts at the
+            // committed offset, which may already be the end.
+            .or_else(|| {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                self.consumer
+                    .committed_offsets(tpl, Duration::from_secs(2))
+                    .ok()
+                    .and_then(|c| {
+                        c.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    })
+                    .filter(|o| *o >= 0)
+            });
         let at_end = match position {
             Some(position) => position >= high,
             None => low == high,

@@ -665,7 +665,12 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
             }
             "clickhouse-down" => {
                 local_script("clickhouse.sh", "stop");
-                tokio::time::sleep(Duration::from_secs(8)).await;
+                // CI keeps the outage short; the full run uses 30 to 60 s.
+                let outage = std::env::var("WAFUNNEL_CHAOS_OUTAGE_SECS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(8);
+                tokio::time::sleep(Duration::from_secs(outage)).await;
                 local_script("clickhouse.sh", "start");
             }
             _ => local_script("kafka.sh", "restart"),
