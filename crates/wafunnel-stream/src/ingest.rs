@@ -17,6 +17,8 @@
 //!   reads the batch again from the last committed offsets.
 //! - A retryable decode failure (schema registry unreachable) makes ingest
 //!   wait and retry instead of dead-lettering good records.
+//! - One instance reads every raw partition (assigned, not subscribed):
+//!   run one ingest per raw topic set.
 //! - Raw partitions are kept within `windows.max_partition_skew` of each
 //!   other in event time (see [`Alignment`]), so a backfill cannot turn
 //!   good events into late ones downstream.
@@ -217,8 +219,25 @@ impl Ingest {
             // time advances evenly and nothing looks late downstream.
             .set("max.partition.fetch.bytes", "65536")
             .create_with_context(LogContext)?;
-        let topics: Vec<&str> = cfg.topics.raw.iter().map(|t| t.name.as_str()).collect();
-        consumer.subscribe(&topics)?;
+        // One instance owns every raw partition, assigned directly rather
+        // than through group rebalances: event-time alignment needs to see
+        // all partitions, and a restarted instance must not run ahead on
+        // some while others wait for a dead member's session to expire.
+        // Offsets still commit to the group, inside the transactions.
+        let partitions = kafka::topic_partitions(&cfg.kafka, Duration::from_secs(10))?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in &cfg.topics.raw {
+            let count = *partitions.get(&topic.name).ok_or_else(|| {
+                IngestError::Config(format!(
+                    "topic {} does not exist (create it, e.g. with `wafunnel check --create-topics`)",
+                    topic.name
+                ))
+            })?;
+            for partition in 0..count {
+                assignment.add_partition_offset(&topic.name, partition, Offset::Stored)?;
+            }
+        }
+        consumer.assign(&assignment)?;
         let producer: FutureProducer<LogContext> = kafka::client_config(&cfg.kafka)
             .set(
                 "transactional.id",
