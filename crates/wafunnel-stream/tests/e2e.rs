@@ -31,6 +31,7 @@ fn env(name: &str) -> String {
 
 struct Env {
     cfg: Config,
+    toml: String,
     raw: String,
     avro: String,
 }
@@ -76,6 +77,7 @@ flush_interval_ms = 300
             db = suffix.replace('-', "_"),
         );
         let cfg = Config::parse(&text, |_| None).expect("test config");
+        let toml = text.clone();
         kafka::create_topics(
             &cfg.kafka,
             &[
@@ -88,7 +90,12 @@ flush_interval_ms = 300
         .await
         .expect("create topics");
         sink::migrate(&cfg.clickhouse).await.expect("migrate");
-        Env { cfg, raw, avro }
+        Env {
+            cfg,
+            toml,
+            raw,
+            avro,
+        }
     }
 
     async fn produce(&self, topic: &str, partitions: i32, records: &[Vec<u8>]) {
@@ -155,49 +162,9 @@ flush_interval_ms = 300
         accounting
     }
 
+    /// The configuration text, for a service that needs its own `Config`.
     fn toml_again(&self) -> String {
-        // Config is not Clone (it holds secrets); rebuild it from the same values.
-        let c = &self.cfg;
-        format!(
-            r#"
-user_hash_key = "{HASH_KEY}"
-[kafka]
-bootstrap = "{}"
-ingest_group = "{}"
-sessionize_group = "{}"
-[topics]
-raw = [{{ name = "{}", format = "json" }}, {{ name = "{}", format = "avro-single-object" }}]
-internal = "{}"
-dead_letter = "{}"
-[clickhouse]
-url = "{}"
-database = "{}"
-[[accounts]]
-id = "act_1001"
-currency = "USD"
-time_zone = "UTC"
-[[accounts]]
-id = "act_2002"
-currency = "BRL"
-time_zone = "America/Sao_Paulo"
-[[accounts]]
-id = "act_3003"
-currency = "EUR"
-time_zone = "Europe/Madrid"
-[batch]
-max_records = 20000
-flush_interval_ms = 300
-"#,
-            c.kafka.bootstrap,
-            c.kafka.ingest_group,
-            c.kafka.sessionize_group,
-            self.raw,
-            self.avro,
-            c.topics.internal,
-            c.topics.dead_letter,
-            c.clickhouse.url,
-            c.clickhouse.database
-        )
+        self.toml.clone()
     }
 
     async fn accounting(&self) -> Accounting {
@@ -319,6 +286,49 @@ fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
         .collect()
 }
 
+/// The three BI views equal the in-process tables, every row and column.
+async fn assert_views_equal(env: &Env, tables: &Tables) {
+    let db = sink::client(&env.cfg.clickhouse);
+    let funnel: Vec<FunnelDailyCh> = db
+        .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
+        .fetch_all()
+        .await
+        .expect("funnel_daily");
+    let expected = expected_funnel(tables);
+    assert_eq!(funnel.len(), expected.len());
+    for (got, want) in funnel.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+    let contacts: Vec<ContactsDailyCh> = db
+        .query("SELECT * FROM contacts_daily ORDER BY account_id, day")
+        .fetch_all()
+        .await
+        .expect("contacts_daily");
+    assert_eq!(contacts, expected_contacts(tables));
+    let conversations: Vec<ConversationCh> = db
+        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
+        .fetch_all()
+        .await
+        .expect("conversations");
+    let mut want: Vec<ConversationCh> = tables
+        .conversations()
+        .iter()
+        .map(ConversationCh::from)
+        .collect();
+    want.sort_by(|a, b| {
+        (&a.account_id, &a.ad_id, &a.user_hash, a.started_at).cmp(&(
+            &b.account_id,
+            &b.ad_id,
+            &b.user_hash,
+            b.started_at,
+        ))
+    });
+    assert_eq!(conversations.len(), want.len());
+    for (got, want) in conversations.iter().zip(&want) {
+        assert_eq!(got, want);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
 async fn a_generated_log_gives_the_in_process_tables_exactly() {
@@ -361,45 +371,7 @@ async fn a_generated_log_gives_the_in_process_tables_exactly() {
         }
     );
 
-    let db = sink::client(&env.cfg.clickhouse);
-    let funnel: Vec<FunnelDailyCh> = db
-        .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
-        .fetch_all()
-        .await
-        .expect("funnel_daily");
-    let expected = expected_funnel(&tables);
-    assert_eq!(funnel.len(), expected.len());
-    for (got, want) in funnel.iter().zip(&expected) {
-        assert_eq!(got, want);
-    }
-    let contacts: Vec<ContactsDailyCh> = db
-        .query("SELECT * FROM contacts_daily ORDER BY account_id, day")
-        .fetch_all()
-        .await
-        .expect("contacts_daily");
-    assert_eq!(contacts, expected_contacts(&tables));
-    let conversations: Vec<ConversationCh> = db
-        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
-        .fetch_all()
-        .await
-        .expect("conversations");
-    let mut want: Vec<ConversationCh> = tables
-        .conversations()
-        .iter()
-        .map(ConversationCh::from)
-        .collect();
-    want.sort_by(|a, b| {
-        (&a.account_id, &a.ad_id, &a.user_hash, a.started_at).cmp(&(
-            &b.account_id,
-            &b.ad_id,
-            &b.user_hash,
-            b.started_at,
-        ))
-    });
-    assert_eq!(conversations.len(), want.len());
-    for (got, want) in conversations.iter().zip(&want) {
-        assert_eq!(got, want);
-    }
+    assert_views_equal(&env, &tables).await;
 }
 
 async fn dead_letters(env: &Env, expected: usize) -> BTreeMap<String, String> {
@@ -703,43 +675,6 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         "every record exactly once: {accounting:?}"
     );
     assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
-    let db = sink::client(&env_.cfg.clickhouse);
-    let funnel: Vec<FunnelDailyCh> = db
-        .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
-        .fetch_all()
-        .await
-        .expect("funnel_daily");
-    assert!(
-        funnel == expected_funnel(&tables),
-        "funnel_daily differs from a clean run"
-    );
-    let contacts: Vec<ContactsDailyCh> = db
-        .query("SELECT * FROM contacts_daily ORDER BY account_id, day")
-        .fetch_all()
-        .await
-        .expect("contacts_daily");
-    assert_eq!(contacts, expected_contacts(&tables));
-    let conversations: Vec<ConversationCh> = db
-        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
-        .fetch_all()
-        .await
-        .expect("conversations");
-    let mut want: Vec<ConversationCh> = tables
-        .conversations()
-        .iter()
-        .map(ConversationCh::from)
-        .collect();
-    want.sort_by(|a, b| {
-        (&a.account_id, &a.ad_id, &a.user_hash, a.started_at).cmp(&(
-            &b.account_id,
-            &b.ad_id,
-            &b.user_hash,
-            b.started_at,
-        ))
-    });
-    assert!(
-        conversations == want,
-        "conversations differ from a clean run"
-    );
+    assert_views_equal(&env_, &tables).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
