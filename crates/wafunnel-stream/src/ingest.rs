@@ -79,18 +79,23 @@ type Partition = (String, i32);
 /// partition whose next event is further ahead than `skew_ms` of the
 /// slowest partition is paused, its record held, until the others catch up.
 /// The slowest partition is never held, so this never deadlocks; a
-/// partition at its end (EOF) or not assigned holds nobody back.
+/// partition that stays at its end holds nobody back.
 struct Alignment {
     skew_ms: i64,
     assigned: Vec<Partition>,
     forwarded: HashMap<Partition, i64>,
     at_end: std::collections::HashSet<Partition>,
+    /// When each partition was first seen at its end, not yet confirmed.
+    end_seen: HashMap<Partition, Instant>,
     held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
     paused: std::collections::HashSet<Partition>,
 }
 
 /// Records held for a partition that runs ahead before it is paused.
 const HOLD_BEFORE_PAUSE: usize = 5_000;
+/// How long a partition must stay at its end before it stops holding others
+/// back: right after a broker restart, its high watermark can be stale.
+const END_CONFIRM: Duration = Duration::from_secs(2);
 
 impl Alignment {
     /// Where a partition stands: its next held event, else the last event forwarded.
@@ -283,6 +288,7 @@ impl Ingest {
                 assigned: Vec::new(),
                 forwarded: HashMap::new(),
                 at_end: Default::default(),
+                end_seen: HashMap::new(),
                 held: HashMap::new(),
                 paused: Default::default(),
             },
@@ -328,6 +334,7 @@ impl Ingest {
                 self.refresh_assignment();
             }
             self.alignment.at_end.remove(&partition);
+            self.alignment.end_seen.remove(&partition);
             match decision {
                 Decision::Forward { event_time, .. }
                     if self.alignment.held.contains_key(&partition)
@@ -428,14 +435,24 @@ impl Ingest {
             Some(position) => position >= high,
             None => low == high,
         };
-        if at_end {
+        if !at_end {
+            self.alignment.end_seen.remove(&candidate);
+            return;
+        }
+        let since = *self
+            .alignment
+            .end_seen
+            .entry(candidate.clone())
+            .or_insert_with(Instant::now);
+        if since.elapsed() >= END_CONFIRM {
             self.alignment.at_end.insert(candidate);
         }
     }
 
-    /// While records are held, idle partitions are checked for having reached their end.
+    /// While records are held, idle partitions are checked for having
+    /// reached their end (and for staying there).
     fn check_idle_partitions(&mut self) {
-        if self.alignment.held.is_empty() {
+        if self.alignment.held.is_empty() && self.alignment.end_seen.is_empty() {
             return;
         }
         let idle: Vec<Partition> = self
