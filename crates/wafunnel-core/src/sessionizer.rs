@@ -25,10 +25,15 @@
 //! effects they had, once applying (sign +1) them with the new event in its
 //! place. Because the fold is deterministic, retraction cancels exactly what
 //! was applied, and the result equals the in-order fold.
+//!
+//! The state can be saved right after a drain and loaded back
+//! ([`Sessionizer::save`], [`Sessionizer::load`]), so that a service restores
+//! a partition instead of replaying it from the beginning.
 
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::config::{AccountSettings, Accounts, UserKey, Windows};
@@ -39,6 +44,10 @@ use crate::rows::{
     ConversationRow, FunnelCounts, FunnelPartialRow, ResponseBucket, SpendRow,
 };
 use crate::time::{Day, DayClock, HOUR_MS};
+
+mod state;
+
+pub use state::StateError;
 
 /// The free follow-up window opened by the first inbound message.
 pub const FREE_WINDOW_MS: i64 = 72 * HOUR_MS;
@@ -65,7 +74,7 @@ pub enum Outcome {
 }
 
 /// Cumulative counts of outcomes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeCounts {
     /// Applied events.
     pub applied: u64,
@@ -90,9 +99,10 @@ pub struct StateStats {
     pub funnel_keys: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 struct ContactKey {
     account: u32,
+    #[serde(with = "state::user_hash")]
     user: [u64; 2],
 }
 
@@ -103,14 +113,19 @@ impl ContactKey {
 }
 
 /// One conversation's state. Times use [`NONE`] for "not yet".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Conv {
     started_at: i64,
     last_activity_at: i64,
+    #[serde(with = "state::opt_time")]
     first_click_at: i64,
+    #[serde(with = "state::opt_time")]
     first_inbound_at: i64,
+    #[serde(with = "state::opt_time")]
     first_reply_at: i64,
+    #[serde(with = "state::opt_time")]
     qualified_at: i64,
+    #[serde(with = "state::opt_time")]
     first_purchase_at: i64,
     revenue: i64,
     ad: u32,
@@ -177,9 +192,10 @@ impl Conv {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ContactState {
     /// In creation order, so the last one of an ad is its current conversation.
+    #[serde(with = "state::convs")]
     convs: SmallVec<[Conv; 1]>,
     last_start_day: i32,
     last_organic_day: i32,
@@ -196,7 +212,7 @@ impl Default for ContactState {
 }
 
 /// A contact event reduced to what the fold needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Step {
     time: i64,
     value: i64,
@@ -211,51 +227,60 @@ impl Step {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Tail {
     checkpoint: ContactState,
     steps: Vec<Step>,
 }
 
-#[derive(Debug)]
+// The `dirty` flags are not saved: a state is saved only when drained, so
+// every one of them is false.
+
+#[derive(Debug, Serialize, Deserialize)]
 struct Contact {
     state: ContactState,
     tail: Option<Box<Tail>>,
     scheduled: i64,
+    #[serde(skip)]
     dirty: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct FunnelEntry {
     counts: FunnelCounts,
     live_conversations: i64,
+    #[serde(skip)]
     dirty: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct ContactsEntry {
     counts: ContactsCounts,
+    #[serde(skip)]
     dirty: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct AdDim {
     campaign_id: Arc<str>,
     adset_id: Arc<str>,
     named_at: i64,
     named_by: Arc<str>,
+    #[serde(skip)]
     dirty: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Snapshot {
     event_id: Arc<str>,
     event_time: i64,
+    #[serde(with = "state::money_units")]
     spend: Money,
     currency: Currency,
     impressions: i64,
     clicks: i64,
     reported_conversations: i64,
+    #[serde(skip)]
     dirty: bool,
 }
 

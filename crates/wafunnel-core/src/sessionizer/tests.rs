@@ -581,3 +581,4 @@ fn organic_contacts_are_distinct_per_day() {
 
 mod properties;
 mod reference;
+mod save_load;
