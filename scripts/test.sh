@@ -3,8 +3,8 @@
 # starts a local Kafka broker and ClickHouse server (deploy/local), runs
 # format and lint checks, unit, property and golden tests, the ClickHouse
 # schema tests on the local server and on current ClickHouse (chdb), and the
-# end-to-end tests against the real services (the chaos test with
-# WAFUNNEL_CHAOS=1), then stops the services.
+# end-to-end tests against the real services, chaos test included
+# (WAFUNNEL_CHAOS=0 skips it), then stops the services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -46,14 +46,14 @@ echo "== ClickHouse schema on the local server and on chdb"
 CLICKHOUSE_URL="$CLICKHOUSE_URL" "$venv/bin/python" -m pytest tests/chdb -q -p no:cacheprovider
 
 echo "== end-to-end tests on Kafka and ClickHouse"
-if [ "${WAFUNNEL_CHAOS:-0}" = 1 ]; then
-  # The chaos test runs the services as processes it can kill -9; sizes:
-  # WAFUNNEL_CHAOS_EVENTS (default 30000), WAFUNNEL_CHAOS_OUTAGE_SECS (default 8).
+if [ "${WAFUNNEL_CHAOS:-1}" = 1 ]; then
+  # The chaos test runs the services as processes it can kill -9. CI's
+  # short variant: WAFUNNEL_CHAOS_EVENTS=30000, WAFUNNEL_CHAOS_OUTAGE_SECS=8;
+  # the full one: WAFUNNEL_CHAOS_EVENTS=300000 WAFUNNEL_CHAOS_OUTAGE_SECS=45.
   cargo build -p wafunnel --locked
   export WAFUNNEL_BIN="$root/target/debug/wafunnel"
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1
 else
-  # The chaos test (a few minutes of faults) is opt-in: WAFUNNEL_CHAOS=1.
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1 --skip kills_outages
 fi
 echo "== all tests passed"

@@ -48,13 +48,29 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         .collect();
     wanted.push((&cfg.topics.internal, cfg.topics.internal_partitions));
     wanted.push((&cfg.topics.dead_letter, 1));
+    wanted.push((&cfg.topics.state, cfg.topics.internal_partitions));
     let missing: Vec<(&str, i32)> = wanted
         .iter()
         .copied()
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
     if !missing.is_empty() && create_topics {
-        if let Err(e) = kafka::create_topics(&cfg.kafka, &missing).await {
+        let plain: Vec<(&str, i32)> = missing
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t != cfg.topics.state)
+            .collect();
+        let state = missing.iter().find(|(t, _)| *t == cfg.topics.state);
+        let created = match kafka::create_topics(&cfg.kafka, &plain).await {
+            Ok(()) => match state {
+                Some((name, partitions)) => {
+                    kafka::create_state_topic(&cfg.kafka, name, *partitions).await
+                }
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = created {
             return report(
                 "topics present",
                 Err(format!("cannot create {missing:?}: {e}")),

@@ -65,6 +65,38 @@ pub struct Config {
     /// Where the services serve `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// When sessionize snapshots its state.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Snapshots of the sessionizer state: how much a restart or a rebalance replays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A partition is snapshotted at most this often, in milliseconds.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+    /// A partition is snapshotted once this many records were applied since its last snapshot,
+    /// even before the interval has passed (bounds the replay after a crash).
+    #[serde(default = "default_snapshot_records")]
+    pub snapshot_records: u64,
+}
+
+fn default_snapshot_interval_ms() -> u64 {
+    60_000
+}
+fn default_snapshot_records() -> u64 {
+    2_000_000
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            snapshot_interval_ms: default_snapshot_interval_ms(),
+            snapshot_records: default_snapshot_records(),
+        }
+    }
 }
 
 /// The operator endpoints.
@@ -88,7 +120,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Kafka connection settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]` (env `WAFUNNEL_KAFKA_BOOTSTRAP`).
@@ -141,6 +173,9 @@ pub struct TopicsConfig {
     /// Partitions of the internal topic when `check --create-topics` creates it.
     #[serde(default = "default_partitions")]
     pub internal_partitions: i32,
+    /// Compacted topic of sessionizer state snapshots, one chunked snapshot per internal partition.
+    #[serde(default = "default_state")]
+    pub state: String,
 }
 
 fn default_internal() -> String {
@@ -148,6 +183,9 @@ fn default_internal() -> String {
 }
 fn default_dead_letter() -> String {
     "wafunnel-dead-letter".into()
+}
+fn default_state() -> String {
+    "wafunnel-state".into()
 }
 fn default_partitions() -> i32 {
     4

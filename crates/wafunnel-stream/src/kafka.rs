@@ -71,10 +71,42 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// Creates topics that do not exist yet (`name`, partitions); existing ones are left alone.
 pub async fn create_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    create(cfg, topics, &[]).await
+}
+
+/// Settings of the state topic: compacted, so it keeps the newest record of
+/// each snapshot key; small segments, so compaction reaches them soon.
+const STATE_TOPIC_SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "67108864"),
+    ("segment.ms", "3600000"),
+    ("min.cleanable.dirty.ratio", "0.2"),
+    ("max.message.bytes", "2097152"),
+];
+
+/// Creates the compacted state topic if it does not exist yet.
+pub async fn create_state_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    create(cfg, &[(name, partitions)], STATE_TOPIC_SETTINGS).await
+}
+
+async fn create(
+    cfg: &KafkaConfig,
+    topics: &[(&str, i32)],
+    settings: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<LogContext> = client_config(cfg).create_with_context(LogContext)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| {
+            settings.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let results = admin
         .create_topics(

@@ -11,14 +11,15 @@
 //!   dead-letter topic, and the consumed offsets. A record is forwarded or
 //!   dead-lettered exactly once, or not at all if the transaction aborts
 //!   (then it is read again).
-//! - **sessionize** reads the internal and dead-letter topics with
-//!   `read_committed`. On start it rebuilds each partition's state by
-//!   replaying the partition from its beginning: the state is a pure
-//!   function of the partition's records, so a restart at any point yields
-//!   the same state. Output rows are full state, versioned by offset, so
-//!   rewriting them during the replay changes nothing. Offsets are committed
-//!   only after ClickHouse acknowledged the rows they produced; they mark
-//!   progress for monitoring and never decide what the state is.
+//! - **sessionize** instances share the internal and dead-letter topics in
+//!   one consumer group and read them with `read_committed`. A partition's
+//!   state is a pure function of its records: on assignment it is restored
+//!   from the newest snapshot in the compacted state topic and the records
+//!   after it are replayed (from the beginning if there is none), so a crash,
+//!   restart or rebalance at any point yields the same state. Output rows are
+//!   full state, versioned by offset, so rewriting them changes nothing.
+//!   ClickHouse acknowledges a batch before its offsets are committed and
+//!   before any snapshot of the state it holds is written.
 
 pub mod check;
 pub mod cli;
@@ -28,3 +29,4 @@ pub mod kafka;
 pub mod metrics;
 pub mod sessionize;
 pub mod sink;
+pub mod state;

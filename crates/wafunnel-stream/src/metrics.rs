@@ -76,6 +76,18 @@ pub static FLUSHES: Counter = Counter::new();
 pub static FLUSH_MILLIS: Counter = Counter::new();
 /// ClickHouse writes retried.
 pub static CLICKHOUSE_RETRIES: Counter = Counter::new();
+/// State snapshots written, by result.
+pub static SNAPSHOTS_WRITTEN: Counter = Counter::new();
+/// State snapshots that failed (retried at the next interval).
+pub static SNAPSHOTS_FAILED: Counter = Counter::new();
+/// Bytes of state written in snapshots.
+pub static SNAPSHOT_BYTES: Counter = Counter::new();
+/// Partitions restored from a snapshot.
+pub static RESTORES_FROM_SNAPSHOT: Counter = Counter::new();
+/// Partitions rebuilt by replaying from their beginning (no usable snapshot).
+pub static RESTORES_FROM_BEGINNING: Counter = Counter::new();
+/// Time spent reading snapshots back, in milliseconds.
+pub static RESTORE_MILLIS: Counter = Counter::new();
 /// Whether the service is ready.
 pub static READY: AtomicBool = AtomicBool::new(false);
 
@@ -152,12 +164,48 @@ pub fn render() -> String {
         "Batches written to ClickHouse.",
         &[("", FLUSHES.get().to_string())],
     );
-    let millis = FLUSH_MILLIS.get();
+    let seconds = |millis: u64| format!("{}.{:03}", millis / 1000, millis % 1000);
     family(
         "wafunnel_flush_seconds_total",
         "counter",
         "Time spent writing batches to ClickHouse.",
-        &[("", format!("{}.{:03}", millis / 1000, millis % 1000))],
+        &[("", seconds(FLUSH_MILLIS.get()))],
+    );
+    family(
+        "wafunnel_snapshots_total",
+        "counter",
+        "State snapshots by result.",
+        &[
+            ("{result=\"written\"}", SNAPSHOTS_WRITTEN.get().to_string()),
+            ("{result=\"failed\"}", SNAPSHOTS_FAILED.get().to_string()),
+        ],
+    );
+    family(
+        "wafunnel_snapshot_bytes_total",
+        "counter",
+        "Bytes of state written in snapshots.",
+        &[("", SNAPSHOT_BYTES.get().to_string())],
+    );
+    family(
+        "wafunnel_restores_total",
+        "counter",
+        "Partitions whose state was restored on assignment, by source.",
+        &[
+            (
+                "{source=\"snapshot\"}",
+                RESTORES_FROM_SNAPSHOT.get().to_string(),
+            ),
+            (
+                "{source=\"beginning\"}",
+                RESTORES_FROM_BEGINNING.get().to_string(),
+            ),
+        ],
+    );
+    family(
+        "wafunnel_restore_seconds_total",
+        "counter",
+        "Time spent reading state snapshots back.",
+        &[("", seconds(RESTORE_MILLIS.get()))],
     );
     out
 }

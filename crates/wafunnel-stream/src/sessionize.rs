@@ -2,29 +2,43 @@
 //! ClickHouse.
 //!
 //! Contract:
-//! - Reads every partition of the internal and dead-letter topics with
-//!   `read_committed`, from the beginning: each partition's state is rebuilt
-//!   by replaying it, so it is a pure function of the partition's records
-//!   whatever happened before (crash, restart). One instance owns all
-//!   partitions; running several in one group is not supported yet.
+//! - Instances share the work in one consumer group (`kafka.sessionize_group`)
+//!   over the internal and dead-letter topics, read with `read_committed`.
+//!   Any number of instances gives the same tables: a partition's state is a
+//!   pure function of the partition's records, whoever processes them.
+//! - On assignment, before the partition's first record is processed, its
+//!   state is restored from the newest usable snapshot in the state topic
+//!   ([`crate::state`]) and consumption starts at the snapshot's offset; with
+//!   no usable snapshot it starts from the beginning and replays. Dead-letter
+//!   partitions are always replayed (they hold only counts).
+//! - On revocation the partition's unsaved work is dropped: the next owner
+//!   resumes from the same snapshot and reproduces it exactly. Records of a
+//!   partition not (or no longer) assigned, or below its resume offset, are
+//!   skipped, so nothing is applied twice.
 //! - Rows are full state, versioned by the next offset of their partition,
-//!   so the rows rewritten during a replay are identical or older than what
-//!   ClickHouse already holds: the views do not change.
+//!   so rows rewritten after a restore, or written late by an instance that
+//!   lost the partition, are identical or older than what ClickHouse keeps:
+//!   the views do not change.
 //! - A batch is written to ClickHouse, retrying while it is unavailable
-//!   (consumption waits meanwhile: memory stays bounded by one batch), and
-//!   only then are the offsets committed. Committed offsets report progress
-//!   and lag; they are never used to skip records.
+//!   (consumption waits meanwhile: memory stays bounded by one batch); only
+//!   then are the offsets committed and, when due, the partition's state
+//!   snapshotted. A snapshot therefore never runs ahead of ClickHouse.
+//!   Committed offsets report progress and lag; restores use snapshots.
 //! - Every internal record is counted as applied, duplicate or late, every
 //!   dead letter as dead-lettered, per source topic and partition, in
-//!   `record_outcomes` (the `input_accounting` view sums them).
+//!   `record_outcomes` (the `input_accounting` view sums them). The counts
+//!   are cumulative and part of the snapshot.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::event::Event;
@@ -34,6 +48,7 @@ use crate::config::Config;
 use crate::kafka::{self, LogContext};
 use crate::metrics;
 use crate::sink::{Batch, LateWrite, OutcomeWrite, Sink, SinkError};
+use crate::state::{OutcomeCount, SnapshotError, StateStore};
 
 /// Why sessionize stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +59,9 @@ pub enum SessionizeError {
     /// ClickHouse refused in a way retrying does not fix.
     #[error("clickhouse: {0}")]
     Sink(#[from] SinkError),
+    /// The state store could not be set up.
+    #[error("state: {0}")]
+    State(#[from] SnapshotError),
     /// Bad configuration or topics.
     #[error("{0}")]
     Config(String),
@@ -51,17 +69,216 @@ pub enum SessionizeError {
 
 type SourceKey = (String, u32);
 
+const OUTCOMES: [&str; 4] = ["applied", "duplicate", "late", "dead_lettered"];
+
+#[derive(Debug)]
 struct Worker {
     sessionizer: Sessionizer,
     next_offset: i64,
     outcomes: BTreeMap<(SourceKey, &'static str), u64>,
     dirty: bool,
+    generation: u64,
+    since_snapshot: u64,
+    last_snapshot: Instant,
 }
 
+impl Worker {
+    fn outcome_counts(&self) -> Vec<OutcomeCount> {
+        self.outcomes
+            .iter()
+            .map(|(((topic, partition), outcome), records)| OutcomeCount {
+                source_topic: topic.clone(),
+                source_partition: *partition,
+                outcome: (*outcome).to_owned(),
+                records: *records,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
 struct DeadLetterWorker {
     next_offset: i64,
     counts: BTreeMap<SourceKey, u64>,
     dirty: bool,
+}
+
+/// An assignment change seen by the rebalance callback, applied by the
+/// consuming loop in the order it happened.
+#[derive(Debug)]
+enum Change {
+    Revoked { topic: String, partition: u32 },
+    Internal { partition: u32, worker: Box<Worker> },
+    DeadLetter { partition: u32 },
+}
+
+/// The consumer's context: logs, and restores state on assignment.
+struct SessionizeContext {
+    internal: String,
+    store: Arc<StateStore>,
+    windows: Windows,
+    accounts: Accounts,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl ClientContext for SessionizeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        LogContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        LogContext.error(error, reason);
+    }
+}
+
+impl ConsumerContext for SessionizeContext {
+    // Assignment is done here rather than by the default handler so that each
+    // partition starts at the offset of the state it was restored to.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assignment = TopicPartitionList::new();
+                let mut changes = Vec::new();
+                for element in partitions.elements() {
+                    let partition = element.partition() as u32;
+                    let offset = if element.topic() == self.internal {
+                        let worker = blocking(|| self.restore(partition));
+                        let offset = Offset::Offset(worker.next_offset);
+                        changes.push(Change::Internal {
+                            partition,
+                            worker: Box::new(worker),
+                        });
+                        offset
+                    } else {
+                        changes.push(Change::DeadLetter { partition });
+                        Offset::Beginning
+                    };
+                    if let Err(e) = assignment.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        offset,
+                    ) {
+                        tracing::error!(partition, error = %e, "cannot add partition to assignment");
+                    }
+                }
+                tracing::info!(partitions = assignment.count(), "partitions assigned");
+                self.changes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(changes);
+                if let Err(e) = consumer.assign(&assignment) {
+                    tracing::error!(error = %e, "failed to assign partitions");
+                }
+            }
+            _ => {
+                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!(error = ?err, "rebalance error, giving up the assignment");
+                }
+                let revoked = partitions.elements().into_iter().map(|e| Change::Revoked {
+                    topic: e.topic().to_owned(),
+                    partition: e.partition() as u32,
+                });
+                self.changes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(revoked);
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "failed to unassign partitions");
+                }
+            }
+        }
+    }
+}
+
+impl SessionizeContext {
+    fn restore(&self, partition: u32) -> Worker {
+        let started = Instant::now();
+        let fresh = |generation| Worker {
+            sessionizer: Sessionizer::new(partition, self.windows, self.accounts.clone()),
+            next_offset: 0,
+            outcomes: BTreeMap::new(),
+            dirty: false,
+            generation,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        };
+        match self.store.load(partition) {
+            Ok(Some(restored)) => {
+                let mut outcomes = BTreeMap::new();
+                for count in restored.outcomes {
+                    match OUTCOMES.iter().find(|o| **o == count.outcome) {
+                        Some(outcome) => {
+                            outcomes.insert(
+                                ((count.source_topic, count.source_partition), *outcome),
+                                count.records,
+                            );
+                        }
+                        None => tracing::warn!(
+                            partition,
+                            outcome = count.outcome,
+                            "unknown outcome in snapshot ignored"
+                        ),
+                    }
+                }
+                let elapsed = started.elapsed();
+                metrics::RESTORES_FROM_SNAPSHOT.add(1);
+                metrics::RESTORE_MILLIS.add(elapsed.as_millis() as u64);
+                tracing::info!(
+                    partition,
+                    next_offset = restored.next_offset,
+                    bytes = restored.bytes,
+                    conversations = restored.sessionizer.stats().conversations,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "state restored from snapshot"
+                );
+                Worker {
+                    sessionizer: restored.sessionizer,
+                    next_offset: restored.next_offset,
+                    outcomes,
+                    dirty: false,
+                    generation: restored.generation,
+                    since_snapshot: 0,
+                    last_snapshot: Instant::now(),
+                }
+            }
+            Ok(None) => {
+                metrics::RESTORES_FROM_BEGINNING.add(1);
+                tracing::info!(
+                    partition,
+                    "no snapshot, replaying the partition from its beginning"
+                );
+                fresh(0)
+            }
+            Err(e) => {
+                metrics::RESTORES_FROM_BEGINNING.add(1);
+                tracing::warn!(
+                    partition,
+                    error = %e,
+                    "snapshot unusable, replaying the partition from its beginning"
+                );
+                // A later generation than any stored one, so the next
+                // snapshot does not land in the slot of the one just read.
+                fresh(2)
+            }
+        }
+    }
+}
+
+/// Runs blocking work from inside the consumer's callbacks without stalling
+/// the other tasks of a multi-threaded runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 fn source(message: &BorrowedMessage<'_>) -> SourceKey {
@@ -72,6 +289,40 @@ fn source(message: &BorrowedMessage<'_>) -> SourceKey {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     (topic, partition)
+}
+
+#[derive(Debug, Default)]
+struct Partitions {
+    workers: HashMap<u32, Worker>,
+    dead: HashMap<u32, DeadLetterWorker>,
+}
+
+impl Partitions {
+    fn apply(&mut self, changes: Vec<Change>, internal: &str) {
+        for change in changes {
+            match change {
+                Change::Revoked { topic, partition } if topic == internal => {
+                    self.workers.remove(&partition);
+                }
+                Change::Revoked { partition, .. } => {
+                    self.dead.remove(&partition);
+                }
+                Change::Internal { partition, worker } => {
+                    self.workers.insert(partition, *worker);
+                }
+                Change::DeadLetter { partition } => {
+                    self.dead.insert(
+                        partition,
+                        DeadLetterWorker {
+                            next_offset: 0,
+                            counts: BTreeMap::new(),
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Runs sessionize until `shutdown` turns true. Returns the records processed.
@@ -85,36 +336,40 @@ pub async fn run(
     let accounts: Accounts = cfg
         .accounts()
         .map_err(|e| SessionizeError::Config(e.to_string()))?;
-    let consumer: StreamConsumer<LogContext> = kafka::client_config(&cfg.kafka)
-        .set("group.id", &cfg.kafka.sessionize_group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create_with_context(LogContext)?;
     let partitions = kafka::topic_partitions(&cfg.kafka, Duration::from_secs(10))?;
     let internal = cfg.topics.internal.clone();
     let dead = cfg.topics.dead_letter.clone();
-    let mut assignment = TopicPartitionList::new();
-    for topic in [&internal, &dead] {
-        let n = *partitions.get(topic.as_str()).ok_or_else(|| {
-            SessionizeError::Config(format!("topic {topic} does not exist (create it, e.g. with `wafunnel check --create-topics`)"))
-        })?;
-        for p in 0..n {
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    for topic in [&internal, &dead, &cfg.topics.state] {
+        if !partitions.contains_key(topic.as_str()) {
+            return Err(SessionizeError::Config(format!(
+                "topic {topic} does not exist (create it, e.g. with `wafunnel check --create-topics`)"
+            )));
         }
     }
-    consumer.assign(&assignment)?;
+    let store = Arc::new(StateStore::new(cfg, partitions[cfg.topics.state.as_str()])?);
+    let context = SessionizeContext {
+        internal: internal.clone(),
+        store: Arc::clone(&store),
+        windows,
+        accounts,
+        changes: Mutex::new(Vec::new()),
+    };
+    let consumer: StreamConsumer<SessionizeContext> = kafka::client_config(&cfg.kafka)
+        .set("group.id", &cfg.kafka.sessionize_group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        // The rebalance handler assigns and unassigns whole sets: an eager protocol.
+        .set("partition.assignment.strategy", "roundrobin")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&internal, &dead])?;
     let sink = Sink::new(&cfg.clickhouse);
-    let mut workers: HashMap<u32, Worker> = HashMap::new();
-    let mut dead_workers: HashMap<u32, DeadLetterWorker> = HashMap::new();
+    let mut owned = Partitions::default();
     let flush_interval = Duration::from_millis(cfg.batch.flush_interval_ms);
+    let snapshot_interval = Duration::from_millis(cfg.state.snapshot_interval_ms);
     let mut processed = 0u64;
     let mut late: Vec<LateWrite> = Vec::new();
     let mut last_gauges = Instant::now();
-    tracing::info!(
-        internal,
-        dead_letter = dead,
-        "sessionize started, rebuilding state from the beginning of each partition"
-    );
+    tracing::info!(internal, dead_letter = dead, "sessionize started");
     loop {
         let deadline = Instant::now() + flush_interval;
         let mut in_batch = 0usize;
@@ -123,42 +378,53 @@ pub async fn run(
             if left.is_zero() {
                 break;
             }
-            let message = tokio::select! {
-                received = tokio::time::timeout(left, consumer.recv()) => match received {
-                    Ok(Ok(message)) => message,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka consume error");
-                        continue;
-                    }
-                    Err(_) => break,
-                },
+            let received = tokio::select! {
+                received = tokio::time::timeout(left, consumer.recv()) => received,
                 _ = shutdown.changed() => break,
             };
-            in_batch += 1;
-            processed += 1;
+            let changes = std::mem::take(
+                &mut *consumer
+                    .context()
+                    .changes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            owned.apply(changes, &internal);
+            let message = match received {
+                Ok(Ok(message)) => message,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    continue;
+                }
+                Err(_) => break,
+            };
             let partition = message.partition() as u32;
             if message.topic() == dead {
-                let worker = dead_workers
-                    .entry(partition)
-                    .or_insert_with(|| DeadLetterWorker {
-                        next_offset: 0,
-                        counts: BTreeMap::new(),
-                        dirty: false,
-                    });
+                let Some(worker) = owned.dead.get_mut(&partition) else {
+                    continue;
+                };
+                if message.offset() < worker.next_offset {
+                    continue;
+                }
+                in_batch += 1;
+                processed += 1;
                 *worker.counts.entry(source(&message)).or_default() += 1;
                 metrics::SESSIONIZE_DEAD_LETTERED.add(1);
                 worker.next_offset = message.offset() + 1;
                 worker.dirty = true;
                 continue;
             }
-            let worker = workers.entry(partition).or_insert_with(|| Worker {
-                sessionizer: Sessionizer::new(partition, windows, accounts.clone()),
-                next_offset: 0,
-                outcomes: BTreeMap::new(),
-                dirty: false,
-            });
+            let Some(worker) = owned.workers.get_mut(&partition) else {
+                continue;
+            };
+            if message.offset() < worker.next_offset {
+                continue;
+            }
+            in_batch += 1;
+            processed += 1;
             worker.next_offset = message.offset() + 1;
             worker.dirty = true;
+            worker.since_snapshot += 1;
             let payload = message.payload().unwrap_or_default();
             let outcome = match serde_json::from_slice::<Event>(payload) {
                 Ok(event) => match worker.sessionizer.apply(&event) {
@@ -200,24 +466,20 @@ pub async fn run(
                 .entry((source(&message), outcome))
                 .or_default() += 1;
         }
-        if *shutdown.borrow() && in_batch == 0 {
-            break;
+        let stopping = *shutdown.borrow();
+        flush(&sink, &consumer, &internal, &dead, &mut owned, &mut late).await?;
+        for (&partition, worker) in owned.workers.iter_mut() {
+            let due = worker.since_snapshot >= cfg.state.snapshot_records
+                || worker.last_snapshot.elapsed() >= snapshot_interval;
+            if worker.since_snapshot > 0 && (due || stopping) {
+                snapshot(&store, partition, worker);
+            }
         }
-        flush(
-            &sink,
-            &consumer,
-            &internal,
-            &dead,
-            &mut workers,
-            &mut dead_workers,
-            &mut late,
-        )
-        .await?;
         if last_gauges.elapsed() >= GAUGE_EVERY {
             last_gauges = Instant::now();
-            update_gauges(&consumer, &internal, &workers);
+            update_gauges(&consumer, &internal, &owned.workers);
         }
-        if *shutdown.borrow() {
+        if stopping {
             break;
         }
     }
@@ -225,11 +487,46 @@ pub async fn run(
     Ok(processed)
 }
 
+/// Saves a partition's state. A failure is logged and retried at the next
+/// interval: an older snapshot, or none, is still a correct place to resume.
+fn snapshot(store: &StateStore, partition: u32, worker: &mut Worker) {
+    let started = Instant::now();
+    worker.last_snapshot = started;
+    let outcomes = worker.outcome_counts();
+    match blocking(|| {
+        store.save(
+            partition,
+            worker.generation + 1,
+            worker.next_offset,
+            outcomes,
+            &worker.sessionizer,
+        )
+    }) {
+        Ok(written) => {
+            worker.generation = written.generation;
+            worker.since_snapshot = 0;
+            metrics::SNAPSHOTS_WRITTEN.add(1);
+            metrics::SNAPSHOT_BYTES.add(written.bytes);
+            tracing::debug!(
+                partition,
+                next_offset = worker.next_offset,
+                bytes = written.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "state snapshot written"
+            );
+        }
+        Err(e) => {
+            metrics::SNAPSHOTS_FAILED.add(1);
+            tracing::warn!(partition, error = %e, "failed to write state snapshot");
+        }
+    }
+}
+
 /// How often the gauges that cost a scan or a broker round trip are updated.
 const GAUGE_EVERY: Duration = Duration::from_secs(10);
 
 fn update_gauges(
-    consumer: &StreamConsumer<LogContext>,
+    consumer: &StreamConsumer<SessionizeContext>,
     internal: &str,
     workers: &HashMap<u32, Worker>,
 ) {
@@ -252,11 +549,10 @@ fn update_gauges(
 /// Writes everything changed since the last flush, then commits the offsets.
 async fn flush(
     sink: &Sink,
-    consumer: &StreamConsumer<LogContext>,
+    consumer: &StreamConsumer<SessionizeContext>,
     internal: &str,
     dead: &str,
-    workers: &mut HashMap<u32, Worker>,
-    dead_workers: &mut HashMap<u32, DeadLetterWorker>,
+    owned: &mut Partitions,
     late: &mut Vec<LateWrite>,
 ) -> Result<(), SessionizeError> {
     let mut batch = Batch {
@@ -264,7 +560,7 @@ async fn flush(
         ..Batch::default()
     };
     let mut offsets = TopicPartitionList::new();
-    for (&partition, worker) in workers.iter_mut().filter(|(_, w)| w.dirty) {
+    for (&partition, worker) in owned.workers.iter_mut().filter(|(_, w)| w.dirty) {
         worker.dirty = false;
         let version = worker.next_offset as u64;
         batch
@@ -288,7 +584,7 @@ async fn flush(
             Offset::Offset(worker.next_offset),
         )?;
     }
-    for (&partition, worker) in dead_workers.iter_mut().filter(|(_, w)| w.dirty) {
+    for (&partition, worker) in owned.dead.iter_mut().filter(|(_, w)| w.dirty) {
         worker.dirty = false;
         for ((source_topic, source_partition), records) in &worker.counts {
             batch.outcomes.push(OutcomeWrite {

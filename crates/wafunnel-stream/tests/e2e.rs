@@ -38,6 +38,11 @@ struct Env {
 
 impl Env {
     async fn new(name: &str, raw_partitions: i32, internal_partitions: i32) -> Env {
+        // The services' logs (RUST_LOG) go with the test's captured output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let suffix = format!("{name}-{}", std::process::id());
         let raw = format!("raw-{suffix}");
         let avro = format!("raw-avro-{suffix}");
@@ -52,6 +57,7 @@ sessionize_group = "sessionize-{suffix}"
 raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro-single-object" }}]
 internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
+state = "state-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
@@ -71,6 +77,10 @@ time_zone = "Europe/Madrid"
 [batch]
 max_records = 20000
 flush_interval_ms = 300
+[state]
+# Often, so that restarts and rebalances in these tests resume from snapshots.
+snapshot_records = 3000
+snapshot_interval_ms = 1000
 "#,
             bootstrap = env("KAFKA_BOOTSTRAP"),
             url = env("CLICKHOUSE_URL").trim_end_matches('/'),
@@ -89,6 +99,9 @@ flush_interval_ms = 300
         )
         .await
         .expect("create topics");
+        kafka::create_state_topic(&cfg.kafka, &cfg.topics.state, internal_partitions)
+            .await
+            .expect("create state topic");
         sink::migrate(&cfg.clickhouse).await.expect("migrate");
         Env {
             cfg,
@@ -490,6 +503,117 @@ async fn check_sends_a_canary_through_the_running_pipeline() {
     assert!(passed, "check failed: see its output above");
 }
 
+/// A seeded generated log of about `events` records.
+fn generated(events: u64) -> Vec<Vec<u8>> {
+    wafunnel_gen::generate(&wafunnel_gen::GenConfig::scaled(events))
+        .records
+        .into_iter()
+        .map(|r| r.line)
+        .collect()
+}
+
+/// The tables of one in-process sessionizer fed the whole log.
+fn reference_tables(env: &Env, lines: &[Vec<u8>]) -> Tables {
+    let accounts = env.cfg.accounts().expect("accounts");
+    let hasher = UserHasher::new(HASH_KEY.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let mut reference = Sessionizer::new(0, env.cfg.windows().expect("windows"), accounts.clone());
+    for line in lines {
+        reference.apply(&parse_json_event(line, &accounts, &hasher, now).expect("valid"));
+    }
+    let mut tables = Tables::default();
+    tables.apply(reference.drain());
+    tables
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so a failing schedule can be rerun.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+type Instance = (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<u64, wafunnel_stream::sessionize::SessionizeError>>,
+);
+
+fn start_sessionize(env: &Env) -> Instance {
+    let (stop, shutdown) = watch::channel(false);
+    let cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+    let handle =
+        tokio::spawn(async move { wafunnel_stream::sessionize::run(&cfg, shutdown).await });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_partitions() {
+    for internal_partitions in [1, 3, 8] {
+        let env = Env::new(
+            &format!("scale{internal_partitions}"),
+            4,
+            internal_partitions,
+        )
+        .await;
+        let lines = generated(40_000);
+        let tables = reference_tables(&env, &lines);
+        env.produce(&env.raw, 4, &lines).await;
+        let (stop_ingest, ingest_shutdown) = watch::channel(false);
+        let ingest_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+        let ingest = tokio::spawn(async move {
+            wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
+        });
+        let mut instances: Vec<Option<Instance>> =
+            (0..3).map(|_| Some(start_sessionize(&env))).collect();
+        let mut schedule = Schedule(0x9e37_79b9_7f4a_7c15 ^ internal_partitions as u64);
+        // Instances leave and join the group while the log is processed, so
+        // partitions move with their state in the middle of the stream.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(200 + schedule.next(600))).await;
+            let i = schedule.next(3) as usize;
+            match instances[i].take() {
+                Some((stop, handle)) => {
+                    stop.send(true).expect("stop");
+                    handle.await.expect("join").expect("sessionize");
+                }
+                None => instances[i] = Some(start_sessionize(&env)),
+            }
+        }
+        for instance in instances.iter_mut().filter(|i| i.is_none()) {
+            *instance = Some(start_sessionize(&env));
+        }
+        let expected = lines.len() as u64;
+        let started = Instant::now();
+        while env.accounting().await.total() < expected {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "{internal_partitions} partitions: only {:?} of {expected} records accounted for",
+                env.accounting().await
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        stop_ingest.send(true).expect("stop");
+        ingest.await.expect("join").expect("ingest");
+        for (stop, handle) in instances.into_iter().flatten() {
+            stop.send(true).expect("stop");
+            handle.await.expect("join").expect("sessionize");
+        }
+        let accounting = env.accounting().await;
+        assert_eq!(accounting.total(), expected, "{accounting:?}");
+        assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
+        assert_views_equal(&env, &tables).await;
+    }
+}
+
 /// A service run as its own process, so that it can be killed with SIGKILL.
 struct Service {
     args: Vec<String>,
@@ -520,7 +644,7 @@ impl Service {
             .expect("log file");
         let child = std::process::Command::new(bin)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,wafunnel_stream::sessionize=info")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -567,29 +691,13 @@ fn local_script(script: &str, command: &str) {
 #[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
 async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     let env_ = Env::new("chaos", 4, 4).await;
-    let gen = wafunnel_gen::GenConfig::scaled(
+    let lines = generated(
         std::env::var("WAFUNNEL_CHAOS_EVENTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000),
     );
-    let lines: Vec<Vec<u8>> = wafunnel_gen::generate(&gen)
-        .records
-        .into_iter()
-        .map(|r| r.line)
-        .collect();
-    let accounts = env_.cfg.accounts().expect("accounts");
-    let hasher = UserHasher::new(HASH_KEY.as_bytes());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let mut reference = Sessionizer::new(0, env_.cfg.windows().expect("windows"), accounts.clone());
-    for line in &lines {
-        reference.apply(&parse_json_event(line, &accounts, &hasher, now).expect("valid"));
-    }
-    let mut tables = Tables::default();
-    tables.apply(reference.drain());
+    let tables = reference_tables(&env_, &lines);
     env_.produce(&env_.raw, 4, &lines).await;
 
     let dir = std::env::temp_dir().join(format!("wafunnel-chaos-{}", std::process::id()));
@@ -597,13 +705,23 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     let config = dir.join("wafunnel.toml");
     std::fs::write(&config, env_.toml_again()).expect("config");
     let mut ingest = Service::new(&config, "ingest", dir.join("ingest.log"));
-    let mut sessionize = Service::new(&config, "sessionize", dir.join("sessionize.log"));
+    // Three sessionize instances in one group: each kill moves partitions,
+    // with their state, to the others and back when it restarts.
+    let mut sessionize: Vec<Service> = (0..3)
+        .map(|i| {
+            Service::new(
+                &config,
+                "sessionize",
+                dir.join(format!("sessionize-{i}.log")),
+            )
+        })
+        .collect();
     ingest.start();
-    sessionize.start();
+    sessionize.iter_mut().for_each(Service::start);
 
-    // A fixed schedule of faults, spread over the run: kill -9 of the
-    // sessionizer ten times and of ingest three times, ClickHouse down for
-    // a while, the Kafka broker restarted.
+    // A fixed schedule of faults, spread over the run: kill -9 of a
+    // sessionize instance ten times and of ingest three times, ClickHouse
+    // down for a while, the Kafka broker restarted.
     let faults = [
         "kill-sessionize",
         "kill-ingest",
@@ -620,16 +738,14 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         "kill-sessionize",
         "kill-sessionize",
     ];
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut schedule = Schedule(0x2545_f491_4f6c_dd1d);
     for fault in faults {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(700 + rng % 1500)).await;
+        tokio::time::sleep(Duration::from_millis(700 + schedule.next(1500))).await;
         match fault {
             "kill-sessionize" => {
-                sessionize.kill9();
-                sessionize.start();
+                let victim = &mut sessionize[schedule.next(3) as usize];
+                victim.kill9();
+                victim.start();
             }
             "kill-ingest" => {
                 ingest.kill9();
@@ -648,13 +764,13 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
             _ => local_script("kafka.sh", "restart"),
         }
         ingest.keep_alive();
-        sessionize.keep_alive();
+        sessionize.iter_mut().for_each(Service::keep_alive);
     }
     let started = Instant::now();
     let expected = lines.len() as u64;
     loop {
         ingest.keep_alive();
-        sessionize.keep_alive();
+        sessionize.iter_mut().for_each(Service::keep_alive);
         if env_.accounting().await.total() >= expected {
             break;
         }
@@ -666,7 +782,7 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     ingest.kill9();
-    sessionize.kill9();
+    sessionize.iter_mut().for_each(Service::kill9);
 
     let accounting = env_.accounting().await;
     assert_eq!(
@@ -676,5 +792,16 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     );
     assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
     assert_views_equal(&env_, &tables).await;
+    let restored = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("sessionize-{i}.log"))).unwrap_or_default()
+        })
+        .filter(|log| log.contains("state restored from snapshot"))
+        .count();
+    assert!(
+        restored > 0,
+        "no instance resumed from a snapshot; logs in {}",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

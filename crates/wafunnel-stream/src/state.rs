@@ -1,0 +1,486 @@
+//! Snapshots of a partition's sessionizer state in a compacted Kafka topic,
+//! so that a restart or a rebalance resumes from recent state instead of
+//! replaying the internal topic from its beginning.
+//!
+//! Contract:
+//! - A snapshot of internal partition `p` is the sessionizer's state after
+//!   every record before `next_offset`, plus that partition's cumulative
+//!   record outcomes. It is a pure function of that prefix of the partition,
+//!   so any snapshot, old or new, is a correct place to resume from: the
+//!   records after it are replayed and rewrite rows that are identical or
+//!   newer (rows are versioned by offset).
+//! - A snapshot is only written after the rows of the state it holds have
+//!   been acknowledged by ClickHouse, so resuming from it never skips a row.
+//! - Layout: the state is cut into chunks under the keys `p/slot/i`, then a
+//!   manifest under `p/manifest` names the slot, generation, writer, chunk
+//!   count and checksum. Slots alternate, so a crash while writing one leaves
+//!   the slot the manifest names intact; compaction keeps the newest record
+//!   per key, so the topic holds about two snapshots per partition.
+//! - A manifest whose chunks do not all match (another writer, a torn write,
+//!   a different configuration or format) is not used: the partition is
+//!   replayed from its beginning instead, which is slower but exact.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use wafunnel_core::config::{Accounts, Windows};
+use wafunnel_core::sessionizer::{Sessionizer, StateError};
+
+use crate::config::Config;
+use crate::kafka::{self, LogContext};
+
+/// Bytes per chunk record: well under the broker's default 1 MB record limit.
+const CHUNK_BYTES: usize = 512 * 1024;
+/// Layout of the manifest and chunks; a different one is never read.
+const FORMAT: u32 = 1;
+/// Longest wait for a snapshot's records to be acknowledged, or for a restore to read them.
+const KAFKA_WAIT: Duration = Duration::from_secs(120);
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Kafka refused or timed out: retryable, the next snapshot tries again
+    /// and a restore falls back to a full replay.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The state could not be encoded or decoded: fatal for this snapshot,
+    /// a restore falls back to a full replay.
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    /// The stored snapshot is inconsistent: fatal for this snapshot, a
+    /// restore falls back to a full replay.
+    #[error("snapshot of partition {partition} unusable: {reason}")]
+    Unusable {
+        /// Internal partition.
+        partition: u32,
+        /// What did not match.
+        reason: String,
+    },
+}
+
+/// One cumulative record-outcome count of a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCount {
+    /// Raw topic the records came from.
+    pub source_topic: String,
+    /// Its partition.
+    pub source_partition: u32,
+    /// applied, duplicate, late or dead_lettered.
+    pub outcome: String,
+    /// Records so far.
+    pub records: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    partition: u32,
+    generation: u64,
+    writer: u64,
+    slot: u32,
+    chunks: u32,
+    bytes: u64,
+    checksum: u64,
+    fingerprint: u64,
+    next_offset: i64,
+    outcomes: Vec<OutcomeCount>,
+}
+
+/// A partition's state as read back.
+#[derive(Debug)]
+pub struct Restored {
+    /// The sessionizer after every record before `next_offset`.
+    pub sessionizer: Sessionizer,
+    /// The next internal offset to consume.
+    pub next_offset: i64,
+    /// Cumulative outcomes up to `next_offset`.
+    pub outcomes: Vec<OutcomeCount>,
+    /// Generation of the snapshot read; the next one written is higher.
+    pub generation: u64,
+    /// Size of the stored state in bytes.
+    pub bytes: u64,
+}
+
+/// What the last snapshot of a partition cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Written {
+    /// Generation written.
+    pub generation: u64,
+    /// Bytes of state.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct DeliveryContext {
+    failures: AtomicU64,
+    first_failure: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        LogContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        LogContext.error(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let mut first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.clone());
+        }
+    }
+}
+
+/// Writes and reads the snapshots of the partitions one sessionize instance owns.
+pub struct StateStore {
+    cfg: crate::config::KafkaConfig,
+    restore_group: String,
+    topic: String,
+    topic_partitions: i32,
+    fingerprint: u64,
+    writer: u64,
+    windows: Windows,
+    accounts: Accounts,
+    producer: ThreadedProducer<DeliveryContext>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("topic", &self.topic)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// A store on the configured state topic, which must exist.
+    pub fn new(cfg: &Config, topic_partitions: i32) -> Result<Self, SnapshotError> {
+        let producer = kafka::client_config(&cfg.kafka)
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryContext::default())?;
+        // The settings the state depends on: a snapshot taken under other
+        // settings would resume into different numbers, so it is not used.
+        let fingerprint =
+            xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}", cfg.windows, cfg.accounts).as_bytes());
+        let windows = cfg.windows().map_err(|e| SnapshotError::Unusable {
+            partition: 0,
+            reason: e.to_string(),
+        })?;
+        let accounts = cfg.accounts().map_err(|e| SnapshotError::Unusable {
+            partition: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(StateStore {
+            cfg: cfg.kafka.clone(),
+            restore_group: format!("{}-restore", cfg.kafka.sessionize_group),
+            topic: cfg.topics.state.clone(),
+            topic_partitions: topic_partitions.max(1),
+            fingerprint,
+            writer: writer_id(),
+            windows,
+            accounts,
+            producer,
+        })
+    }
+
+    fn topic_partition(&self, partition: u32) -> i32 {
+        (partition % self.topic_partitions as u32) as i32
+    }
+
+    /// Writes a snapshot of `partition` and waits until Kafka has it. Blocking.
+    pub fn save(
+        &self,
+        partition: u32,
+        generation: u64,
+        next_offset: i64,
+        outcomes: Vec<OutcomeCount>,
+        sessionizer: &Sessionizer,
+    ) -> Result<Written, SnapshotError> {
+        let slot = (generation % 2) as u32;
+        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
+        let mut chunks = ChunkWriter {
+            store: self,
+            partition,
+            slot,
+            generation,
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+            count: 0,
+            bytes: 0,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        };
+        sessionizer.save(&mut chunks)?;
+        chunks.finish()?;
+        let (chunk_count, bytes, checksum) = (chunks.count, chunks.bytes, chunks.hasher.digest());
+        self.wait_delivered(failures_before)?;
+        let manifest = Manifest {
+            format: FORMAT,
+            partition,
+            generation,
+            writer: self.writer,
+            slot,
+            chunks: chunk_count,
+            bytes,
+            checksum,
+            fingerprint: self.fingerprint,
+            next_offset,
+            outcomes,
+        };
+        let value = serde_json::to_vec(&manifest).map_err(|e| SnapshotError::Unusable {
+            partition,
+            reason: e.to_string(),
+        })?;
+        self.send(&manifest_key(partition), &value, partition)?;
+        self.wait_delivered(failures_before)?;
+        Ok(Written { generation, bytes })
+    }
+
+    fn send(&self, key: &str, value: &[u8], partition: u32) -> Result<(), SnapshotError> {
+        let mut record = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(value)
+            .partition(self.topic_partition(partition));
+        let deadline = Instant::now() + KAFKA_WAIT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn wait_delivered(&self, failures_before: u64) -> Result<(), SnapshotError> {
+        // `flush` would sleep in steps of 100 ms while the producer's own
+        // thread takes the delivery reports; a short poll of the queue
+        // length returns as soon as the last report is in.
+        let deadline = Instant::now() + KAFKA_WAIT;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut).into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let context = self.producer.context();
+        if context.failures.load(Ordering::Relaxed) != failures_before {
+            let first = context
+                .first_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            return Err(first
+                .unwrap_or(KafkaError::MessageProduction(RDKafkaErrorCode::Fail))
+                .into());
+        }
+        Ok(())
+    }
+
+    /// The newest usable snapshot of `partition`, if any. Blocking.
+    pub fn load(&self, partition: u32) -> Result<Option<Restored>, SnapshotError> {
+        let consumer: BaseConsumer<LogContext> = kafka::client_config(&self.cfg)
+            // Required by assign; the group is never joined and nothing is committed.
+            .set("group.id", &self.restore_group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create_with_context(LogContext)?;
+        let topic_partition = self.topic_partition(partition);
+        let (low, high) = consumer.fetch_watermarks(&self.topic, topic_partition, KAFKA_WAIT)?;
+        if high <= low {
+            return Ok(None);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, topic_partition, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        let prefix = format!("{partition}/");
+        let manifest_key = manifest_key(partition);
+        let mut manifest: Option<Vec<u8>> = None;
+        let mut chunks: HashMap<String, Vec<u8>> = HashMap::new();
+        let deadline = Instant::now() + KAFKA_WAIT;
+        let mut next = low;
+        while next < high {
+            if Instant::now() > deadline {
+                return Err(
+                    KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut).into(),
+                );
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message?;
+            next = message.offset() + 1;
+            let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            let value = message.payload().unwrap_or_default().to_vec();
+            if key == manifest_key {
+                manifest = Some(value);
+            } else {
+                chunks.insert(key.to_owned(), value);
+            }
+        }
+        let Some(manifest) = manifest else {
+            return Ok(None);
+        };
+        let unusable = |reason: String| SnapshotError::Unusable { partition, reason };
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest).map_err(|e| unusable(e.to_string()))?;
+        if manifest.format != FORMAT || manifest.partition != partition {
+            return Err(unusable(format!("format {}", manifest.format)));
+        }
+        if manifest.fingerprint != self.fingerprint {
+            return Err(unusable(
+                "written under other windows or account settings".into(),
+            ));
+        }
+        let mut state = Vec::with_capacity(manifest.bytes as usize);
+        for i in 0..manifest.chunks {
+            let key = chunk_key(partition, manifest.slot, i);
+            let chunk = chunks
+                .remove(&key)
+                .ok_or_else(|| unusable(format!("chunk {key} missing")))?;
+            let header = ChunkHeader::parse(&chunk)
+                .ok_or_else(|| unusable(format!("chunk {key} malformed")))?;
+            if header.generation != manifest.generation || header.writer != manifest.writer {
+                return Err(unusable(format!("chunk {key} belongs to another snapshot")));
+            }
+            state.extend_from_slice(&chunk[ChunkHeader::LEN..]);
+        }
+        if state.len() as u64 != manifest.bytes
+            || xxhash_rust::xxh3::xxh3_64(&state) != manifest.checksum
+        {
+            return Err(unusable("checksum mismatch".into()));
+        }
+        drop(chunks);
+        let sessionizer = Sessionizer::load(self.windows, self.accounts.clone(), &state)?;
+        Ok(Some(Restored {
+            sessionizer,
+            next_offset: manifest.next_offset,
+            outcomes: manifest.outcomes,
+            generation: manifest.generation,
+            bytes: manifest.bytes,
+        }))
+    }
+}
+
+fn manifest_key(partition: u32) -> String {
+    format!("{partition}/manifest")
+}
+
+fn chunk_key(partition: u32, slot: u32, index: u32) -> String {
+    format!("{partition}/{slot}/{index}")
+}
+
+/// A random id per store, so chunks of two writers of one partition (an
+/// instance that lost its partition but does not know it yet) are told apart.
+fn writer_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    xxhash_rust::xxh3::xxh3_64(format!("{nanos}|{}", std::process::id()).as_bytes())
+}
+
+struct ChunkHeader {
+    generation: u64,
+    writer: u64,
+}
+
+impl ChunkHeader {
+    const LEN: usize = 16;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&self.generation.to_be_bytes());
+        out[8..].copy_from_slice(&self.writer.to_be_bytes());
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Option<ChunkHeader> {
+        let generation = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let writer = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        Some(ChunkHeader { generation, writer })
+    }
+}
+
+/// Cuts the encoded state into chunk records as it is written, so a large
+/// state is never held twice in memory.
+struct ChunkWriter<'a> {
+    store: &'a StateStore,
+    partition: u32,
+    slot: u32,
+    generation: u64,
+    buffer: Vec<u8>,
+    count: u32,
+    bytes: u64,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl ChunkWriter<'_> {
+    fn emit(&mut self) -> Result<(), SnapshotError> {
+        let mut record = Vec::with_capacity(ChunkHeader::LEN + self.buffer.len());
+        record.extend_from_slice(
+            &ChunkHeader {
+                generation: self.generation,
+                writer: self.store.writer,
+            }
+            .encode(),
+        );
+        record.extend_from_slice(&self.buffer);
+        self.hasher.update(&self.buffer);
+        self.bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        let key = chunk_key(self.partition, self.slot, self.count);
+        self.store.send(&key, &record, self.partition)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SnapshotError> {
+        if !self.buffer.is_empty() || self.count == 0 {
+            self.emit()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_BYTES - self.buffer.len();
+        let n = data.len().min(room);
+        self.buffer.extend_from_slice(&data[..n]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.emit().map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
