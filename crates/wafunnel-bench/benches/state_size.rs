@@ -1,6 +1,9 @@
 //! Bytes of resident memory per open conversation: builds the state of
 //! 1M open conversations started over 20 days (10M with `WAFUNNEL_BENCH_10M=1`) and divides the
-//! growth of resident memory by the conversations held.
+//! growth of resident memory by the conversations held. Then the snapshot of
+//! that state: its bytes per conversation and the time to save and load it.
+
+use std::time::Instant;
 
 use wafunnel_bench::{opening_clicks, resident_bytes};
 use wafunnel_core::config::{Accounts, Windows};
@@ -29,5 +32,18 @@ fn main() {
         stats.contacts,
         stats.dedup_ids,
         stats.kept_events
+    );
+    let mut snapshot = Vec::new();
+    let started = Instant::now();
+    s.save(&mut snapshot).expect("drained");
+    let saved = started.elapsed();
+    let started = Instant::now();
+    let loaded = Sessionizer::load(Windows::default(), Accounts::default(), &snapshot)
+        .expect("a snapshot just written");
+    let load = started.elapsed();
+    assert_eq!(loaded.stats(), stats);
+    println!(
+        "snapshot: {} bytes per open conversation, saved in {saved:.2?}, loaded in {load:.2?}",
+        snapshot.len() / stats.conversations.max(1)
     );
 }
