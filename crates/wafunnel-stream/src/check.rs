@@ -55,21 +55,19 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
     if !missing.is_empty() && create_topics {
-        let plain: Vec<(&str, i32)> = missing
-            .iter()
-            .copied()
-            .filter(|(t, _)| *t != cfg.topics.state)
-            .collect();
-        let state = missing.iter().find(|(t, _)| *t == cfg.topics.state);
-        let created = match kafka::create_topics(&cfg.kafka, &plain).await {
-            Ok(()) => match state {
-                Some((name, partitions)) => {
-                    kafka::create_state_topic(&cfg.kafka, name, *partitions).await
-                }
-                None => Ok(()),
-            },
-            Err(e) => Err(e),
-        };
+        let mut created = Ok(());
+        for &(name, partitions) in &missing {
+            created = if name == cfg.topics.state {
+                kafka::create_state_topic(&cfg.kafka, name, partitions).await
+            } else if name == cfg.topics.internal {
+                kafka::create_internal_topic(&cfg.kafka, name, partitions).await
+            } else {
+                kafka::create_topics(&cfg.kafka, &[(name, partitions)]).await
+            };
+            if created.is_err() {
+                break;
+            }
+        }
         if let Err(e) = created {
             return report(
                 "topics present",

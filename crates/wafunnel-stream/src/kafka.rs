@@ -84,6 +84,19 @@ const STATE_TOPIC_SETTINGS: &[(&str, &str)] = &[
     ("max.message.bytes", "2097152"),
 ];
 
+/// Settings of the internal topic: it is the source of truth a partition is
+/// replayed from when no snapshot can be used, so it keeps everything.
+const INTERNAL_TOPIC_SETTINGS: &[(&str, &str)] = &[("retention.ms", "-1")];
+
+/// Creates the internal topic, with unlimited retention, if it does not exist yet.
+pub async fn create_internal_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    create(cfg, &[(name, partitions)], INTERNAL_TOPIC_SETTINGS).await
+}
+
 /// Creates the compacted state topic if it does not exist yet.
 pub async fn create_state_topic(
     cfg: &KafkaConfig,

@@ -217,19 +217,15 @@ impl StateStore {
     ) -> Result<Written, SnapshotError> {
         let slot = (generation % 2) as u32;
         let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        let mut chunks = ChunkWriter {
-            store: self,
+        let mut chunks = ChunkWriter::new(
             partition,
             slot,
             generation,
-            buffer: Vec::with_capacity(CHUNK_BYTES),
-            count: 0,
-            bytes: 0,
-            hasher: xxhash_rust::xxh3::Xxh3::new(),
-        };
+            self.writer,
+            |key: &str, record: &[u8]| self.send(key, record, partition),
+        );
         sessionizer.save(&mut chunks)?;
-        chunks.finish()?;
-        let (chunk_count, bytes, checksum) = (chunks.count, chunks.bytes, chunks.hasher.digest());
+        let (chunk_count, bytes, checksum) = chunks.finish()?;
         self.wait_delivered(failures_before)?;
         let manifest = Manifest {
             format: FORMAT,
@@ -347,36 +343,12 @@ impl StateStore {
         let Some(manifest) = manifest else {
             return Ok(None);
         };
-        let unusable = |reason: String| SnapshotError::Unusable { partition, reason };
         let manifest: Manifest =
-            serde_json::from_slice(&manifest).map_err(|e| unusable(e.to_string()))?;
-        if manifest.format != FORMAT || manifest.partition != partition {
-            return Err(unusable(format!("format {}", manifest.format)));
-        }
-        if manifest.fingerprint != self.fingerprint {
-            return Err(unusable(
-                "written under other windows or account settings".into(),
-            ));
-        }
-        let mut state = Vec::with_capacity(manifest.bytes as usize);
-        for i in 0..manifest.chunks {
-            let key = chunk_key(partition, manifest.slot, i);
-            let chunk = chunks
-                .remove(&key)
-                .ok_or_else(|| unusable(format!("chunk {key} missing")))?;
-            let header = ChunkHeader::parse(&chunk)
-                .ok_or_else(|| unusable(format!("chunk {key} malformed")))?;
-            if header.generation != manifest.generation || header.writer != manifest.writer {
-                return Err(unusable(format!("chunk {key} belongs to another snapshot")));
-            }
-            state.extend_from_slice(&chunk[ChunkHeader::LEN..]);
-        }
-        if state.len() as u64 != manifest.bytes
-            || xxhash_rust::xxh3::xxh3_64(&state) != manifest.checksum
-        {
-            return Err(unusable("checksum mismatch".into()));
-        }
-        drop(chunks);
+            serde_json::from_slice(&manifest).map_err(|e| SnapshotError::Unusable {
+                partition,
+                reason: e.to_string(),
+            })?;
+        let state = assemble(partition, &manifest, chunks, self.fingerprint)?;
         let sessionizer = Sessionizer::load(self.windows, self.accounts.clone(), &state)?;
         Ok(Some(Restored {
             sessionizer,
@@ -428,48 +400,96 @@ impl ChunkHeader {
     }
 }
 
+/// Checks a manifest against the chunks read and joins them into the state bytes.
+fn assemble(
+    partition: u32,
+    manifest: &Manifest,
+    mut chunks: HashMap<String, Vec<u8>>,
+    fingerprint: u64,
+) -> Result<Vec<u8>, SnapshotError> {
+    let unusable = |reason: String| SnapshotError::Unusable { partition, reason };
+    if manifest.format != FORMAT || manifest.partition != partition {
+        return Err(unusable(format!(
+            "format {} of partition {}",
+            manifest.format, manifest.partition
+        )));
+    }
+    if manifest.fingerprint != fingerprint {
+        return Err(unusable(
+            "written under other windows or account settings".into(),
+        ));
+    }
+    let mut state = Vec::with_capacity(manifest.bytes as usize);
+    for i in 0..manifest.chunks {
+        let key = chunk_key(partition, manifest.slot, i);
+        let chunk = chunks
+            .remove(&key)
+            .ok_or_else(|| unusable(format!("chunk {key} missing")))?;
+        let header =
+            ChunkHeader::parse(&chunk).ok_or_else(|| unusable(format!("chunk {key} malformed")))?;
+        if header.generation != manifest.generation || header.writer != manifest.writer {
+            return Err(unusable(format!("chunk {key} belongs to another snapshot")));
+        }
+        state.extend_from_slice(&chunk[ChunkHeader::LEN..]);
+    }
+    if state.len() as u64 != manifest.bytes
+        || xxhash_rust::xxh3::xxh3_64(&state) != manifest.checksum
+    {
+        return Err(unusable("checksum mismatch".into()));
+    }
+    Ok(state)
+}
+
 /// Cuts the encoded state into chunk records as it is written, so a large
 /// state is never held twice in memory.
-struct ChunkWriter<'a> {
-    store: &'a StateStore,
+struct ChunkWriter<F> {
+    send: F,
     partition: u32,
     slot: u32,
-    generation: u64,
+    header: ChunkHeader,
     buffer: Vec<u8>,
     count: u32,
     bytes: u64,
     hasher: xxhash_rust::xxh3::Xxh3,
 }
 
-impl ChunkWriter<'_> {
+impl<F: FnMut(&str, &[u8]) -> Result<(), SnapshotError>> ChunkWriter<F> {
+    fn new(partition: u32, slot: u32, generation: u64, writer: u64, send: F) -> Self {
+        ChunkWriter {
+            send,
+            partition,
+            slot,
+            header: ChunkHeader { generation, writer },
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+            count: 0,
+            bytes: 0,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+
     fn emit(&mut self) -> Result<(), SnapshotError> {
         let mut record = Vec::with_capacity(ChunkHeader::LEN + self.buffer.len());
-        record.extend_from_slice(
-            &ChunkHeader {
-                generation: self.generation,
-                writer: self.store.writer,
-            }
-            .encode(),
-        );
+        record.extend_from_slice(&self.header.encode());
         record.extend_from_slice(&self.buffer);
         self.hasher.update(&self.buffer);
         self.bytes += self.buffer.len() as u64;
         self.buffer.clear();
         let key = chunk_key(self.partition, self.slot, self.count);
-        self.store.send(&key, &record, self.partition)?;
+        (self.send)(&key, &record)?;
         self.count += 1;
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), SnapshotError> {
+    /// Sends what is left; returns the chunk count, state bytes and checksum.
+    fn finish(mut self) -> Result<(u32, u64, u64), SnapshotError> {
         if !self.buffer.is_empty() || self.count == 0 {
             self.emit()?;
         }
-        Ok(())
+        Ok((self.count, self.bytes, self.hasher.digest()))
     }
 }
 
-impl Write for ChunkWriter<'_> {
+impl<F: FnMut(&str, &[u8]) -> Result<(), SnapshotError>> Write for ChunkWriter<F> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = CHUNK_BYTES - self.buffer.len();
         let n = data.len().min(room);
@@ -482,5 +502,102 @@ impl Write for ChunkWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `state` through a ChunkWriter; returns its chunks by key and a matching manifest.
+    fn stored(state: &[u8], writer: u64) -> (HashMap<String, Vec<u8>>, Manifest) {
+        let mut chunks = HashMap::new();
+        let mut out = ChunkWriter::new(3, 1, 7, writer, |key: &str, record: &[u8]| {
+            chunks.insert(key.to_owned(), record.to_vec());
+            Ok(())
+        });
+        out.write_all(state).expect("write");
+        let (count, bytes, checksum) = out.finish().expect("finish");
+        let manifest = Manifest {
+            format: FORMAT,
+            partition: 3,
+            generation: 7,
+            writer,
+            slot: 1,
+            chunks: count,
+            bytes,
+            checksum,
+            fingerprint: 42,
+            next_offset: 1000,
+            outcomes: Vec::new(),
+        };
+        (chunks, manifest)
+    }
+
+    fn state(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_state_is_cut_into_chunks_and_joined_back() {
+        let bytes = state(CHUNK_BYTES * 2 + 100);
+        let (chunks, manifest) = stored(&bytes, 9);
+        assert_eq!(manifest.chunks, 3);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.contains_key("3/1/0") && chunks.contains_key("3/1/2"));
+        assert!(chunks
+            .values()
+            .all(|c| c.len() <= ChunkHeader::LEN + CHUNK_BYTES));
+        assert_eq!(assemble(3, &manifest, chunks, 42).expect("usable"), bytes);
+    }
+
+    #[test]
+    fn an_empty_state_is_one_empty_chunk() {
+        let (chunks, manifest) = stored(&[], 9);
+        assert_eq!(manifest.chunks, 1);
+        assert_eq!(
+            assemble(3, &manifest, chunks, 42).expect("usable"),
+            Vec::<u8>::new()
+        );
+    }
+
+    #[test]
+    fn a_missing_or_foreign_or_damaged_chunk_makes_the_snapshot_unusable() {
+        let bytes = state(CHUNK_BYTES + 10);
+        let unusable = |result: Result<Vec<u8>, SnapshotError>| {
+            matches!(result, Err(SnapshotError::Unusable { partition: 3, .. }))
+        };
+
+        let (mut chunks, manifest) = stored(&bytes, 9);
+        chunks.remove("3/1/1");
+        assert!(unusable(assemble(3, &manifest, chunks, 42)));
+
+        // Another writer's chunk under the same key (two owners for a moment).
+        let (mut chunks, manifest) = stored(&bytes, 9);
+        let (other, _) = stored(&bytes, 10);
+        chunks.insert("3/1/0".into(), other["3/1/0"].clone());
+        assert!(unusable(assemble(3, &manifest, chunks, 42)));
+
+        let (mut chunks, manifest) = stored(&bytes, 9);
+        if let Some(chunk) = chunks.get_mut("3/1/1") {
+            chunk[ChunkHeader::LEN] ^= 1;
+        }
+        assert!(unusable(assemble(3, &manifest, chunks, 42)));
+
+        let (chunks, manifest) = stored(&bytes, 9);
+        assert!(
+            unusable(assemble(3, &manifest, chunks, 43)),
+            "other settings"
+        );
+    }
+
+    #[test]
+    fn a_failing_send_fails_the_write() {
+        let mut out = ChunkWriter::new(0, 0, 1, 1, |_: &str, _: &[u8]| {
+            Err(SnapshotError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::QueueFull,
+            )))
+        });
+        assert!(out.write_all(&state(CHUNK_BYTES)).is_err());
     }
 }
