@@ -354,7 +354,14 @@ pub async fn run(
         accounts,
         changes: Mutex::new(Vec::new()),
     };
-    let consumer: StreamConsumer<SessionizeContext> = kafka::client_config(&cfg.kafka)
+    let mut client = kafka::client_config(&cfg.kafka);
+    if !cfg.kafka.properties.contains_key("session.timeout.ms") {
+        // A killed instance's partitions wait this long for a new owner
+        // (librdkafka's default is 45 s); heartbeats come from a background
+        // thread, so a long snapshot or batch does not expire the session.
+        client.set("session.timeout.ms", "10000");
+    }
+    let consumer: StreamConsumer<SessionizeContext> = client
         .set("group.id", &cfg.kafka.sessionize_group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
