@@ -11,10 +11,13 @@
 //!   ([`crate::state`]) and consumption starts at the snapshot's offset; with
 //!   no usable snapshot it starts from the beginning and replays. Dead-letter
 //!   partitions are always replayed (they hold only counts).
-//! - On revocation the partition's unsaved work is dropped: the next owner
-//!   resumes from the same snapshot and reproduces it exactly. Records of a
-//!   partition not (or no longer) assigned, or below its resume offset, are
-//!   skipped, so nothing is applied twice.
+//! - On revocation the partition's pending rows are written, its offsets
+//!   committed and its state snapshotted before it is given up, so the next
+//!   owner starts where this one stopped. If that cannot finish in time
+//!   (ClickHouse down), the work is dropped and the next owner reproduces it
+//!   exactly from the last snapshot. Records of a partition not (or no
+//!   longer) assigned, or below its resume offset, are skipped, so nothing
+//!   is applied twice.
 //! - Rows are full state, versioned by the next offset of their partition,
 //!   so rows rewritten after a restore, or written late by an instance that
 //!   lost the partition, are identical or older than what ClickHouse keeps:
@@ -103,22 +106,18 @@ struct DeadLetterWorker {
     dirty: bool,
 }
 
-/// An assignment change seen by the rebalance callback, applied by the
-/// consuming loop in the order it happened.
-#[derive(Debug)]
-enum Change {
-    Revoked { topic: String, partition: u32 },
-    Internal { partition: u32, worker: Box<Worker> },
-    DeadLetter { partition: u32 },
-}
-
-/// The consumer's context: logs, and restores state on assignment.
+/// The consumer's context: logs, restores state on assignment, and hands
+/// partitions over on revocation. It holds the partitions' work because
+/// rebalance callbacks run inside `recv`, where the consuming loop cannot
+/// act; the loop takes the lock between its awaits, never across one.
 struct SessionizeContext {
     internal: String,
+    dead: String,
     store: Arc<StateStore>,
+    sink: Sink,
     windows: Windows,
     accounts: Accounts,
-    changes: Mutex<Vec<Change>>,
+    owned: Mutex<Partitions>,
 }
 
 impl ClientContext for SessionizeContext {
@@ -143,19 +142,22 @@ impl ConsumerContext for SessionizeContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assignment = TopicPartitionList::new();
-                let mut changes = Vec::new();
                 for element in partitions.elements() {
                     let partition = element.partition() as u32;
                     let offset = if element.topic() == self.internal {
                         let worker = blocking(|| self.restore(partition));
                         let offset = Offset::Offset(worker.next_offset);
-                        changes.push(Change::Internal {
-                            partition,
-                            worker: Box::new(worker),
-                        });
+                        self.lock().workers.insert(partition, worker);
                         offset
                     } else {
-                        changes.push(Change::DeadLetter { partition });
+                        self.lock().dead.insert(
+                            partition,
+                            DeadLetterWorker {
+                                next_offset: 0,
+                                counts: BTreeMap::new(),
+                                dirty: false,
+                            },
+                        );
                         Offset::Beginning
                     };
                     if let Err(e) = assignment.add_partition_offset(
@@ -167,10 +169,6 @@ impl ConsumerContext for SessionizeContext {
                     }
                 }
                 tracing::info!(partitions = assignment.count(), "partitions assigned");
-                self.changes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(changes);
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "failed to assign partitions");
                 }
@@ -179,15 +177,28 @@ impl ConsumerContext for SessionizeContext {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::error!(error = ?err, "rebalance error, giving up the assignment");
                 }
-                let revoked = partitions.elements().into_iter().map(|e| Change::Revoked {
-                    topic: e.topic().to_owned(),
-                    partition: e.partition() as u32,
-                });
-                self.changes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(revoked);
+                let leaving = {
+                    let mut owned = self.lock();
+                    let mut leaving = Partitions::default();
+                    for element in partitions.elements() {
+                        let partition = element.partition() as u32;
+                        if element.topic() == self.internal {
+                            if let Some(worker) = owned.workers.remove(&partition) {
+                                leaving.workers.insert(partition, worker);
+                            }
+                        } else if let Some(worker) = owned.dead.remove(&partition) {
+                            leaving.dead.insert(partition, worker);
+                        }
+                    }
+                    let (gone, kept) = std::mem::take(&mut owned.late)
+                        .into_iter()
+                        .partition(|l| leaving.workers.contains_key(&l.partition));
+                    owned.late = kept;
+                    leaving.late = gone;
+                    leaving
+                };
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
+                self.hand_over(consumer, leaving);
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "failed to unassign partitions");
                 }
@@ -196,7 +207,51 @@ impl ConsumerContext for SessionizeContext {
     }
 }
 
+/// How long a revoked partition's last batch may take before it is dropped
+/// (its next owner then replays it) rather than stall the group's rebalance.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(15);
+
 impl SessionizeContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the revoked partitions' work, commits their offsets and
+    /// snapshots their state, so that the next owner starts where this one
+    /// stopped. Best effort: whatever fails here, the next owner reproduces
+    /// the same rows from the last snapshot.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, mut leaving: Partitions) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let (batch, offsets) = leaving.take_batch(&self.internal, &self.dead);
+        let written = batch.is_empty()
+            || tokio::task::block_in_place(|| {
+                handle.block_on(tokio::time::timeout(
+                    HAND_OVER_WAIT,
+                    self.sink.write_with_retry(&batch),
+                ))
+            })
+            .is_ok_and(|r| r.is_ok());
+        if !written {
+            tracing::warn!("revoked partitions not flushed, their next owner replays them");
+            return;
+        }
+        if offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "failed to commit offsets of revoked partitions");
+            }
+        }
+        for (&partition, worker) in leaving.workers.iter_mut() {
+            if worker.since_snapshot > 0 {
+                snapshot(&self.store, partition, worker);
+            }
+        }
+    }
+
     fn restore(&self, partition: u32) -> Worker {
         let started = Instant::now();
         let fresh = |generation| Worker {
@@ -262,9 +317,7 @@ impl SessionizeContext {
                     error = %e,
                     "snapshot unusable, replaying the partition from its beginning"
                 );
-                // A later generation than any stored one, so the next
-                // snapshot does not land in the slot of the one just read.
-                fresh(2)
+                fresh(0)
             }
         }
     }
@@ -295,33 +348,60 @@ fn source(message: &BorrowedMessage<'_>) -> SourceKey {
 struct Partitions {
     workers: HashMap<u32, Worker>,
     dead: HashMap<u32, DeadLetterWorker>,
+    late: Vec<LateWrite>,
 }
 
 impl Partitions {
-    fn apply(&mut self, changes: Vec<Change>, internal: &str) {
-        for change in changes {
-            match change {
-                Change::Revoked { topic, partition } if topic == internal => {
-                    self.workers.remove(&partition);
-                }
-                Change::Revoked { partition, .. } => {
-                    self.dead.remove(&partition);
-                }
-                Change::Internal { partition, worker } => {
-                    self.workers.insert(partition, *worker);
-                }
-                Change::DeadLetter { partition } => {
-                    self.dead.insert(
-                        partition,
-                        DeadLetterWorker {
-                            next_offset: 0,
-                            counts: BTreeMap::new(),
-                            dirty: false,
-                        },
-                    );
-                }
+    /// Everything changed since the last batch, and the offsets that batch completes.
+    fn take_batch(&mut self, internal: &str, dead: &str) -> (Batch, TopicPartitionList) {
+        let mut batch = Batch {
+            late: std::mem::take(&mut self.late),
+            ..Batch::default()
+        };
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, worker) in self.workers.iter_mut().filter(|(_, w)| w.dirty) {
+            worker.dirty = false;
+            let version = worker.next_offset as u64;
+            batch
+                .changes
+                .push((partition, version, worker.sessionizer.drain()));
+            for (((source_topic, source_partition), outcome), records) in &worker.outcomes {
+                batch.outcomes.push(OutcomeWrite {
+                    stage: "sessionize".into(),
+                    source_topic: source_topic.clone(),
+                    source_partition: *source_partition,
+                    worker_topic: internal.to_owned(),
+                    worker_partition: partition,
+                    outcome: (*outcome).to_owned(),
+                    records: *records,
+                    version,
+                });
             }
+            add_offset(&mut offsets, internal, partition, worker.next_offset);
         }
+        for (&partition, worker) in self.dead.iter_mut().filter(|(_, w)| w.dirty) {
+            worker.dirty = false;
+            for ((source_topic, source_partition), records) in &worker.counts {
+                batch.outcomes.push(OutcomeWrite {
+                    stage: "dead_letter".into(),
+                    source_topic: source_topic.clone(),
+                    source_partition: *source_partition,
+                    worker_topic: dead.to_owned(),
+                    worker_partition: partition,
+                    outcome: "dead_lettered".into(),
+                    records: *records,
+                    version: worker.next_offset as u64,
+                });
+            }
+            add_offset(&mut offsets, dead, partition, worker.next_offset);
+        }
+        (batch, offsets)
+    }
+}
+
+fn add_offset(offsets: &mut TopicPartitionList, topic: &str, partition: u32, next: i64) {
+    if let Err(e) = offsets.add_partition_offset(topic, partition as i32, Offset::Offset(next)) {
+        tracing::error!(partition, error = %e, "cannot add offset to commit");
     }
 }
 
@@ -347,12 +427,15 @@ pub async fn run(
         }
     }
     let store = Arc::new(StateStore::new(cfg, partitions[cfg.topics.state.as_str()])?);
+    let sink = Sink::new(&cfg.clickhouse);
     let context = SessionizeContext {
         internal: internal.clone(),
+        dead: dead.clone(),
         store: Arc::clone(&store),
+        sink: sink.clone(),
         windows,
         accounts,
-        changes: Mutex::new(Vec::new()),
+        owned: Mutex::new(Partitions::default()),
     };
     let mut client = kafka::client_config(&cfg.kafka);
     if !cfg.kafka.properties.contains_key("session.timeout.ms") {
@@ -369,12 +452,9 @@ pub async fn run(
         .set("partition.assignment.strategy", "roundrobin")
         .create_with_context(context)?;
     consumer.subscribe(&[&internal, &dead])?;
-    let sink = Sink::new(&cfg.clickhouse);
-    let mut owned = Partitions::default();
     let flush_interval = Duration::from_millis(cfg.batch.flush_interval_ms);
     let snapshot_interval = Duration::from_millis(cfg.state.snapshot_interval_ms);
     let mut processed = 0u64;
-    let mut late: Vec<LateWrite> = Vec::new();
     let mut last_gauges = Instant::now();
     tracing::info!(internal, dead_letter = dead, "sessionize started");
     loop {
@@ -389,14 +469,6 @@ pub async fn run(
                 received = tokio::time::timeout(left, consumer.recv()) => received,
                 _ = shutdown.changed() => break,
             };
-            let changes = std::mem::take(
-                &mut *consumer
-                    .context()
-                    .changes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            owned.apply(changes, &internal);
             let message = match received {
                 Ok(Ok(message)) => message,
                 Ok(Err(e)) => {
@@ -406,6 +478,8 @@ pub async fn run(
                 Err(_) => break,
             };
             let partition = message.partition() as u32;
+            let mut guard = consumer.context().lock();
+            let owned = &mut *guard;
             if message.topic() == dead {
                 let Some(worker) = owned.dead.get_mut(&partition) else {
                     continue;
@@ -445,7 +519,7 @@ pub async fn run(
                     }
                     Outcome::Late { watermark } => {
                         metrics::SESSIONIZE_LATE.add(1);
-                        late.push(LateWrite {
+                        owned.late.push(LateWrite {
                             topic: internal.clone(),
                             partition,
                             offset: message.offset(),
@@ -474,7 +548,8 @@ pub async fn run(
                 .or_default() += 1;
         }
         let stopping = *shutdown.borrow();
-        flush(&sink, &consumer, &internal, &dead, &mut owned, &mut late).await?;
+        flush(&sink, &consumer, &internal, &dead).await?;
+        let mut owned = consumer.context().lock();
         for (&partition, worker) in owned.workers.iter_mut() {
             let due = worker.since_snapshot >= cfg.state.snapshot_records
                 || worker.last_snapshot.elapsed() >= snapshot_interval;
@@ -486,6 +561,7 @@ pub async fn run(
             last_gauges = Instant::now();
             update_gauges(&consumer, &internal, &owned.workers);
         }
+        drop(owned);
         if stopping {
             break;
         }
@@ -559,54 +635,8 @@ async fn flush(
     consumer: &StreamConsumer<SessionizeContext>,
     internal: &str,
     dead: &str,
-    owned: &mut Partitions,
-    late: &mut Vec<LateWrite>,
 ) -> Result<(), SessionizeError> {
-    let mut batch = Batch {
-        late: std::mem::take(late),
-        ..Batch::default()
-    };
-    let mut offsets = TopicPartitionList::new();
-    for (&partition, worker) in owned.workers.iter_mut().filter(|(_, w)| w.dirty) {
-        worker.dirty = false;
-        let version = worker.next_offset as u64;
-        batch
-            .changes
-            .push((partition, version, worker.sessionizer.drain()));
-        for (((source_topic, source_partition), outcome), records) in &worker.outcomes {
-            batch.outcomes.push(OutcomeWrite {
-                stage: "sessionize".into(),
-                source_topic: source_topic.clone(),
-                source_partition: *source_partition,
-                worker_topic: internal.to_owned(),
-                worker_partition: partition,
-                outcome: (*outcome).to_owned(),
-                records: *records,
-                version,
-            });
-        }
-        offsets.add_partition_offset(
-            internal,
-            partition as i32,
-            Offset::Offset(worker.next_offset),
-        )?;
-    }
-    for (&partition, worker) in owned.dead.iter_mut().filter(|(_, w)| w.dirty) {
-        worker.dirty = false;
-        for ((source_topic, source_partition), records) in &worker.counts {
-            batch.outcomes.push(OutcomeWrite {
-                stage: "dead_letter".into(),
-                source_topic: source_topic.clone(),
-                source_partition: *source_partition,
-                worker_topic: dead.to_owned(),
-                worker_partition: partition,
-                outcome: "dead_lettered".into(),
-                records: *records,
-                version: worker.next_offset as u64,
-            });
-        }
-        offsets.add_partition_offset(dead, partition as i32, Offset::Offset(worker.next_offset))?;
-    }
+    let (batch, offsets) = consumer.context().lock().take_batch(internal, dead);
     if batch.is_empty() {
         return Ok(());
     }
