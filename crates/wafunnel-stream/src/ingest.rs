@@ -180,7 +180,9 @@ pub async fn run(
                 Err(e) => {
                     metrics::INGEST_RETRIES.add(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
-                    if let Err(abort) = ingest.producer.abort_transaction(TXN_TIMEOUT) {
+                    if let Err(abort) =
+                        kafka::blocking(|| ingest.producer.abort_transaction(TXN_TIMEOUT))
+                    {
                         tracing::warn!(error = %abort, "cannot abort transaction");
                     }
                     tokio::time::sleep(delay).await;
@@ -590,7 +592,7 @@ impl Ingest {
         &self,
         batch: &[(OwnedMessage, Decision)],
     ) -> Result<IngestCounts, IngestError> {
-        self.producer.begin_transaction()?;
+        kafka::blocking(|| self.producer.begin_transaction())?;
         let mut counts = IngestCounts::default();
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut deliveries = Vec::with_capacity(batch.len());
@@ -660,9 +662,11 @@ impl Ingest {
             .consumer
             .group_metadata()
             .ok_or_else(|| IngestError::Config("no consumer group metadata".into()))?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
-        self.producer.commit_transaction(TXN_TIMEOUT)?;
+        kafka::blocking(|| {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+            self.producer.commit_transaction(TXN_TIMEOUT)
+        })?;
         for delivery in deliveries {
             if let Ok(Err((e, _))) = delivery.await {
                 // The transaction committed, so this cannot be a lost record;

@@ -58,6 +58,18 @@ impl ClientContext for LogContext {
 
 impl ConsumerContext for LogContext {}
 
+/// Runs a blocking Kafka call (transactions, snapshot reads and writes)
+/// without stalling the other tasks of a multi-threaded runtime; on a
+/// current-thread runtime there are no others, and it just runs.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// A client configuration with the bootstrap servers and the passthrough properties.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();

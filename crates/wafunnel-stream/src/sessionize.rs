@@ -48,7 +48,7 @@ use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 
 use crate::config::Config;
-use crate::kafka::{self, LogContext};
+use crate::kafka::{self, blocking, LogContext};
 use crate::metrics;
 use crate::sink::{Batch, LateWrite, OutcomeWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
@@ -320,17 +320,6 @@ impl SessionizeContext {
                 fresh(0)
             }
         }
-    }
-}
-
-/// Runs blocking work from inside the consumer's callbacks without stalling
-/// the other tasks of a multi-threaded runtime.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
     }
 }
 
