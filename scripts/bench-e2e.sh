@@ -65,6 +65,8 @@ for format in $formats; do
     deploy/local/kafka-topics.sh --create --if-not-exists --topic "${t%%:*}" \
       --partitions "${t##*:}" --replication-factor 1 >/dev/null
   done
+  deploy/local/kafka-topics.sh --create --if-not-exists --topic "state-$suffix" \
+    --partitions "$partitions" --replication-factor 1 --config cleanup.policy=compact >/dev/null
   cfg="$work/$suffix.toml"
   cat >"$cfg" <<EOF
 user_hash_key = "bench-user-hash-key-0123456789"
@@ -76,6 +78,7 @@ sessionize_group = "sessionize-$suffix"
 raw = [{ name = "$raw", format = "$format" }]
 internal = "events-$suffix"
 dead_letter = "dead-$suffix"
+state = "state-$suffix"
 [clickhouse]
 url = "$CLICKHOUSE_URL"
 database = "$database"
