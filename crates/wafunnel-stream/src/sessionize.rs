@@ -141,33 +141,68 @@ impl ConsumerContext for SessionizeContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let internal: Vec<u32> = partitions
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.internal)
+                    .map(|e| e.partition() as u32)
+                    .collect();
+                // Partitions are restored side by side: reading a snapshot
+                // waits on the broker as much as it decodes.
+                let restored: Vec<(u32, Worker)> = blocking(|| {
+                    std::thread::scope(|scope| {
+                        let restoring: Vec<_> = internal
+                            .iter()
+                            .map(|&p| (p, scope.spawn(move || self.restore(p))))
+                            .collect();
+                        restoring
+                            .into_iter()
+                            .map(|(p, restore)| {
+                                let worker = restore.join().unwrap_or_else(|_| {
+                                    tracing::error!(
+                                        partition = p,
+                                        "restore failed, replaying the partition from its beginning"
+                                    );
+                                    self.fresh(p)
+                                });
+                                (p, worker)
+                            })
+                            .collect()
+                    })
+                });
                 let mut assignment = TopicPartitionList::new();
+                let mut owned = self.lock();
+                for (partition, worker) in restored {
+                    add_offset(
+                        &mut assignment,
+                        &self.internal,
+                        partition,
+                        worker.next_offset,
+                    );
+                    owned.workers.insert(partition, worker);
+                }
                 for element in partitions.elements() {
+                    if element.topic() == self.internal {
+                        continue;
+                    }
                     let partition = element.partition() as u32;
-                    let offset = if element.topic() == self.internal {
-                        let worker = blocking(|| self.restore(partition));
-                        let offset = Offset::Offset(worker.next_offset);
-                        self.lock().workers.insert(partition, worker);
-                        offset
-                    } else {
-                        self.lock().dead.insert(
-                            partition,
-                            DeadLetterWorker {
-                                next_offset: 0,
-                                counts: BTreeMap::new(),
-                                dirty: false,
-                            },
-                        );
-                        Offset::Beginning
-                    };
+                    owned.dead.insert(
+                        partition,
+                        DeadLetterWorker {
+                            next_offset: 0,
+                            counts: BTreeMap::new(),
+                            dirty: false,
+                        },
+                    );
                     if let Err(e) = assignment.add_partition_offset(
                         element.topic(),
                         element.partition(),
-                        offset,
+                        Offset::Beginning,
                     ) {
                         tracing::error!(partition, error = %e, "cannot add partition to assignment");
                     }
                 }
+                drop(owned);
                 tracing::info!(partitions = assignment.count(), "partitions assigned");
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "failed to assign partitions");
@@ -252,17 +287,21 @@ impl SessionizeContext {
         }
     }
 
-    fn restore(&self, partition: u32) -> Worker {
-        let started = Instant::now();
-        let fresh = |generation| Worker {
+    /// An empty partition state, to be rebuilt by replaying from the beginning.
+    fn fresh(&self, partition: u32) -> Worker {
+        Worker {
             sessionizer: Sessionizer::new(partition, self.windows, self.accounts.clone()),
             next_offset: 0,
             outcomes: BTreeMap::new(),
             dirty: false,
-            generation,
+            generation: 0,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
-        };
+        }
+    }
+
+    fn restore(&self, partition: u32) -> Worker {
+        let started = Instant::now();
         match self.store.load(partition) {
             Ok(Some(restored)) => {
                 let mut outcomes = BTreeMap::new();
@@ -308,7 +347,7 @@ impl SessionizeContext {
                     partition,
                     "no snapshot, replaying the partition from its beginning"
                 );
-                fresh(0)
+                self.fresh(partition)
             }
             Err(e) => {
                 metrics::RESTORES_FROM_BEGINNING.add(1);
@@ -317,7 +356,7 @@ impl SessionizeContext {
                     error = %e,
                     "snapshot unusable, replaying the partition from its beginning"
                 );
-                fresh(0)
+                self.fresh(partition)
             }
         }
     }
