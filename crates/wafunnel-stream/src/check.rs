@@ -102,6 +102,27 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         );
     }
 
+    match kafka::topic_setting_problems(&cfg.kafka, &cfg.topics.internal, &cfg.topics.state).await {
+        Ok(problems) if problems.is_empty() => report(
+            "topic settings",
+            Ok(format!(
+                "{} keeps everything, {} is compacted",
+                cfg.topics.internal, cfg.topics.state
+            )),
+        ),
+        // Counting still works; restores may not: a warning, not a failure.
+        Ok(problems) => {
+            for problem in problems {
+                println!("warn  topic settings: {problem}");
+            }
+            true
+        }
+        Err(e) => {
+            println!("warn  topic settings: cannot read them: {e}");
+            true
+        }
+    };
+
     let sink = crate::sink::Sink::new(&cfg.clickhouse);
     match sink.client().query("SELECT 1").fetch_one::<u8>().await {
         Ok(_) => report("clickhouse reachable", Ok(cfg.clickhouse.url.clone())),

@@ -423,6 +423,12 @@ impl Config {
         if self.batch.max_records == 0 {
             return Err(invalid("batch.max_records", "must be at least 1"));
         }
+        if self.state.snapshot_records == 0 {
+            return Err(invalid("state.snapshot_records", "must be at least 1"));
+        }
+        if self.state.snapshot_interval_ms == 0 {
+            return Err(invalid("state.snapshot_interval_ms", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -524,6 +530,8 @@ time_zone = "America/Sao_Paulo"
         let cfg = Config::parse(MINIMAL, no_env).expect("valid");
         assert_eq!(cfg.windows().expect("windows"), Windows::default());
         assert_eq!(cfg.topics.internal, "wafunnel-events");
+        assert_eq!(cfg.topics.state, "wafunnel-state");
+        assert_eq!(cfg.state.snapshot_interval_ms, 60_000);
         assert_eq!(
             cfg.accounts()
                 .expect("accounts")
@@ -575,6 +583,14 @@ time_zone = "America/Sao_Paulo"
             (
                 MINIMAL.replace("http://127.0.0.1:8123", "127.0.0.1:8123"),
                 "clickhouse.url",
+            ),
+            (
+                format!("{MINIMAL}\n[state]\nsnapshot_records = 0\n"),
+                "state.snapshot_records",
+            ),
+            (
+                format!("{MINIMAL}\n[state]\nsnapshot_every = 5\n"),
+                "snapshot_every",
             ),
         ];
         for (text, setting) in cases {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -149,6 +149,49 @@ async fn create(
         }
     }
     Ok(())
+}
+
+/// Topic settings that would make the state topic or the internal topic
+/// lose what a restore needs, as one line per problem (empty when sound).
+pub async fn topic_setting_problems(
+    cfg: &KafkaConfig,
+    internal: &str,
+    state: &str,
+) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<LogContext> = client_config(cfg).create_with_context(LogContext)?;
+    let topics = [
+        ResourceSpecifier::Topic(internal),
+        ResourceSpecifier::Topic(state),
+    ];
+    let results = admin
+        .describe_configs(
+            topics.iter(),
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let mut problems = Vec::new();
+    for (topic, result) in [internal, state].into_iter().zip(results) {
+        let resource = result.map_err(KafkaError::AdminOp)?;
+        let value = |name: &str| {
+            resource
+                .get(name)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default()
+        };
+        if topic == state && !value("cleanup.policy").contains("compact") {
+            problems.push(format!(
+                "{topic}: cleanup.policy is `{}`, not compact: old snapshots would be deleted by time, not replaced",
+                value("cleanup.policy")
+            ));
+        }
+        if topic == internal && value("retention.ms") != "-1" {
+            problems.push(format!(
+                "{topic}: retention.ms is {}, not -1: a partition replayed from its beginning would miss deleted records",
+                value("retention.ms")
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// Partition counts of the topics the broker knows.

@@ -476,6 +476,9 @@ pub async fn run(
         .set("group.id", &cfg.kafka.sessionize_group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        // A resume offset below the log start (records deleted) must not
+        // jump to the end and skip what is left.
+        .set("auto.offset.reset", "earliest")
         // The rebalance handler assigns and unassigns whole sets: an eager protocol.
         .set("partition.assignment.strategy", "roundrobin")
         .create_with_context(context)?;
