@@ -241,10 +241,10 @@ impl Ingest {
                 ))
             })?;
             for partition in 0..count {
-                assignment.add_partition_offset(&topic.name, partition, Offset::Stored)?;
+                assignment.add_partition(&topic.name, partition);
             }
         }
-        consumer.assign(&assignment)?;
+        consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
         let producer: FutureProducer<LogContext> = kafka::client_config(&cfg.kafka)
             .set(
                 "transactional.id",
@@ -698,6 +698,50 @@ impl Ingest {
             }
         }
     }
+}
+
+/// How long ingest keeps asking the group coordinator for its offsets at start.
+const RESUME_WAIT: Duration = Duration::from_secs(120);
+
+/// The committed offset of every assigned partition, the beginning where none
+/// is committed. Asked here, with retries, rather than left to the client:
+/// with a direct assignment, librdkafka gives up on a partition whose offset
+/// fetch failed (a coordinator still loading after a broker start), and the
+/// partition is never read.
+fn resume_offsets(
+    consumer: &StreamConsumer<LogContext>,
+    assignment: TopicPartitionList,
+) -> Result<TopicPartitionList, IngestError> {
+    let deadline = Instant::now() + RESUME_WAIT;
+    let committed = loop {
+        let answer = consumer
+            .committed_offsets(assignment.clone(), Duration::from_secs(5))
+            .and_then(|committed| {
+                // A partition whose offset could not be read must not start
+                // from the beginning: it would forward its records again.
+                for element in committed.elements() {
+                    element.error()?;
+                }
+                Ok(committed)
+            });
+        match answer {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot read committed offsets yet, retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut resume = TopicPartitionList::new();
+    for element in committed.elements() {
+        let offset = match element.offset() {
+            Offset::Offset(n) if n >= 0 => Offset::Offset(n),
+            _ => Offset::Beginning,
+        };
+        resume.add_partition_offset(element.topic(), element.partition(), offset)?;
+    }
+    Ok(resume)
 }
 
 fn dead_letter(rejection: &Rejection) -> Decision {
