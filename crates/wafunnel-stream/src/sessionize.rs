@@ -686,3 +686,88 @@ async fn flush(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(next_offset: i64, dirty: bool) -> Worker {
+        let mut outcomes = BTreeMap::new();
+        outcomes.insert((("raw".to_owned(), 0), "applied"), 3);
+        Worker {
+            sessionizer: Sessionizer::new(0, Windows::default(), Accounts::default()),
+            next_offset,
+            outcomes,
+            dirty,
+            generation: 0,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        }
+    }
+
+    fn late(partition: u32) -> LateWrite {
+        LateWrite {
+            topic: "events".into(),
+            partition,
+            offset: 4,
+            account_id: "act".into(),
+            event_id: "e".into(),
+            event_type: "ad_click".into(),
+            event_time: 0,
+            watermark: 0,
+            reason: "late".into(),
+            raw: "{}".into(),
+        }
+    }
+
+    fn offsets(list: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        list.elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), e.offset()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_holds_what_changed_and_the_offsets_it_completes() {
+        let mut owned = Partitions::default();
+        owned.workers.insert(0, worker(10, true));
+        owned.workers.insert(1, worker(7, false));
+        owned.dead.insert(
+            0,
+            DeadLetterWorker {
+                next_offset: 2,
+                counts: BTreeMap::from([(("raw".to_owned(), 1), 2)]),
+                dirty: true,
+            },
+        );
+        owned.late.push(late(0));
+
+        let (batch, committed) = owned.take_batch("events", "dead");
+        assert_eq!(batch.changes.len(), 1, "only the partition that changed");
+        assert_eq!((batch.changes[0].0, batch.changes[0].1), (0, 10));
+        let outcomes: Vec<(&str, &str, u64, u64)> = batch
+            .outcomes
+            .iter()
+            .map(|o| (o.stage.as_str(), o.outcome.as_str(), o.records, o.version))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("sessionize", "applied", 3, 10),
+                ("dead_letter", "dead_lettered", 2, 2)
+            ]
+        );
+        assert_eq!(batch.late.len(), 1);
+        assert_eq!(
+            offsets(&committed),
+            [
+                ("events".to_owned(), 0, Offset::Offset(10)),
+                ("dead".to_owned(), 0, Offset::Offset(2))
+            ]
+        );
+
+        let (again, committed) = owned.take_batch("events", "dead");
+        assert!(again.is_empty(), "nothing changed since");
+        assert_eq!(committed.count(), 0);
+    }
+}
