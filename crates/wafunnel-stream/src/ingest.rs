@@ -87,6 +87,8 @@ struct Alignment {
     at_end: std::collections::HashSet<Partition>,
     /// When each partition was first seen at its end, not yet confirmed.
     end_seen: HashMap<Partition, Instant>,
+    /// When each partition's end was last asked of the broker.
+    end_checked: HashMap<Partition, Instant>,
     held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
     paused: std::collections::HashSet<Partition>,
 }
@@ -96,6 +98,10 @@ const HOLD_BEFORE_PAUSE: usize = 5_000;
 /// How long a partition must stay at its end before it stops holding others
 /// back: right after a broker restart, its high watermark can be stale.
 const END_CONFIRM: Duration = Duration::from_secs(2);
+/// Asking the broker where a partition ends is a round trip: with a trickle
+/// of small batches, every batch reaches the end again, and asking each time
+/// made ingest spend its time waiting on those answers.
+const END_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Alignment {
     /// Where a partition stands: its next held event, else the last event forwarded.
@@ -291,6 +297,7 @@ impl Ingest {
                 forwarded: HashMap::new(),
                 at_end: Default::default(),
                 end_seen: HashMap::new(),
+                end_checked: HashMap::new(),
                 held: HashMap::new(),
                 paused: Default::default(),
             },
@@ -403,6 +410,17 @@ impl Ingest {
     /// Marks `candidate` as at its end if everything in it was delivered. A
     /// partition at its end (or empty) holds no other partition back.
     fn check_end(&mut self, candidate: Partition) {
+        if self
+            .alignment
+            .end_checked
+            .get(&candidate)
+            .is_some_and(|at| at.elapsed() < END_CHECK_EVERY)
+        {
+            return;
+        }
+        self.alignment
+            .end_checked
+            .insert(candidate.clone(), Instant::now());
         let (topic, partition) = (&candidate.0, candidate.1);
         let Ok((low, high)) =
             self.consumer
