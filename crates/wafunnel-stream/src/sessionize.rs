@@ -302,7 +302,7 @@ impl SessionizeContext {
 
     fn restore(&self, partition: u32) -> Worker {
         let started = Instant::now();
-        match self.store.load(partition) {
+        match self.store.load(partition, self.windows, &self.accounts) {
             Ok(Some(restored)) => {
                 let mut outcomes = BTreeMap::new();
                 for count in restored.outcomes {

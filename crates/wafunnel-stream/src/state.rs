@@ -155,8 +155,6 @@ pub struct StateStore {
     topic_partitions: i32,
     fingerprint: u64,
     writer: u64,
-    windows: Windows,
-    accounts: Accounts,
     producer: ThreadedProducer<DeliveryContext>,
 }
 
@@ -181,14 +179,6 @@ impl StateStore {
         // settings would resume into different numbers, so it is not used.
         let fingerprint =
             xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}", cfg.windows, cfg.accounts).as_bytes());
-        let windows = cfg.windows().map_err(|e| SnapshotError::Unusable {
-            partition: 0,
-            reason: e.to_string(),
-        })?;
-        let accounts = cfg.accounts().map_err(|e| SnapshotError::Unusable {
-            partition: 0,
-            reason: e.to_string(),
-        })?;
         Ok(StateStore {
             cfg: cfg.kafka.clone(),
             restore_group: format!("{}-restore", cfg.kafka.sessionize_group),
@@ -196,8 +186,6 @@ impl StateStore {
             topic_partitions: topic_partitions.max(1),
             fingerprint,
             writer: writer_id(),
-            windows,
-            accounts,
             producer,
         })
     }
@@ -294,8 +282,14 @@ impl StateStore {
         Ok(())
     }
 
-    /// The newest usable snapshot of `partition`, if any. Blocking.
-    pub fn load(&self, partition: u32) -> Result<Option<Restored>, SnapshotError> {
+    /// The newest usable snapshot of `partition`, if any, loaded with the
+    /// settings it was checked against. Blocking.
+    pub fn load(
+        &self,
+        partition: u32,
+        windows: Windows,
+        accounts: &Accounts,
+    ) -> Result<Option<Restored>, SnapshotError> {
         let consumer: BaseConsumer<LogContext> = kafka::client_config(&self.cfg)
             // Required by assign; the group is never joined and nothing is committed.
             .set("group.id", &self.restore_group)
@@ -349,7 +343,7 @@ impl StateStore {
                 reason: e.to_string(),
             })?;
         let state = assemble(partition, &manifest, chunks, self.fingerprint)?;
-        let sessionizer = Sessionizer::load(self.windows, self.accounts.clone(), &state)?;
+        let sessionizer = Sessionizer::load(windows, accounts.clone(), &state)?;
         Ok(Some(Restored {
             sessionizer,
             next_offset: manifest.next_offset,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use wafunnel_core::config::UserHasher;
 use wafunnel_core::event::parse_json_event;
-use wafunnel_core::sessionizer::{Outcome, Sessionizer};
+use wafunnel_core::sessionizer::{OutcomeCounts, Sessionizer};
 use wafunnel_core::tables::Tables;
 use wafunnel_stream::config::Config;
 use wafunnel_stream::kafka::{self, LogContext};
@@ -346,31 +346,13 @@ async fn assert_views_equal(env: &Env, tables: &Tables) {
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
 async fn a_generated_log_gives_the_in_process_tables_exactly() {
     let env = Env::new("e2e", 4, 4).await;
-    let gen = wafunnel_gen::GenConfig::scaled(100_000);
-    let log = wafunnel_gen::generate(&gen);
-    let lines: Vec<Vec<u8>> = log.records.iter().map(|r| r.line.clone()).collect();
+    let lines = generated(100_000);
     assert!(lines.len() >= 100_000, "{} records", lines.len());
 
     // The reference: the same records through one in-process sessionizer.
-    let accounts = env.cfg.accounts().expect("accounts");
-    let hasher = UserHasher::new(HASH_KEY.as_bytes());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let mut reference = Sessionizer::new(0, env.cfg.windows().expect("windows"), accounts.clone());
-    let mut duplicates = 0;
-    for line in &lines {
-        let event =
-            parse_json_event(line, &accounts, &hasher, now).expect("generated lines are valid");
-        match reference.apply(&event) {
-            Outcome::Applied => {}
-            Outcome::Duplicate => duplicates += 1,
-            Outcome::Late { .. } => panic!("the generated log has no late event"),
-        }
-    }
-    let mut tables = Tables::default();
-    tables.apply(reference.drain());
+    let (tables, outcomes) = reference(&env, &lines);
+    assert_eq!(outcomes.late, 0, "the generated log has no late event");
+    let duplicates = outcomes.duplicate;
 
     env.produce(&env.raw, 4, &lines).await;
     let accounting = env.run_pipeline(lines.len() as u64).await;
@@ -512,8 +494,8 @@ fn generated(events: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The tables of one in-process sessionizer fed the whole log.
-fn reference_tables(env: &Env, lines: &[Vec<u8>]) -> Tables {
+/// The tables of one in-process sessionizer fed the whole log, and its outcome counts.
+fn reference(env: &Env, lines: &[Vec<u8>]) -> (Tables, OutcomeCounts) {
     let accounts = env.cfg.accounts().expect("accounts");
     let hasher = UserHasher::new(HASH_KEY.as_bytes());
     let now = std::time::SystemTime::now()
@@ -522,11 +504,13 @@ fn reference_tables(env: &Env, lines: &[Vec<u8>]) -> Tables {
         .as_millis() as i64;
     let mut reference = Sessionizer::new(0, env.cfg.windows().expect("windows"), accounts.clone());
     for line in lines {
-        reference.apply(&parse_json_event(line, &accounts, &hasher, now).expect("valid"));
+        let event =
+            parse_json_event(line, &accounts, &hasher, now).expect("generated lines are valid");
+        reference.apply(&event);
     }
     let mut tables = Tables::default();
     tables.apply(reference.drain());
-    tables
+    (tables, reference.outcome_counts())
 }
 
 /// A deterministic pseudo-random sequence (xorshift), so a failing schedule can be rerun.
@@ -565,7 +549,7 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
         )
         .await;
         let lines = generated(40_000);
-        let tables = reference_tables(&env, &lines);
+        let (tables, _) = reference(&env, &lines);
         env.produce(&env.raw, 4, &lines).await;
         let (stop_ingest, ingest_shutdown) = watch::channel(false);
         let ingest_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
@@ -697,7 +681,7 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000),
     );
-    let tables = reference_tables(&env_, &lines);
+    let (tables, _) = reference(&env_, &lines);
     env_.produce(&env_.raw, 4, &lines).await;
 
     let dir = std::env::temp_dir().join(format!("wafunnel-chaos-{}", std::process::id()));
