@@ -12,9 +12,9 @@ export WAFUNNEL_LOCAL="${WAFUNNEL_LOCAL:-$root/.local}"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# The Rust build needs only crates.io (librdkafka, OpenSSL and zstd are
+# built from source); the tests need a ClickHouse server.
 need_apt=()
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
 command -v clickhouse-server >/dev/null 2>&1 || need_apt+=(clickhouse-server clickhouse-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
@@ -40,7 +40,8 @@ cargo test --workspace --locked
 echo "== starting Kafka and ClickHouse"
 trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
 eval "$(deploy/local/up.sh)"
-export KAFKA_BOOTSTRAP CLICKHOUSE_URL
+export KAFKA_BOOTSTRAP CLICKHOUSE_URL KAFKA_SASL_BOOTSTRAP KAFKA_TLS_CA KAFKA_TLS_CERT KAFKA_TLS_KEY \
+  KAFKA_SCRAM_USER KAFKA_SCRAM_PASSWORD KAFKA_PLAIN_USER KAFKA_PLAIN_PASSWORD
 
 echo "== ClickHouse schema on the local server and on chdb"
 CLICKHOUSE_URL="$CLICKHOUSE_URL" "$venv/bin/python" -m pytest tests/chdb -q -p no:cacheprovider
@@ -54,6 +55,8 @@ if [ "${WAFUNNEL_CHAOS:-1}" = 1 ]; then
   export WAFUNNEL_BIN="$root/target/debug/wafunnel"
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1
 else
+  cargo build -p wafunnel --locked
+  export WAFUNNEL_BIN="$root/target/debug/wafunnel"
   cargo test -p wafunnel-stream --test e2e --locked -- --include-ignored --test-threads=1 --skip kills_outages
 fi
 echo "== all tests passed"

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Start the local Kafka broker and ClickHouse server (idempotent) and print
-# their endpoints, one KEY=value per line, so a caller can:
+# their endpoints, one KEY=value per line (values shell-quoted), so a caller can:
 #   eval "$(deploy/local/up.sh)"
-# Ports follow KAFKA_PORT, KAFKA_CONTROLLER_PORT, CLICKHOUSE_HTTP_PORT and
-# CLICKHOUSE_TCP_PORT; state lives under WAFUNNEL_LOCAL (default <repo>/.local).
+# Keys: KAFKA_BOOTSTRAP (PLAINTEXT), KAFKA_SASL_BOOTSTRAP (SASL_SSL, client
+# certificate required), KAFKA_TLS_CA, KAFKA_TLS_CERT, KAFKA_TLS_KEY (PEM
+# files: CA, client certificate, client key), KAFKA_SCRAM_USER,
+# KAFKA_SCRAM_PASSWORD (SCRAM-SHA-256 and -512), KAFKA_PLAIN_USER,
+# KAFKA_PLAIN_PASSWORD (PLAIN), CLICKHOUSE_URL; see kafka.sh for the details.
+# Ports follow KAFKA_PORT, KAFKA_SASL_PORT, KAFKA_CONTROLLER_PORT,
+# CLICKHOUSE_HTTP_PORT and CLICKHOUSE_TCP_PORT; state lives under
+# WAFUNNEL_LOCAL (default <repo>/.local).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,5 +27,5 @@ if ((failed)); then
   exit 1
 fi
 
-echo "KAFKA_BOOTSTRAP=127.0.0.1:${KAFKA_PORT:-9092}"
+"$here/kafka.sh" env
 echo "CLICKHOUSE_URL=http://127.0.0.1:${CLICKHOUSE_HTTP_PORT:-8123}"

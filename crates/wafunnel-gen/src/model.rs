@@ -103,7 +103,7 @@ pub(crate) enum Body {
 
 impl Body {
     /// Index in `EventType::ALL`, also the tie-break rank.
-    pub fn type_index(&self) -> usize {
+    pub(crate) fn type_index(&self) -> usize {
         match self {
             Body::Click { .. } => 0,
             Body::MsgIn { .. } => 1,
@@ -126,7 +126,7 @@ pub(crate) struct AdPlan {
 
 impl AdPlan {
     /// `(campaign_id, adset_id)` named by an event at `time`.
-    pub fn names_at(&self, time: i64) -> (&str, &str) {
+    pub(crate) fn names_at(&self, time: i64) -> (&str, &str) {
         match &self.moved {
             Some((at, campaign, adset)) if time >= *at => (campaign, adset),
             _ => (&self.campaign_id, &self.adset_id),
@@ -156,7 +156,7 @@ pub(crate) struct AcctPlan {
 }
 
 impl AcctPlan {
-    pub fn new(cfg: &GenConfig, idx: usize) -> Self {
+    pub(crate) fn new(cfg: &GenConfig, idx: usize) -> Self {
         let account = &cfg.accounts[idx];
         let tz: Tz = account.time_zone.parse().expect("validated time zone");
         let offset_ms = tz.offset_from_utc_datetime(

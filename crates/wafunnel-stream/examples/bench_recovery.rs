@@ -17,13 +17,13 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::watch;
 use wafunnel_core::config::UserHasher;
 use wafunnel_core::event::parse_json_event;
 use wafunnel_core::sessionizer::Sessionizer;
-use wafunnel_stream::config::Config;
-use wafunnel_stream::kafka::{self, LogContext};
-use wafunnel_stream::metrics;
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::state::StateStore;
 
 const HASH_KEY: &str = "bench-recovery-hash-key";
@@ -81,16 +81,23 @@ snapshot_records = 1000000000
 snapshot_interval_ms = 3600000
 "#
     );
-    let cfg = Config::parse(&text, |_| None).expect("config");
+    let cfg = Config::from_toml(&text).expect("config");
     kafka::create_topics(
         &cfg.kafka,
         &[(&cfg.topics.internal, 1), (&cfg.topics.dead_letter, 1)],
     )
     .await
     .expect("create topics");
-    kafka::create_state_topic(&cfg.kafka, &cfg.topics.state, 1)
-        .await
-        .expect("create state topic");
+    kafka::create_state_topic(
+        &cfg.kafka,
+        &cfg.topics.state,
+        TopicLayout {
+            partitions: Some(1),
+            replication: None,
+        },
+    )
+    .await
+    .expect("create state topic");
     wafunnel_stream::sink::migrate(&cfg.clickhouse)
         .await
         .expect("migrate");
@@ -148,14 +155,15 @@ snapshot_interval_ms = 3600000
             .await
             .expect("probe delivered");
 
-        let applied_before = metrics::SESSIONIZE_APPLIED.get();
-        let restore_before = metrics::RESTORE_MILLIS.get();
-        let (stop_tx, shutdown) = watch::channel(false);
-        let run_cfg = Config::parse(&text, |_| None).expect("config");
+        let applied_before = metrics().sessionize_applied.get();
+        let restore_before = metrics().restore_seconds.get();
+        let shutdown = Shutdown::new();
+        let stop_tx = shutdown.clone();
+        let run_cfg = Config::from_toml(&text).expect("config");
         let started = Instant::now();
         let service =
             tokio::spawn(async move { wafunnel_stream::sessionize::run(&run_cfg, shutdown).await });
-        while metrics::SESSIONIZE_APPLIED.get() == applied_before {
+        while metrics().sessionize_applied.get() == applied_before {
             assert!(
                 started.elapsed() < Duration::from_secs(300),
                 "the probe was not applied"
@@ -163,9 +171,9 @@ snapshot_interval_ms = 3600000
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let to_processing = started.elapsed().as_secs_f64();
-        let restore_secs = (metrics::RESTORE_MILLIS.get() - restore_before) as f64 / 1000.0;
+        let restore_secs = metrics().restore_seconds.get() - restore_before;
         let stopping = Instant::now();
-        stop_tx.send(true).expect("stop");
+        stop_tx.stop();
         service.await.expect("join").expect("sessionize");
         let stop_secs = stopping.elapsed().as_secs_f64();
         println!(

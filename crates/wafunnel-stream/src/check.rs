@@ -9,8 +9,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use wafunnel_avro::Format;
 use wafunnel_core::config::UserHasher;
 
-use crate::config::Config;
-use crate::kafka::{self, LogContext};
+use wafunnel_runtime::config::{redact_url, Config};
+use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 
 /// The account canary events use; its rows are real rows, under this name.
 pub const CANARY_ACCOUNT: &str = "wafunnel-canary";
@@ -40,29 +40,34 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         }
     };
     report("kafka broker reachable", Ok(cfg.kafka.bootstrap.clone()));
-    let mut wanted: Vec<(&str, i32)> = cfg
+    let layout = |partitions| TopicLayout {
+        partitions,
+        replication: cfg.topics.replication_factor,
+    };
+    let mut wanted: Vec<(&str, TopicLayout)> = cfg
         .topics
         .raw
         .iter()
-        .map(|t| (t.name.as_str(), cfg.topics.internal_partitions))
+        .map(|t| (t.name.as_str(), layout(cfg.topics.raw_partitions)))
         .collect();
-    wanted.push((&cfg.topics.internal, cfg.topics.internal_partitions));
-    wanted.push((&cfg.topics.dead_letter, 1));
-    wanted.push((&cfg.topics.state, cfg.topics.internal_partitions));
-    let missing: Vec<(&str, i32)> = wanted
+    let internal = layout(Some(cfg.topics.internal_partitions));
+    wanted.push((&cfg.topics.internal, internal));
+    wanted.push((&cfg.topics.dead_letter, layout(Some(1))));
+    wanted.push((&cfg.topics.state, internal));
+    let missing: Vec<(&str, TopicLayout)> = wanted
         .iter()
         .copied()
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
     if !missing.is_empty() && create_topics {
         let mut created = Ok(());
-        for &(name, partitions) in &missing {
+        for &(name, layout) in &missing {
             created = if name == cfg.topics.state {
-                kafka::create_state_topic(&cfg.kafka, name, partitions).await
+                kafka::create_state_topic(&cfg.kafka, name, layout).await
             } else if name == cfg.topics.internal {
-                kafka::create_internal_topic(&cfg.kafka, name, partitions).await
+                kafka::create_internal_topic(&cfg.kafka, name, layout).await
             } else {
-                kafka::create_topics(&cfg.kafka, &[(name, partitions)]).await
+                kafka::create_topic(&cfg.kafka, name, layout).await
             };
             if created.is_err() {
                 break;
@@ -71,7 +76,14 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         if let Err(e) = created {
             return report(
                 "topics present",
-                Err(format!("cannot create {missing:?}: {e}")),
+                Err(format!(
+                    "cannot create {}: {e}",
+                    missing
+                        .iter()
+                        .map(|(t, _)| *t)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             );
         }
         report(
@@ -125,11 +137,11 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
 
     let sink = crate::sink::Sink::new(&cfg.clickhouse);
     match sink.client().query("SELECT 1").fetch_one::<u8>().await {
-        Ok(_) => report("clickhouse reachable", Ok(cfg.clickhouse.url.clone())),
+        Ok(_) => report("clickhouse reachable", Ok(redact_url(&cfg.clickhouse.url))),
         Err(e) => {
             return report(
                 "clickhouse reachable",
-                Err(format!("{}: {e}", cfg.clickhouse.url)),
+                Err(format!("{}: {e}", redact_url(&cfg.clickhouse.url))),
             )
         }
     };
@@ -166,7 +178,7 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         r#"{{"event_id":"canary-{now}","type":"ad_click","account_id":"{CANARY_ACCOUNT}","user_id":"{user}","event_time":{now},"ad_id":"canary","campaign_id":"canary","adset_id":"canary"}}"#
     );
     let producer: FutureProducer<LogContext> =
-        match kafka::client_config(&cfg.kafka).create_with_context(LogContext) {
+        match kafka::create(&kafka::client_config(&cfg.kafka)) {
             Ok(p) => p,
             Err(e) => return report("canary sent", Err(e.to_string())),
         };

@@ -1,13 +1,20 @@
 //! The service subcommands of the `wafunnel` command.
+//!
+//! Every long-running service starts the same way: the configuration is
+//! loaded and checked in full, the operator endpoints are served (alive,
+//! not ready), SIGTERM and SIGINT are wired to a graceful stop bounded by
+//! `service.shutdown_grace`, and only then does the service reach for
+//! Kafka and ClickHouse. A fatal error ends it non-zero with one line that
+//! names the setting or the address.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use tokio::sync::watch;
-
-use crate::config::Config;
+use wafunnel_runtime::config::{redact_url, Config};
+use wafunnel_runtime::error::Classify;
+use wafunnel_runtime::shutdown::Shutdown;
 
 /// Subcommands that run against Kafka and ClickHouse.
 #[derive(Debug, Subcommand)]
@@ -33,40 +40,57 @@ pub enum ServiceCommand {
     },
 }
 
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("shutting down");
-            let _ = tx.send(true);
-        }
-    });
-    rx
+/// Serves the operator endpoints and wires the signals for a long-running service.
+async fn start_service(cfg: &Config) -> anyhow::Result<Shutdown> {
+    let addr = cfg.metrics_addr()?;
+    wafunnel_runtime::http::start_operator(addr, "metrics.listen").await?;
+    Ok(Shutdown::on_signals(cfg.shutdown_grace()?))
+}
+
+/// The line a fatal error ends with: the error, and what it concerned.
+fn fatal(
+    service: &str,
+    fault: wafunnel_runtime::error::Fault,
+    e: &dyn std::fmt::Display,
+) -> anyhow::Error {
+    anyhow::anyhow!("{service} stopped ({} error): {e}", fault.as_str())
 }
 
 /// Runs one service subcommand.
 pub async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<()> {
     let cfg =
         Config::load(config_path).with_context(|| format!("config {}", config_path.display()))?;
+    let clickhouse = format!(
+        "clickhouse at {} (database {})",
+        redact_url(&cfg.clickhouse.url),
+        cfg.clickhouse.database
+    );
     match command {
         ServiceCommand::Migrate => {
             let applied = crate::sink::migrate(&cfg.clickhouse)
                 .await
-                .context("migrate")?;
+                .with_context(|| format!("migrate: {clickhouse}"))?;
             println!(
                 "applied {applied} migration(s) to database {}",
                 cfg.clickhouse.database
             );
         }
         ServiceCommand::Ingest { instance } => {
-            crate::ingest::run(&cfg, &instance, shutdown_signal())
+            let shutdown = start_service(&cfg).await?;
+            crate::ingest::run(&cfg, &instance, shutdown)
                 .await
-                .context("ingest")?;
+                .map_err(|e| fatal("ingest", e.fault(), &e))?;
         }
         ServiceCommand::Sessionize => {
-            crate::sessionize::run(&cfg, shutdown_signal())
+            let shutdown = start_service(&cfg).await?;
+            crate::sessionize::run(&cfg, shutdown)
                 .await
-                .context("sessionize")?;
+                .map_err(|e| match &e {
+                    crate::sessionize::SessionizeError::Sink(_) => {
+                        fatal("sessionize", e.fault(), &format!("{clickhouse}: {e}"))
+                    }
+                    _ => fatal("sessionize", e.fault(), &e),
+                })?;
         }
         ServiceCommand::Check {
             create_topics,

@@ -31,14 +31,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
 use wafunnel_avro::{AvroCodec, CachingRegistry, Decoder, HttpRegistry};
 use wafunnel_core::config::{Accounts, UserHasher};
 use wafunnel_core::event::Rejection;
 
-use crate::config::Config;
-use crate::kafka::{self, LogContext};
-use crate::metrics;
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::error::{Classify, Fault};
+use wafunnel_runtime::kafka::{self, ConnectError, LogContext};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,12 +49,40 @@ pub enum IngestError {
     /// Kafka failed; the batch is retried (fatal only when the producer is fenced).
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers cannot be used with these settings.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A record could not be decoded for a reason that may pass (registry down).
     #[error("retryable decode failure: {0}")]
     Decode(wafunnel_avro::Error),
     /// Bad configuration: fatal.
     #[error("configuration: {0}")]
     Config(String),
+    /// The stop was abandoned before the batch in hand was committed (the
+    /// next run reads it again from the committed offsets).
+    #[error("stopped before the last batch was committed (the next run reads it again)")]
+    Abandoned,
+}
+
+impl Classify for IngestError {
+    fn fault(&self) -> Fault {
+        match self {
+            IngestError::Kafka(e) if is_fatal(e) => Fault::User,
+            IngestError::Kafka(_) | IngestError::Decode(_) | IngestError::Abandoned => {
+                Fault::External
+            }
+            IngestError::Connect(e) => e.fault(),
+            IngestError::Config(_) => Fault::User,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Kafka(e) => !is_fatal(e),
+            IngestError::Decode(_) => true,
+            IngestError::Connect(_) | IngestError::Config(_) | IngestError::Abandoned => false,
+        }
+    }
 }
 
 /// The result of deciding one record.
@@ -156,18 +185,25 @@ struct Ingest {
     alignment: Alignment,
 }
 
-/// Runs ingest until `shutdown` turns true.
+/// Runs ingest until `shutdown` stops it: the batch in hand is committed
+/// first (retried until the stop is abandoned).
 pub async fn run(
     cfg: &Config,
     instance: &str,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<IngestCounts, IngestError> {
-    let mut ingest = Ingest::new(cfg, instance)?;
-    ingest.producer.init_transactions(TXN_TIMEOUT)?;
-    metrics::READY.store(true, std::sync::atomic::Ordering::Relaxed);
+    let partitions = match kafka::connect(&cfg.kafka, &shutdown).await {
+        Ok(partitions) => partitions,
+        // Stopped before there was anything to do: a clean stop.
+        Err(ConnectError::Stopped(_)) => return Ok(IngestCounts::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut ingest = Ingest::new(cfg, instance, &partitions)?;
+    kafka::blocking(|| ingest.producer.init_transactions(TXN_TIMEOUT))?;
+    metrics().set_ready(true);
     tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
-    while !*shutdown.borrow() {
-        let batch = ingest.collect(&mut shutdown).await?;
+    while !shutdown.is_stopping() {
+        let batch = ingest.collect(&shutdown).await?;
         if batch.is_empty() {
             continue;
         }
@@ -177,29 +213,33 @@ pub async fn run(
                 Ok(counts) => {
                     ingest.counts.forwarded += counts.forwarded;
                     ingest.counts.dead_lettered += counts.dead_lettered;
-                    metrics::INGEST_FORWARDED.add(counts.forwarded);
-                    metrics::INGEST_DEAD_LETTERED.add(counts.dead_lettered);
-                    metrics::INGEST_PAUSED_PARTITIONS.set(ingest.alignment.paused.len() as i64);
+                    metrics().ingest_forwarded.inc_by(counts.forwarded);
+                    metrics().ingest_dead_lettered.inc_by(counts.dead_lettered);
+                    metrics()
+                        .paused_partitions
+                        .set(ingest.alignment.paused.len() as i64);
+                    metrics().set_ready(true);
                     break;
                 }
-                Err(IngestError::Kafka(e)) if is_fatal(&e) => return Err(IngestError::Kafka(e)),
+                Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
-                    metrics::INGEST_RETRIES.add(1);
+                    metrics().kafka_transaction_retries.inc();
+                    metrics().set_ready(false);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
                     if let Err(abort) =
                         kafka::blocking(|| ingest.producer.abort_transaction(TXN_TIMEOUT))
                     {
                         tracing::warn!(error = %abort, "cannot abort transaction");
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    if *shutdown.borrow() {
-                        return Ok(ingest.counts);
+                    if !shutdown.sleep(delay).await {
+                        return Err(IngestError::Abandoned);
                     }
+                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }
     }
+    metrics().set_ready(false);
     tracing::info!(
         forwarded = ingest.counts.forwarded,
         dead_lettered = ingest.counts.dead_lettered,
@@ -220,24 +260,28 @@ fn is_fatal(e: &KafkaError) -> bool {
 }
 
 impl Ingest {
-    fn new(cfg: &Config, instance: &str) -> Result<Self, IngestError> {
-        let consumer: StreamConsumer<LogContext> = kafka::client_config(&cfg.kafka)
-            .set("group.id", &cfg.kafka.ingest_group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "100")
-            // Small fetches keep the partitions interleaved, so that event
-            // time advances evenly and nothing looks late downstream.
-            .set("max.partition.fetch.bytes", "65536")
-            .create_with_context(LogContext)?;
+    fn new(
+        cfg: &Config,
+        instance: &str,
+        partitions: &HashMap<String, i32>,
+    ) -> Result<Self, IngestError> {
+        let consumer: StreamConsumer<LogContext> = kafka::create(
+            kafka::client_config(&cfg.kafka)
+                .set("group.id", &cfg.kafka.ingest_group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", "100")
+                // Small fetches keep the partitions interleaved, so that event
+                // time advances evenly and nothing looks late downstream.
+                .set("max.partition.fetch.bytes", "65536"),
+        )?;
         // One instance owns every raw partition, assigned directly rather
         // than through group rebalances: event-time alignment needs to see
         // all partitions, and a restarted instance must not run ahead on
         // some while others wait for a dead member's session to expire.
         // Offsets still commit to the group, inside the transactions.
-        let partitions = kafka::topic_partitions(&cfg.kafka, Duration::from_secs(10))?;
         let mut assignment = TopicPartitionList::new();
         for topic in &cfg.topics.raw {
             let count = *partitions.get(&topic.name).ok_or_else(|| {
@@ -251,15 +295,16 @@ impl Ingest {
             }
         }
         consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
-        let producer: FutureProducer<LogContext> = kafka::client_config(&cfg.kafka)
-            .set(
-                "transactional.id",
-                format!("{}-{instance}", cfg.kafka.ingest_group),
-            )
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .set("compression.type", "lz4")
-            .create_with_context(LogContext)?;
+        let producer: FutureProducer<LogContext> = kafka::create(
+            kafka::client_config(&cfg.kafka)
+                .set(
+                    "transactional.id",
+                    format!("{}-{instance}", cfg.kafka.ingest_group),
+                )
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "20")
+                .set("compression.type", "lz4"),
+        )?;
         let registry = match &cfg.schema_registry {
             Some(r) => {
                 Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
@@ -308,7 +353,7 @@ impl Ingest {
     /// interval ends, holding back partitions that run ahead in event time.
     async fn collect(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<Vec<(OwnedMessage, Decision)>, IngestError> {
         let mut batch = Vec::new();
         self.refresh_assignment();
@@ -334,7 +379,7 @@ impl Ingest {
                     }
                     Err(_) => break,
                 },
-                _ = shutdown.changed() => break,
+                () = shutdown.stopping() => break,
             };
             let decision = self.decide_with_retry(&message, shutdown).await?;
             let partition: Partition = (message.topic().to_owned(), message.partition());
@@ -548,15 +593,17 @@ impl Ingest {
     async fn decide_with_retry(
         &self,
         message: &OwnedMessage,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<Decision, IngestError> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.decide(message).await {
-                Err(IngestError::Decode(e)) if !*shutdown.borrow() => {
+                Err(IngestError::Decode(e)) => {
                     // Consumption waits: good records are never dead-lettered for this.
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, retrying");
-                    tokio::time::sleep(delay).await;
+                    if !shutdown.sleep(delay).await {
+                        return Err(IngestError::Abandoned);
+                    }
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
                 other => return other,

@@ -23,10 +23,7 @@
 
 pub mod check;
 pub mod cli;
-pub mod config;
 pub mod ingest;
-pub mod kafka;
-pub mod metrics;
 pub mod sessionize;
 pub mod sink;
 pub mod state;

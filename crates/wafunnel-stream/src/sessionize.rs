@@ -42,23 +42,28 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::watch;
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 
-use crate::config::Config;
-use crate::kafka::{self, blocking, LogContext};
-use crate::metrics;
 use crate::sink::{Batch, LateWrite, OutcomeWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::error::{Classify, Fault};
+use wafunnel_runtime::kafka::ConnectError;
+use wafunnel_runtime::kafka::{self, blocking, LogContext};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
 
 /// Why sessionize stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionizeError {
-    /// Kafka failed in a way retrying does not fix (bad topic, no broker at start).
+    /// Kafka failed in a way retrying does not fix (bad topic, bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers cannot be used with these settings.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// ClickHouse refused in a way retrying does not fix.
     #[error("clickhouse: {0}")]
     Sink(#[from] SinkError),
@@ -68,6 +73,21 @@ pub enum SessionizeError {
     /// Bad configuration or topics.
     #[error("{0}")]
     Config(String),
+}
+
+impl Classify for SessionizeError {
+    fn fault(&self) -> Fault {
+        match self {
+            SessionizeError::Kafka(_) | SessionizeError::Config(_) => Fault::User,
+            SessionizeError::Connect(e) => e.fault(),
+            SessionizeError::Sink(e) => e.fault(),
+            SessionizeError::State(_) => Fault::External,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
 }
 
 type SourceKey = (String, u32);
@@ -118,6 +138,7 @@ struct SessionizeContext {
     windows: Windows,
     accounts: Accounts,
     owned: Mutex<Partitions>,
+    shutdown: Shutdown,
 }
 
 impl ClientContext for SessionizeContext {
@@ -267,7 +288,7 @@ impl SessionizeContext {
             || tokio::task::block_in_place(|| {
                 handle.block_on(tokio::time::timeout(
                     HAND_OVER_WAIT,
-                    self.sink.write_with_retry(&batch),
+                    self.sink.write_with_retry(&batch, &self.shutdown),
                 ))
             })
             .is_ok_and(|r| r.is_ok());
@@ -321,8 +342,8 @@ impl SessionizeContext {
                     }
                 }
                 let elapsed = started.elapsed();
-                metrics::RESTORES_FROM_SNAPSHOT.add(1);
-                metrics::RESTORE_MILLIS.add(elapsed.as_millis() as u64);
+                metrics().restores_from_snapshot.inc();
+                metrics().restore_seconds.inc_by(elapsed.as_secs_f64());
                 tracing::info!(
                     partition,
                     next_offset = restored.next_offset,
@@ -342,7 +363,7 @@ impl SessionizeContext {
                 }
             }
             Ok(None) => {
-                metrics::RESTORES_FROM_BEGINNING.add(1);
+                metrics().restores_from_beginning.inc();
                 tracing::info!(
                     partition,
                     "no snapshot, replaying the partition from its beginning"
@@ -350,7 +371,7 @@ impl SessionizeContext {
                 self.fresh(partition)
             }
             Err(e) => {
-                metrics::RESTORES_FROM_BEGINNING.add(1);
+                metrics().restores_from_beginning.inc();
                 tracing::warn!(
                     partition,
                     error = %e,
@@ -433,18 +454,27 @@ fn add_offset(offsets: &mut TopicPartitionList, topic: &str, partition: u32, nex
     }
 }
 
-/// Runs sessionize until `shutdown` turns true. Returns the records processed.
-pub async fn run(
-    cfg: &Config,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<u64, SessionizeError> {
+/// Runs sessionize until `shutdown` stops it: the batch in hand is
+/// written, its offsets committed, the partitions snapshotted, and the
+/// group left. Returns the records processed.
+pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeError> {
     let windows: Windows = cfg
         .windows()
         .map_err(|e| SessionizeError::Config(e.to_string()))?;
     let accounts: Accounts = cfg
         .accounts()
         .map_err(|e| SessionizeError::Config(e.to_string()))?;
-    let partitions = kafka::topic_partitions(&cfg.kafka, Duration::from_secs(10))?;
+    let partitions = match kafka::connect(&cfg.kafka, &shutdown).await {
+        Ok(partitions) => partitions,
+        // Stopped before there was anything to do: a clean stop.
+        Err(ConnectError::Stopped(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    match crate::sink::wait_until_migrated(&cfg.clickhouse, &shutdown).await {
+        Ok(()) => {}
+        Err(SinkError::Abandoned) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
     let internal = cfg.topics.internal.clone();
     let dead = cfg.topics.dead_letter.clone();
     for topic in [&internal, &dead, &cfg.topics.state] {
@@ -464,6 +494,7 @@ pub async fn run(
         windows,
         accounts,
         owned: Mutex::new(Partitions::default()),
+        shutdown: shutdown.clone(),
     };
     let mut client = kafka::client_config(&cfg.kafka);
     if !cfg.kafka.properties.contains_key("session.timeout.ms") {
@@ -481,8 +512,10 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         // The rebalance handler assigns and unassigns whole sets: an eager protocol.
         .set("partition.assignment.strategy", "roundrobin")
-        .create_with_context(context)?;
+        .create_with_context(context)
+        .map_err(kafka::redact)?;
     consumer.subscribe(&[&internal, &dead])?;
+    metrics().set_ready(true);
     let flush_interval = Duration::from_millis(cfg.batch.flush_interval_ms);
     let snapshot_interval = Duration::from_millis(cfg.state.snapshot_interval_ms);
     let mut processed = 0u64;
@@ -498,7 +531,7 @@ pub async fn run(
             }
             let received = tokio::select! {
                 received = tokio::time::timeout(left, consumer.recv()) => received,
-                _ = shutdown.changed() => break,
+                () = shutdown.stopping() => break,
             };
             let message = match received {
                 Ok(Ok(message)) => message,
@@ -521,7 +554,7 @@ pub async fn run(
                 in_batch += 1;
                 processed += 1;
                 *worker.counts.entry(source(&message)).or_default() += 1;
-                metrics::SESSIONIZE_DEAD_LETTERED.add(1);
+                metrics().sessionize_dead_lettered.inc();
                 worker.next_offset = message.offset() + 1;
                 worker.dirty = true;
                 continue;
@@ -541,15 +574,15 @@ pub async fn run(
             let outcome = match serde_json::from_slice::<Event>(payload) {
                 Ok(event) => match worker.sessionizer.apply(&event) {
                     Outcome::Applied => {
-                        metrics::SESSIONIZE_APPLIED.add(1);
+                        metrics().sessionize_applied.inc();
                         "applied"
                     }
                     Outcome::Duplicate => {
-                        metrics::SESSIONIZE_DUPLICATE.add(1);
+                        metrics().sessionize_duplicate.inc();
                         "duplicate"
                     }
                     Outcome::Late { watermark } => {
-                        metrics::SESSIONIZE_LATE.add(1);
+                        metrics().sessionize_late.inc();
                         owned.late.push(LateWrite {
                             topic: internal.clone(),
                             partition,
@@ -578,8 +611,8 @@ pub async fn run(
                 .entry((source(&message), outcome))
                 .or_default() += 1;
         }
-        let stopping = *shutdown.borrow();
-        flush(&sink, &consumer, &internal, &dead).await?;
+        let stopping = shutdown.is_stopping();
+        flush(&sink, &consumer, &internal, &dead, &shutdown).await?;
         let mut owned = consumer.context().lock();
         for (&partition, worker) in owned.workers.iter_mut() {
             let due = worker.since_snapshot >= cfg.state.snapshot_records
@@ -597,6 +630,11 @@ pub async fn run(
             break;
         }
     }
+    metrics().set_ready(false);
+    // Dropping the consumer closes it: its partitions are revoked (handed
+    // over, everything already written and snapshotted) and it leaves the
+    // group, so the next owner starts now rather than after the session timeout.
+    drop(consumer);
     tracing::info!(processed, "sessionize stopped");
     Ok(processed)
 }
@@ -619,8 +657,8 @@ fn snapshot(store: &StateStore, partition: u32, worker: &mut Worker) {
         Ok(written) => {
             worker.generation = written.generation;
             worker.since_snapshot = 0;
-            metrics::SNAPSHOTS_WRITTEN.add(1);
-            metrics::SNAPSHOT_BYTES.add(written.bytes);
+            metrics().snapshots_written.inc();
+            metrics().snapshot_bytes.inc_by(written.bytes);
             tracing::debug!(
                 partition,
                 next_offset = worker.next_offset,
@@ -630,7 +668,7 @@ fn snapshot(store: &StateStore, partition: u32, worker: &mut Worker) {
             );
         }
         Err(e) => {
-            metrics::SNAPSHOTS_FAILED.add(1);
+            metrics().snapshots_failed.inc();
             tracing::warn!(partition, error = %e, "failed to write state snapshot");
         }
     }
@@ -648,7 +686,7 @@ fn update_gauges(
         .values()
         .map(|w| w.sessionizer.stats().conversations)
         .sum();
-    metrics::OPEN_CONVERSATIONS.set(open as i64);
+    metrics().open_conversations.set(open as i64);
     let mut lag = 0i64;
     for (&partition, worker) in workers {
         if let Ok((_, high)) =
@@ -657,7 +695,7 @@ fn update_gauges(
             lag += (high - worker.next_offset).max(0);
         }
     }
-    metrics::CONSUMER_LAG.set(lag);
+    metrics().consumer_lag.set(lag);
 }
 
 /// Writes everything changed since the last flush, then commits the offsets.
@@ -666,13 +704,14 @@ async fn flush(
     consumer: &StreamConsumer<SessionizeContext>,
     internal: &str,
     dead: &str,
+    shutdown: &Shutdown,
 ) -> Result<(), SessionizeError> {
     let (batch, offsets) = consumer.context().lock().take_batch(internal, dead);
     if batch.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
-    sink.write_with_retry(&batch).await?;
+    sink.write_with_retry(&batch, shutdown).await?;
     tracing::debug!(
         rows = batch.outcomes.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -13,15 +13,26 @@ use serde::{Deserialize, Serialize};
 use wafunnel_core::rows::{Changes, ConversationChange, ConversationRow};
 use wafunnel_core::time::Day;
 
-use crate::config::ClickHouseConfig;
-use crate::metrics;
+use wafunnel_runtime::config::ClickHouseConfig;
+use wafunnel_runtime::error::{Classify, Fault};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
 
 /// A ClickHouse failure.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The server is unreachable or failed the request: retry later.
-    #[error("clickhouse request failed: {0}")]
-    Unavailable(#[from] clickhouse::error::Error),
+    /// The server is unreachable, overloaded or failed the request: retry later.
+    #[error("clickhouse unavailable: {0}")]
+    Unavailable(clickhouse::error::Error),
+    /// The server refused the request in a way retrying cannot fix: an
+    /// unknown database, table or user, a wrong password, missing rights.
+    #[error("clickhouse refused the request (code {code}): {detail} (check clickhouse.url, clickhouse.database, clickhouse.user, clickhouse.password; run `wafunnel migrate`)")]
+    Refused {
+        /// ClickHouse's error code.
+        code: u32,
+        /// Its message.
+        detail: String,
+    },
     /// A migration already applied has changed: fatal, the schema is not what this build expects.
     #[error("migration {version} ({name}) was applied with another checksum")]
     MigrationChanged {
@@ -30,12 +41,72 @@ pub enum SinkError {
         /// Its name.
         name: String,
     },
+    /// The database lacks migrations this build needs.
+    #[error("the database lacks migrations (run `wafunnel migrate`)")]
+    NotMigrated,
+    /// The stop was abandoned while the write was still being retried.
+    #[error("stopped before clickhouse acknowledged the batch (the next run writes it again)")]
+    Abandoned,
+}
+
+/// ClickHouse error codes no retry can fix: the request, the schema or the
+/// credentials are wrong. Anything else (network, timeouts, too many parts,
+/// memory) is retried.
+const FATAL_CODES: &[u32] = &[
+    16,  // NO_SUCH_COLUMN_IN_TABLE
+    47,  // UNKNOWN_IDENTIFIER
+    60,  // UNKNOWN_TABLE
+    62,  // SYNTAX_ERROR
+    81,  // UNKNOWN_DATABASE
+    164, // READONLY
+    192, // UNKNOWN_USER
+    193, // WRONG_PASSWORD
+    194, // REQUIRED_PASSWORD
+    195, // IP_ADDRESS_NOT_ALLOWED
+    291, // DATABASE_ACCESS_DENIED
+    497, // ACCESS_DENIED
+    516, // AUTHENTICATION_FAILED
+];
+
+/// The code in a ClickHouse error text (`Code: 81. DB::Exception: ...`).
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+impl From<clickhouse::error::Error> for SinkError {
+    fn from(e: clickhouse::error::Error) -> Self {
+        if let clickhouse::error::Error::BadResponse(text) = &e {
+            if let Some(code) = error_code(text).filter(|c| FATAL_CODES.contains(c)) {
+                return SinkError::Refused {
+                    code,
+                    detail: text.lines().next().unwrap_or_default().trim().to_owned(),
+                };
+            }
+        }
+        SinkError::Unavailable(e)
+    }
+}
+
+impl Classify for SinkError {
+    fn fault(&self) -> Fault {
+        match self {
+            SinkError::Unavailable(_) | SinkError::Abandoned => Fault::External,
+            SinkError::Refused { .. } | SinkError::NotMigrated => Fault::User,
+            SinkError::MigrationChanged { .. } => Fault::Internal,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Unavailable(_))
+    }
 }
 
 impl SinkError {
     /// Whether retrying can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Unavailable(_))
+        Classify::is_retryable(self)
     }
 }
 
@@ -158,6 +229,31 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<usize, SinkError> {
         count += 1;
     }
     Ok(count)
+}
+
+/// Waits until ClickHouse answers and has every migration, retrying while
+/// it is unavailable until the stop is abandoned. A refusal (unknown
+/// database, wrong password) or a missing migration is fatal.
+pub async fn wait_until_migrated(
+    cfg: &ClickHouseConfig,
+    shutdown: &Shutdown,
+) -> Result<(), SinkError> {
+    let db = client(cfg);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match is_migrated(&db).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => return Err(SinkError::NotMigrated),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unavailable, retrying");
+                if !shutdown.sleep(delay).await || shutdown.is_stopping() {
+                    return Err(SinkError::Abandoned);
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether every migration is applied.
@@ -580,23 +676,32 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes a batch, retrying with backoff while ClickHouse is unavailable.
-    pub async fn write_with_retry(&self, batch: &Batch) -> Result<(), SinkError> {
+    /// Writes a batch, retrying with backoff while ClickHouse is
+    /// unavailable (the service is not ready meanwhile), until the stop is
+    /// abandoned. A refusal no retry can fix is returned at once.
+    pub async fn write_with_retry(
+        &self,
+        batch: &Batch,
+        shutdown: &Shutdown,
+    ) -> Result<(), SinkError> {
         let mut delay = Duration::from_millis(200);
-        let started = std::time::Instant::now();
         loop {
+            let started = std::time::Instant::now();
             match self.write(batch).await {
                 Ok(()) => {
-                    metrics::FLUSHES.add(1);
-                    metrics::FLUSH_MILLIS.add(started.elapsed().as_millis() as u64);
-                    metrics::READY.store(true, std::sync::atomic::Ordering::Relaxed);
+                    metrics()
+                        .flush_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics().set_ready(true);
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() => {
-                    metrics::CLICKHOUSE_RETRIES.add(1);
-                    metrics::READY.store(false, std::sync::atomic::Ordering::Relaxed);
+                    metrics().clickhouse_write_retries.inc();
+                    metrics().set_ready(false);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse write failed");
-                    tokio::time::sleep(delay).await;
+                    if !shutdown.sleep(delay).await {
+                        return Err(SinkError::Abandoned);
+                    }
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Err(e),
@@ -622,5 +727,24 @@ mod tests {
             .any(|s| s.starts_with("CREATE VIEW funnel_daily")));
         let numbers: Vec<u32> = MIGRATIONS.iter().map(|m| m.0).collect();
         assert_eq!(numbers, (1..=MIGRATIONS.len() as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refusals_no_retry_can_fix_are_fatal() {
+        let bad = |text: &str| SinkError::from(clickhouse::error::Error::BadResponse(text.into()));
+        let unknown_db = bad("Code: 81, e.displayText() = DB::Exception: Database nope doesn't exist, e.what() = DB::Exception");
+        assert!(!unknown_db.is_retryable());
+        assert_eq!(unknown_db.fault(), Fault::User);
+        assert!(
+            unknown_db.to_string().contains("clickhouse.database"),
+            "{unknown_db}"
+        );
+        assert!(!bad("Code: 516. DB::Exception: default: Authentication failed").is_retryable());
+        assert!(!bad(
+            "Code: 193, e.displayText() = DB::Exception: Wrong password for user default"
+        )
+        .is_retryable());
+        assert!(bad("Code: 252. DB::Exception: Too many parts").is_retryable());
+        assert!(bad("502 Bad Gateway").is_retryable());
     }
 }

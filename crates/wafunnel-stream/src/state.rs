@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::sessionizer::{Sessionizer, StateError};
 
-use crate::config::Config;
-use crate::kafka::{self, LogContext};
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::kafka::{self, LogContext};
 
 /// Bytes per chunk record: well under the broker's default 1 MB record limit.
 const CHUNK_BYTES: usize = 512 * 1024;
@@ -149,7 +149,7 @@ impl ProducerContext for DeliveryContext {
 
 /// Writes and reads the snapshots of the partitions one sessionize instance owns.
 pub struct StateStore {
-    cfg: crate::config::KafkaConfig,
+    cfg: wafunnel_runtime::config::KafkaConfig,
     restore_group: String,
     topic: String,
     topic_partitions: i32,
@@ -174,7 +174,8 @@ impl StateStore {
             .set("enable.idempotence", "true")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
-            .create_with_context(DeliveryContext::default())?;
+            .create_with_context(DeliveryContext::default())
+            .map_err(kafka::redact)?;
         // The settings the state depends on: a snapshot taken under other
         // settings would resume into different numbers, so it is not used.
         let fingerprint =
@@ -295,7 +296,8 @@ impl StateStore {
             .set("group.id", &self.restore_group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .create_with_context(LogContext)?;
+            .create_with_context(LogContext)
+            .map_err(kafka::redact)?;
         let topic_partition = self.topic_partition(partition);
         let (low, high) = consumer.fetch_watermarks(&self.topic, topic_partition, KAFKA_WAIT)?;
         if high <= low {

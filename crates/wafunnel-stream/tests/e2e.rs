@@ -10,13 +10,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::watch;
 use wafunnel_core::config::UserHasher;
 use wafunnel_core::event::parse_json_event;
 use wafunnel_core::sessionizer::{OutcomeCounts, Sessionizer};
 use wafunnel_core::tables::Tables;
-use wafunnel_stream::config::Config;
-use wafunnel_stream::kafka::{self, LogContext};
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
+use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::sink::{self, ConversationCh};
 
 const HASH_KEY: &str = "e2e-test-user-hash-key";
@@ -86,7 +86,7 @@ snapshot_interval_ms = 1000
             url = env("CLICKHOUSE_URL").trim_end_matches('/'),
             db = suffix.replace('-', "_"),
         );
-        let cfg = Config::parse(&text, |_| None).expect("test config");
+        let cfg = Config::from_toml(&text).expect("test config");
         let toml = text.clone();
         kafka::create_topics(
             &cfg.kafka,
@@ -99,9 +99,16 @@ snapshot_interval_ms = 1000
         )
         .await
         .expect("create topics");
-        kafka::create_state_topic(&cfg.kafka, &cfg.topics.state, internal_partitions)
-            .await
-            .expect("create state topic");
+        kafka::create_state_topic(
+            &cfg.kafka,
+            &cfg.topics.state,
+            TopicLayout {
+                partitions: Some(internal_partitions),
+                replication: None,
+            },
+        )
+        .await
+        .expect("create state topic");
         sink::migrate(&cfg.clickhouse).await.expect("migrate");
         Env {
             cfg,
@@ -143,9 +150,10 @@ snapshot_interval_ms = 1000
 
     /// Runs ingest and sessionize until every input record is accounted for.
     async fn run_pipeline(&self, expected_records: u64) -> Accounting {
-        let (stop, shutdown) = watch::channel(false);
-        let ingest_cfg = Config::parse(&self.toml_again(), |_| None).expect("config");
-        let sessionize_cfg = Config::parse(&self.toml_again(), |_| None).expect("config");
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let ingest_cfg = Config::from_toml(&self.toml_again()).expect("config");
+        let sessionize_cfg = Config::from_toml(&self.toml_again()).expect("config");
         let ingest_shutdown = shutdown.clone();
         let ingest = tokio::spawn(async move {
             wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
@@ -169,7 +177,7 @@ snapshot_interval_ms = 1000
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        stop.send(true).expect("stop");
+        stop.stop();
         ingest.await.expect("join").expect("ingest");
         sessionize.await.expect("join").expect("sessionize");
         accounting
@@ -467,9 +475,10 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
 async fn check_sends_a_canary_through_the_running_pipeline() {
     let env = Env::new("check", 1, 1).await;
-    let (stop, shutdown) = watch::channel(false);
-    let ingest_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
-    let sessionize_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let ingest_cfg = Config::from_toml(&env.toml_again()).expect("config");
+    let sessionize_cfg = Config::from_toml(&env.toml_again()).expect("config");
     let ingest_shutdown = shutdown.clone();
     let ingest = tokio::spawn(async move {
         wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
@@ -479,7 +488,7 @@ async fn check_sends_a_canary_through_the_running_pipeline() {
             async move { wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await },
         );
     let passed = wafunnel_stream::check::run(&env.cfg, false, Duration::from_secs(120)).await;
-    stop.send(true).expect("stop");
+    stop.stop();
     ingest.await.expect("join").expect("ingest");
     sessionize.await.expect("join").expect("sessionize");
     assert!(passed, "check failed: see its output above");
@@ -526,13 +535,14 @@ impl Schedule {
 }
 
 type Instance = (
-    watch::Sender<bool>,
+    Shutdown,
     tokio::task::JoinHandle<Result<u64, wafunnel_stream::sessionize::SessionizeError>>,
 );
 
 fn start_sessionize(env: &Env) -> Instance {
-    let (stop, shutdown) = watch::channel(false);
-    let cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let cfg = Config::from_toml(&env.toml_again()).expect("config");
     let handle =
         tokio::spawn(async move { wafunnel_stream::sessionize::run(&cfg, shutdown).await });
     (stop, handle)
@@ -551,8 +561,9 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
         let lines = generated(40_000);
         let (tables, _) = reference(&env, &lines);
         env.produce(&env.raw, 4, &lines).await;
-        let (stop_ingest, ingest_shutdown) = watch::channel(false);
-        let ingest_cfg = Config::parse(&env.toml_again(), |_| None).expect("config");
+        let ingest_shutdown = Shutdown::new();
+        let stop_ingest = ingest_shutdown.clone();
+        let ingest_cfg = Config::from_toml(&env.toml_again()).expect("config");
         let ingest = tokio::spawn(async move {
             wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
         });
@@ -566,7 +577,7 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
             let i = schedule.next(3) as usize;
             match instances[i].take() {
                 Some((stop, handle)) => {
-                    stop.send(true).expect("stop");
+                    stop.stop();
                     handle.await.expect("join").expect("sessionize");
                 }
                 None => instances[i] = Some(start_sessionize(&env)),
@@ -585,10 +596,10 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        stop_ingest.send(true).expect("stop");
+        stop_ingest.stop();
         ingest.await.expect("join").expect("ingest");
         for (stop, handle) in instances.into_iter().flatten() {
-            stop.send(true).expect("stop");
+            stop.stop();
             handle.await.expect("join").expect("sessionize");
         }
         let accounting = env.accounting().await;

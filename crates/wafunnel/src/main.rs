@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wafunnel_core::config::{AccountSettings, Accounts};
 use wafunnel_core::money::Currency;
+use wafunnel_runtime::logging::LogFormat;
 
 /// Click-to-WhatsApp funnel numbers a marketer can trust.
 #[derive(Debug, Parser)]
@@ -31,6 +32,15 @@ struct Cli {
         default_value = "wafunnel.toml"
     )]
     config: PathBuf,
+    /// How log lines are written on standard error: `text` (colours only on a terminal) or `json`.
+    #[arg(
+        long,
+        global = true,
+        env = "WAFUNNEL_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,13 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    wafunnel_runtime::logging::init(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -24,7 +24,7 @@ const MAX_PRINTED_REJECTIONS: u64 = 50;
 
 /// Where every input record ended.
 #[derive(Debug, Default, Clone)]
-pub struct Accounting {
+pub(crate) struct Accounting {
     /// Input records (non-blank lines).
     pub records: u64,
     /// Applied to the state.
@@ -39,14 +39,14 @@ pub struct Accounting {
 
 impl Accounting {
     /// Rejected records of every reason.
-    pub fn rejected_total(&self) -> u64 {
+    pub(crate) fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
 }
 
 /// The result of a run.
 #[derive(Debug)]
-pub struct RunResult {
+pub(crate) struct RunResult {
     /// The three tables.
     pub tables: Tables,
     /// Where every record ended.
@@ -119,7 +119,7 @@ impl Engine {
 }
 
 /// Runs generated demo traffic.
-pub fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
+pub(crate) fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
     let mut engine = Engine::new(cfg.core_accounts(), key, cfg.valid_now_ms());
     let mut records = 0u64;
     for record in wafunnel_gen::stream(cfg) {
@@ -134,7 +134,7 @@ pub fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
 }
 
 /// Runs an NDJSON log; `-` reads standard input.
-pub fn run_replay(
+pub(crate) fn run_replay(
     path: &Path,
     accounts: Accounts,
     key: &[u8],
@@ -187,7 +187,7 @@ pub fn run_replay(
 }
 
 /// Prints the report and writes the tables if asked.
-pub fn finish(result: &RunResult, out: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn finish(result: &RunResult, out: Option<&Path>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     crate::report::render(result, &mut stdout).context("cannot write the report")?;
@@ -210,7 +210,7 @@ fn write_ndjson<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
 }
 
 /// Writes `funnel_daily.ndjson`, `contacts_daily.ndjson` and `conversations.ndjson`.
-pub fn write_tables(tables: &Tables, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_tables(tables: &Tables, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_ndjson(&dir.join("funnel_daily.ndjson"), &tables.funnel_daily())?;
     write_ndjson(&dir.join("contacts_daily.ndjson"), &tables.contacts_daily())?;

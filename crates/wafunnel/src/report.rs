@@ -84,7 +84,7 @@ fn pct(part: i64, whole: i64) -> String {
 }
 
 /// Writes the report.
-pub fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()> {
+pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()> {
     let a = &result.accounting;
     writeln!(out, "wafunnel report: {}", result.source)?;
     writeln!(

@@ -1,0 +1,1112 @@
+//! Service configuration, in layers: built-in defaults, then one TOML
+//! file, then the environment. Every setting has an environment override
+//! named after its path, `WAFUNNEL__` then the sections and the key joined
+//! by `__`: `WAFUNNEL__KAFKA__BOOTSTRAP`, `WAFUNNEL__KAFKA__SASL_PASSWORD`,
+//! `WAFUNNEL__CLICKHOUSE__PASSWORD`, `WAFUNNEL__TOPICS__RAW_PARTITIONS`; a
+//! librdkafka property is `WAFUNNEL__KAFKA__PROPERTIES__` then its name
+//! with `_` for `.` (`..._SOCKET_KEEPALIVE_ENABLE`); lists take TOML
+//! syntax (`WAFUNNEL__TOPICS__RAW='[{name="raw",format="json"}]'`). The
+//! short names of earlier versions (`WAFUNNEL_USER_HASH_KEY`,
+//! `WAFUNNEL_KAFKA_BOOTSTRAP`, `WAFUNNEL_CLICKHOUSE_URL`,
+//! `WAFUNNEL_CLICKHOUSE_DATABASE`, `WAFUNNEL_CLICKHOUSE_USER`,
+//! `WAFUNNEL_CLICKHOUSE_PASSWORD`, `WAFUNNEL_METRICS_LISTEN`) still work.
+//!
+//! A wrong or missing setting is one error line naming the setting and
+//! where its value came from. Secrets ([`Secret`]) never appear in `Debug`
+//! output, and [`redact_url`] removes credentials from URLs before they are
+//! printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format as _, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use wafunnel_avro::Format;
+use wafunnel_core::config::{AccountSettings, Accounts, Windows};
+use wafunnel_core::money::Currency;
+
+/// Why the configuration cannot be used. Always fatal: fix and restart.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A setting is unknown, mistyped or malformed where it was read.
+    #[error("invalid setting `{setting}` ({origin}): {detail}")]
+    Setting {
+        /// The setting, as a dotted path.
+        setting: String,
+        /// Where its value came from: the file or an environment variable.
+        origin: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The TOML text itself is malformed.
+    #[error("invalid config file: {0}")]
+    Parse(String),
+    /// A setting has an invalid value.
+    #[error("invalid setting `{setting}`: {detail}")]
+    Invalid {
+        /// The setting, as a dotted path.
+        setting: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A required setting is missing.
+    #[error("missing setting `{0}` (set it in the config file or its environment variable)")]
+    Missing(&'static str),
+}
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Secret key of the user-id hash (env `WAFUNNEL_USER_HASH_KEY`). Required: user ids are never stored raw.
+    #[serde(default)]
+    pub user_hash_key: Option<Secret>,
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topic names and formats.
+    pub topics: TopicsConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Confluent-compatible schema registry, for `avro-confluent` topics.
+    #[serde(default)]
+    pub schema_registry: Option<RegistryConfig>,
+    /// Counting windows.
+    #[serde(default)]
+    pub windows: WindowsConfig,
+    /// Ad accounts whose currency or time zone is not USD/UTC.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// Batching of the sessionizer's writes.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Where the services serve `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// When sessionize snapshots its state.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// How a service stops.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// Process settings shared by every service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// After SIGTERM or SIGINT, how long a service may take to finish its
+    /// batch, write, commit and snapshot before it gives up (and exits
+    /// non-zero; the next run redoes the rest). Keep it a few seconds below
+    /// the orchestrator's grace period (Kubernetes: `terminationGracePeriodSeconds`).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
+}
+
+fn default_shutdown_grace() -> String {
+    "20s".into()
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// Snapshots of the sessionizer state: how much a restart or a rebalance replays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A partition is snapshotted at most this often, in milliseconds.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+    /// A partition is snapshotted once this many records were applied since its last snapshot,
+    /// even before the interval has passed (bounds the replay after a crash).
+    #[serde(default = "default_snapshot_records")]
+    pub snapshot_records: u64,
+}
+
+fn default_snapshot_interval_ms() -> u64 {
+    60_000
+}
+fn default_snapshot_records() -> u64 {
+    2_000_000
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            snapshot_interval_ms: default_snapshot_interval_ms(),
+            snapshot_records: default_snapshot_records(),
+        }
+    }
+}
+
+/// The operator endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` every service serves `/metrics`, `/healthz` and `/readyz` on.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "0.0.0.0:9464".into()
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+/// A value that is never printed. It reads a number or a boolean as text,
+/// so that a numeric password from the environment is still a password.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+/// Reads a string, or a number or boolean as its text.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(Text)
+}
+
+fn lenient_string_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Value(#[serde(deserialize_with = "lenient_string")] String);
+    let map = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]` (env `WAFUNNEL_KAFKA_BOOTSTRAP`).
+    pub bootstrap: String,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[serde(default, deserialize_with = "lenient_option")]
+    pub sasl_username: Option<String>,
+    /// SASL password: a secret, best from `WAFUNNEL__KAFKA__SASL_PASSWORD`.
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// PEM file of the CA that signed the brokers' certificates (default: the system's).
+    #[serde(default)]
+    pub ssl_ca_location: Option<String>,
+    /// PEM file of this client's certificate, for brokers that require one.
+    #[serde(default)]
+    pub ssl_certificate_location: Option<String>,
+    /// PEM file of this client's private key.
+    #[serde(default)]
+    pub ssl_key_location: Option<String>,
+    /// Password of that key, if it is encrypted: a secret.
+    #[serde(default)]
+    pub ssl_key_password: Option<Secret>,
+    /// Extra librdkafka properties passed through to every client. Values
+    /// are never printed (they may hold secrets).
+    #[serde(default, deserialize_with = "lenient_string_map")]
+    pub properties: BTreeMap<String, String>,
+    /// Consumer group of `wafunnel ingest`.
+    #[serde(default = "default_ingest_group")]
+    pub ingest_group: String,
+    /// Consumer group of `wafunnel sessionize` (offsets are committed for lag monitoring).
+    #[serde(default = "default_sessionize_group")]
+    pub sessionize_group: String,
+}
+
+fn lenient_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_string(d).map(Some)
+}
+
+fn default_ingest_group() -> String {
+    "wafunnel-ingest".into()
+}
+fn default_sessionize_group() -> String {
+    "wafunnel-sessionize".into()
+}
+
+/// One raw input topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopic {
+    /// Topic name.
+    pub name: String,
+    /// How its records are encoded: `json`, `avro-confluent` or `avro-single-object`.
+    #[serde(default = "default_format")]
+    pub format: Format,
+}
+
+fn default_format() -> Format {
+    Format::Json
+}
+
+/// Topic names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Raw input topics.
+    pub raw: Vec<RawTopic>,
+    /// Internal topic of validated events, keyed by contact (spend by ad). Keep it with unlimited retention.
+    #[serde(default = "default_internal")]
+    pub internal: String,
+    /// Dead-letter topic: raw bytes of rejected records, with reason and source in headers.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+    /// Partitions of the internal topic (and of the state topic) when
+    /// `check --create-topics` creates it.
+    #[serde(default = "default_partitions")]
+    pub internal_partitions: i32,
+    /// Partitions of each raw topic `check --create-topics` creates (default: the broker's `num.partitions`).
+    #[serde(default)]
+    pub raw_partitions: Option<i32>,
+    /// Replication factor of the topics `check --create-topics` creates
+    /// (default: the broker's `default.replication.factor`; 3 on most clusters).
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+    /// Compacted topic of sessionizer state snapshots, one chunked snapshot per internal partition.
+    #[serde(default = "default_state")]
+    pub state: String,
+}
+
+fn default_internal() -> String {
+    "wafunnel-events".into()
+}
+fn default_dead_letter() -> String {
+    "wafunnel-dead-letter".into()
+}
+fn default_state() -> String {
+    "wafunnel-state".into()
+}
+fn default_partitions() -> i32 {
+    4
+}
+
+/// ClickHouse connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP URL, e.g. `http://127.0.0.1:8123` (env `WAFUNNEL_CLICKHOUSE_URL`).
+    pub url: String,
+    /// Database (env `WAFUNNEL_CLICKHOUSE_DATABASE`).
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User (env `WAFUNNEL_CLICKHOUSE_USER`).
+    #[serde(default = "default_user", deserialize_with = "lenient_string")]
+    pub user: String,
+    /// Password (env `WAFUNNEL_CLICKHOUSE_PASSWORD`); never logged.
+    #[serde(default)]
+    pub password: Secret,
+}
+
+fn default_database() -> String {
+    "wafunnel".into()
+}
+fn default_user() -> String {
+    "default".into()
+}
+
+/// Schema registry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible REST API.
+    pub url: String,
+}
+
+/// Counting windows, as durations like `7d`, `24h`, `90m`, `30s`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsConfig {
+    /// `G`: inactivity that ends a conversation.
+    #[serde(default = "default_gap")]
+    pub gap: String,
+    /// `L`: allowed lateness behind the partition watermark.
+    #[serde(default = "default_lateness")]
+    pub lateness: String,
+    /// `W`: attribution window of leads and purchases.
+    #[serde(default = "default_attribution")]
+    pub attribution: String,
+    /// Ingest pauses a raw partition whose event time runs further ahead of
+    /// the slowest one than this, so that a backfill cannot make events
+    /// late downstream. Keep it well below `lateness`.
+    #[serde(default = "default_skew")]
+    pub max_partition_skew: String,
+}
+
+fn default_skew() -> String {
+    "6h".into()
+}
+
+fn default_gap() -> String {
+    "7d".into()
+}
+fn default_lateness() -> String {
+    "24h".into()
+}
+fn default_attribution() -> String {
+    "28d".into()
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig {
+            gap: default_gap(),
+            lateness: default_lateness(),
+            attribution: default_attribution(),
+            max_partition_skew: default_skew(),
+        }
+    }
+}
+
+/// One ad account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The ad account id, as in events.
+    pub id: String,
+    /// ISO 4217 currency of its purchases and spend.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// IANA time zone of its calendar days.
+    #[serde(default = "default_zone")]
+    pub time_zone: String,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_zone() -> String {
+    "UTC".into()
+}
+
+/// Batching of writes to ClickHouse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most input records per batch.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Longest time a batch stays open, in milliseconds.
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u64,
+}
+
+fn default_max_records() -> usize {
+    50_000
+}
+fn default_flush_ms() -> u64 {
+    1_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            flush_interval_ms: default_flush_ms(),
+        }
+    }
+}
+
+const PROTOCOLS: &[&str] = &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+impl KafkaConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, detail: String| ConfigError::Invalid {
+            setting: setting.into(),
+            detail,
+        };
+        let protocol = self.protocol();
+        if !PROTOCOLS.contains(&protocol.as_str()) {
+            return Err(invalid(
+                "kafka.security_protocol",
+                format!("`{protocol}` is not one of {}", PROTOCOLS.join(", ")),
+            ));
+        }
+        let sasl = protocol.starts_with("sasl_");
+        if sasl {
+            let mechanism = self.sasl_mechanism.as_deref().unwrap_or("PLAIN");
+            if !MECHANISMS.contains(&mechanism) {
+                return Err(invalid(
+                    "kafka.sasl_mechanism",
+                    format!("`{mechanism}` is not one of {}", MECHANISMS.join(", ")),
+                ));
+            }
+            if self.sasl_username.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Missing("kafka.sasl_username"));
+            }
+            if self.sasl_password.as_ref().is_none_or(|p| p.0.is_empty()) {
+                return Err(ConfigError::Missing("kafka.sasl_password"));
+            }
+        } else {
+            for (setting, set) in [
+                ("kafka.sasl_mechanism", self.sasl_mechanism.is_some()),
+                ("kafka.sasl_username", self.sasl_username.is_some()),
+                ("kafka.sasl_password", self.sasl_password.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        setting,
+                        format!(
+                            "needs security_protocol sasl_ssl or sasl_plaintext, not {protocol}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (setting, path) in [
+            ("kafka.ssl_ca_location", &self.ssl_ca_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
+            ("kafka.ssl_key_location", &self.ssl_key_location),
+        ] {
+            let Some(path) = path else { continue };
+            if !protocol.ends_with("ssl") {
+                return Err(invalid(
+                    setting,
+                    format!("needs security_protocol ssl or sasl_ssl, not {protocol}"),
+                ));
+            }
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(invalid(setting, format!("cannot read {path}: {e}")));
+            }
+        }
+        if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
+            return Err(invalid(
+                "kafka.ssl_key_location",
+                "a client certificate needs its key, and a key its certificate".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The security protocol, lowercase.
+    pub fn protocol(&self) -> String {
+        self.security_protocol
+            .as_deref()
+            .unwrap_or("plaintext")
+            .to_ascii_lowercase()
+    }
+
+    /// The librdkafka properties of the typed settings, secrets included:
+    /// for building clients only, never for printing.
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let mut props = vec![("security.protocol", self.protocol())];
+        let mut add = |key, value: &Option<String>| {
+            if let Some(v) = value {
+                props.push((key, v.clone()));
+            }
+        };
+        add("ssl.ca.location", &self.ssl_ca_location);
+        add("ssl.certificate.location", &self.ssl_certificate_location);
+        add("ssl.key.location", &self.ssl_key_location);
+        add(
+            "ssl.key.password",
+            &self.ssl_key_password.as_ref().map(|s| s.0.clone()),
+        );
+        if self.protocol().starts_with("sasl_") {
+            add(
+                "sasl.mechanism",
+                &Some(
+                    self.sasl_mechanism
+                        .clone()
+                        .unwrap_or_else(|| "PLAIN".into()),
+                ),
+            );
+            add("sasl.username", &self.sasl_username);
+            add(
+                "sasl.password",
+                &self.sasl_password.as_ref().map(|s| s.0.clone()),
+            );
+        }
+        props
+    }
+}
+
+/// `url` without the credentials it may carry (`user:password@`, and the
+/// values of `password`, `token`, `secret` and `key` query parameters), for printing.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:<redacted>@{host}{path}")
+                }
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    let Some(query) = query else { return base };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_name(k) => format!("{k}=<redacted>"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+/// Whether a setting or parameter of this name holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token", "key", "jaas", "credential"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+/// Parses `7d`, `24h`, `90m`, `30s` or `500ms` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(scale).filter(|ms| *ms > 0)
+}
+
+/// Environment variables of earlier versions, and the settings they set.
+const SHORT_NAMES: &[(&str, &str)] = &[
+    ("WAFUNNEL_USER_HASH_KEY", "user_hash_key"),
+    ("WAFUNNEL_KAFKA_BOOTSTRAP", "kafka.bootstrap"),
+    ("WAFUNNEL_CLICKHOUSE_URL", "clickhouse.url"),
+    ("WAFUNNEL_CLICKHOUSE_DATABASE", "clickhouse.database"),
+    ("WAFUNNEL_CLICKHOUSE_USER", "clickhouse.user"),
+    ("WAFUNNEL_CLICKHOUSE_PASSWORD", "clickhouse.password"),
+    ("WAFUNNEL_METRICS_LISTEN", "metrics.listen"),
+];
+
+fn environment() -> Figment {
+    Figment::new()
+        .merge(Env::raw().filter_map(|key| {
+            SHORT_NAMES
+                .iter()
+                .find(|(name, _)| key == *name)
+                .map(|(_, path)| (*path).into())
+        }))
+        .merge(Env::prefixed("WAFUNNEL__").split("__"))
+}
+
+/// One line from a figment error: the setting, where it came from, what is wrong.
+fn setting_error(e: figment::Error) -> ConfigError {
+    let mut path = e.path.clone();
+    match &e.kind {
+        figment::error::Kind::MissingField(field) => path.push(field.to_string()),
+        figment::error::Kind::UnknownField(field, _) => path.push(field.clone()),
+        _ => {}
+    }
+    let origin = match &e.metadata {
+        Some(m) if m.name.contains("environment") => {
+            let dotted = e.path.join(".");
+            let name = SHORT_NAMES
+                .iter()
+                .find(|(_, setting)| *setting == dotted)
+                .filter(|_| !m.name.contains("WAFUNNEL__"))
+                .map_or_else(
+                    || format!("WAFUNNEL__{}", e.path.join("__").to_ascii_uppercase()),
+                    |(name, _)| (*name).to_owned(),
+                );
+            format!("environment variable {name}")
+        }
+        _ => "config file".to_owned(),
+    };
+    if path.is_empty() {
+        return ConfigError::Parse(one_line(&e.kind.to_string()));
+    }
+    ConfigError::Setting {
+        setting: path.join("."),
+        origin,
+        detail: one_line(&e.kind.to_string()),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Reads the file, then applies the environment overrides and checks every value.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::extract(
+            Figment::new()
+                .merge(Toml::string(&text))
+                .merge(environment()),
+        )
+    }
+
+    /// Parses TOML text alone, without the environment (tests, embedding).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::extract(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let mut cfg: Config = figment.extract().map_err(setting_error)?;
+        // From the environment a property arrives with `_` for `.`; no
+        // librdkafka property has an underscore in its name.
+        cfg.kafka.properties = std::mem::take(&mut cfg.kafka.properties)
+            .into_iter()
+            .map(|(k, v)| (k.replace('_', "."), v))
+            .collect();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, detail: &str| ConfigError::Invalid {
+            setting: setting.into(),
+            detail: detail.into(),
+        };
+        match &self.user_hash_key {
+            None => return Err(ConfigError::Missing("user_hash_key")),
+            Some(k) if k.0.len() < 16 => {
+                return Err(invalid("user_hash_key", "must be at least 16 characters"))
+            }
+            Some(_) => {}
+        }
+        if self.kafka.bootstrap.trim().is_empty() {
+            return Err(ConfigError::Missing("kafka.bootstrap"));
+        }
+        self.kafka.check()?;
+        for (setting, value) in [
+            ("topics.raw_partitions", self.topics.raw_partitions),
+            ("topics.replication_factor", self.topics.replication_factor),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                return Err(invalid(setting, "must be at least 1"));
+            }
+        }
+        self.shutdown_grace()?;
+        if self.topics.raw.is_empty() {
+            return Err(invalid("topics.raw", "list at least one raw topic"));
+        }
+        if self.topics.internal_partitions < 1 {
+            return Err(invalid("topics.internal_partitions", "must be at least 1"));
+        }
+        if self
+            .topics
+            .raw
+            .iter()
+            .any(|t| t.format == Format::AvroConfluent)
+            && self.schema_registry.is_none()
+        {
+            return Err(ConfigError::Missing("schema_registry.url"));
+        }
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
+            return Err(invalid(
+                "clickhouse.url",
+                "must start with http:// or https://",
+            ));
+        }
+        let windows = self.windows()?;
+        if self.max_partition_skew_ms()? >= windows.lateness_ms {
+            return Err(invalid(
+                "windows.max_partition_skew",
+                "must be below windows.lateness",
+            ));
+        }
+        self.accounts()?;
+        self.metrics_addr()?;
+        if self.batch.max_records == 0 {
+            return Err(invalid("batch.max_records", "must be at least 1"));
+        }
+        if self.state.snapshot_records == 0 {
+            return Err(invalid("state.snapshot_records", "must be at least 1"));
+        }
+        if self.state.snapshot_interval_ms == 0 {
+            return Err(invalid("state.snapshot_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The user-hash key.
+    pub fn user_hash_key(&self) -> &[u8] {
+        self.user_hash_key.as_ref().map_or(&[], |k| k.0.as_bytes())
+    }
+
+    /// The counting windows.
+    pub fn windows(&self) -> Result<Windows, ConfigError> {
+        let parse = |setting: &str, text: &str| {
+            parse_duration_ms(text).ok_or_else(|| ConfigError::Invalid {
+                setting: setting.into(),
+                detail: format!("`{text}` is not a duration like 7d, 24h, 90m, 30s"),
+            })
+        };
+        Ok(Windows {
+            gap_ms: parse("windows.gap", &self.windows.gap)?,
+            lateness_ms: parse("windows.lateness", &self.windows.lateness)?,
+            attribution_window_ms: parse("windows.attribution", &self.windows.attribution)?,
+        })
+    }
+
+    /// The address of the operator endpoints.
+    pub fn metrics_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let text = &self.metrics.listen;
+        text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "metrics.listen".into(),
+            detail: format!("`{text}` is not ip:port"),
+        })
+    }
+
+    /// How long a stop may take.
+    pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
+        let text = &self.service.shutdown_grace;
+        parse_duration_ms(text)
+            .map(|ms| Duration::from_millis(ms as u64))
+            .ok_or_else(|| ConfigError::Invalid {
+                setting: "service.shutdown_grace".into(),
+                detail: format!("`{text}` is not a duration like 20s"),
+            })
+    }
+
+    /// How far ahead in event time a raw partition may run.
+    pub fn max_partition_skew_ms(&self) -> Result<i64, ConfigError> {
+        parse_duration_ms(&self.windows.max_partition_skew).ok_or_else(|| ConfigError::Invalid {
+            setting: "windows.max_partition_skew".into(),
+            detail: format!(
+                "`{}` is not a duration like 6h",
+                self.windows.max_partition_skew
+            ),
+        })
+    }
+
+    /// The account settings.
+    pub fn accounts(&self) -> Result<Accounts, ConfigError> {
+        let mut accounts = Accounts::default();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let currency = Currency::parse(&a.currency).ok_or_else(|| ConfigError::Invalid {
+                setting: format!("accounts[{i}].currency"),
+                detail: format!("`{}` is not an ISO 4217 code", a.currency),
+            })?;
+            let time_zone: chrono_tz::Tz =
+                a.time_zone.parse().map_err(|_| ConfigError::Invalid {
+                    setting: format!("accounts[{i}].time_zone"),
+                    detail: format!("`{}` is not an IANA time zone", a.time_zone),
+                })?;
+            accounts.listed.insert(
+                a.id.clone(),
+                AccountSettings {
+                    currency,
+                    time_zone,
+                },
+            );
+        }
+        Ok(accounts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+user_hash_key = "0123456789abcdef-test"
+[kafka]
+bootstrap = "127.0.0.1:9092"
+[topics]
+raw = [{ name = "raw-json" }, { name = "raw-avro", format = "avro-single-object" }]
+[clickhouse]
+url = "http://127.0.0.1:8123"
+password = "hunter2-secret"
+[[accounts]]
+id = "act_2"
+currency = "BRL"
+time_zone = "America/Sao_Paulo"
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_hides_secrets() {
+        let cfg = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(cfg.windows().expect("windows"), Windows::default());
+        assert_eq!(cfg.topics.internal, "wafunnel-events");
+        assert_eq!(cfg.topics.state, "wafunnel-state");
+        assert_eq!(cfg.state.snapshot_interval_ms, 60_000);
+        assert_eq!(
+            cfg.accounts()
+                .expect("accounts")
+                .get("act_2")
+                .currency
+                .as_str(),
+            "BRL"
+        );
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("0123456789abcdef"),
+            "{shown}"
+        );
+    }
+
+    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's type
+    fn load_with_env(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let mut result = Err(String::new());
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("wafunnel.toml", MINIMAL)?;
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            result = Config::load(Path::new("wafunnel.toml")).map_err(|e| e.to_string());
+            Ok(())
+        });
+        result
+    }
+
+    #[test]
+    fn every_setting_has_an_environment_override() {
+        let cfg = load_with_env(&[
+            ("WAFUNNEL__CLICKHOUSE__DATABASE", "other"),
+            ("WAFUNNEL__KAFKA__BOOTSTRAP", "broker-1:9093,broker-2:9093"),
+            ("WAFUNNEL__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("WAFUNNEL__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("WAFUNNEL__KAFKA__SASL_USERNAME", "svc"),
+            ("WAFUNNEL__KAFKA__SASL_PASSWORD", "12345678"),
+            (
+                "WAFUNNEL__KAFKA__PROPERTIES__SOCKET_KEEPALIVE_ENABLE",
+                "true",
+            ),
+            ("WAFUNNEL__TOPICS__REPLICATION_FACTOR", "3"),
+            (
+                "WAFUNNEL__TOPICS__RAW",
+                "[{name=\"env-raw\",format=\"json\"}]",
+            ),
+            ("WAFUNNEL__BATCH__MAX_RECORDS", "123"),
+            ("WAFUNNEL__SERVICE__SHUTDOWN_GRACE", "7s"),
+            ("WAFUNNEL_CLICKHOUSE_PASSWORD", "short-name-still-works"),
+            ("WAFUNNEL_BIN", "/not/a/setting"),
+        ])
+        .expect("valid");
+        assert_eq!(cfg.clickhouse.database, "other");
+        assert_eq!(cfg.clickhouse.password.expose(), "short-name-still-works");
+        assert_eq!(cfg.kafka.bootstrap, "broker-1:9093,broker-2:9093");
+        assert_eq!(
+            cfg.kafka.sasl_password.as_ref().map(Secret::expose),
+            Some("12345678"),
+            "a numeric password is still text"
+        );
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("socket.keepalive.enable")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(cfg.topics.replication_factor, Some(3));
+        assert_eq!(cfg.topics.raw.len(), 1);
+        assert_eq!(cfg.topics.raw[0].name, "env-raw");
+        assert_eq!(cfg.batch.max_records, 123);
+        assert_eq!(cfg.shutdown_grace().expect("grace"), Duration::from_secs(7));
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("12345678") && !shown.contains("short-name"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_environment_value_names_its_variable() {
+        let err = load_with_env(&[("WAFUNNEL__BATCH__MAX_RECORDS", "many")]).expect_err("invalid");
+        assert!(err.contains("batch.max_records"), "{err}");
+        assert!(err.contains("WAFUNNEL__BATCH__MAX_RECORDS"), "{err}");
+        let err = load_with_env(&[("WAFUNNEL__KAFKA__BOOTSTRAPP", "x")]).expect_err("unknown");
+        assert!(err.contains("kafka.bootstrapp"), "{err}");
+    }
+
+    #[test]
+    fn sasl_settings_are_checked() {
+        let sasl = MINIMAL.replace(
+            "[kafka]",
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"",
+        );
+        let err = Config::from_toml(&sasl)
+            .expect_err("no password")
+            .to_string();
+        assert!(err.contains("kafka.sasl_password"), "{err}");
+        let cfg = Config::from_toml(&sasl.replace(
+            "sasl_username = \"u\"",
+            "sasl_username = \"u\"\nsasl_password = \"p-secret\"",
+        ))
+        .expect("valid");
+        let props = cfg.kafka.security_properties();
+        assert!(props.contains(&("sasl.mechanism", "SCRAM-SHA-256".into())));
+        assert!(props.contains(&("security.protocol", "sasl_ssl".into())));
+        for (text, setting) in [
+            (sasl.replace("SCRAM-SHA-256", "SCRAM"), "kafka.sasl_mechanism"),
+            (sasl.replace("sasl_ssl", "tls"), "kafka.security_protocol"),
+            (
+                MINIMAL.replace("[kafka]", "[kafka]\nsasl_username = \"u\""),
+                "kafka.sasl_username",
+            ),
+            (
+                MINIMAL.replace(
+                    "[kafka]",
+                    "[kafka]\nsecurity_protocol = \"ssl\"\nssl_ca_location = \"/nonexistent/ca.pem\"",
+                ),
+                "kafka.ssl_ca_location",
+            ),
+        ] {
+            let err = Config::from_toml(&text).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("https://bi:hunter2@ch.example.com:8443/?database=x&password=hunter2"),
+            "https://bi:<redacted>@ch.example.com:8443/?database=x&password=<redacted>"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:8123"), "http://127.0.0.1:8123");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            (
+                MINIMAL.replace("user_hash_key = \"0123456789abcdef-test\"", ""),
+                "user_hash_key",
+            ),
+            (MINIMAL.replace("BRL", "REAL"), "accounts[0].currency"),
+            (
+                MINIMAL.replace("America/Sao_Paulo", "Mars/Base"),
+                "accounts[0].time_zone",
+            ),
+            (
+                format!("{MINIMAL}\n[windows]\ngap = \"seven days\"\n"),
+                "windows.gap",
+            ),
+            (
+                MINIMAL.replace("[kafka]", "[kafka]\nbootstrapp = \"x\""),
+                "kafka.bootstrapp",
+            ),
+            (MINIMAL.replace("[kafka]", "[kafka\n"), "config file"),
+            (
+                format!("{MINIMAL}\n[service]\nshutdown_grace = \"soon\"\n"),
+                "service.shutdown_grace",
+            ),
+            (
+                format!("{MINIMAL}\n[metrics]\nlisten = \"everywhere\"\n"),
+                "metrics.listen",
+            ),
+            (
+                MINIMAL.replace("avro-single-object", "avro-confluent"),
+                "schema_registry.url",
+            ),
+            (
+                MINIMAL.replace("http://127.0.0.1:8123", "127.0.0.1:8123"),
+                "clickhouse.url",
+            ),
+            (
+                format!("{MINIMAL}\n[state]\nsnapshot_records = 0\n"),
+                "state.snapshot_records",
+            ),
+            (
+                format!("{MINIMAL}\n[state]\nsnapshot_every = 5\n"),
+                "state.snapshot_every",
+            ),
+        ];
+        for (text, setting) in cases {
+            let err = Config::from_toml(&text).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("7d"), Some(604_800_000));
+        assert_eq!(parse_duration_ms("90m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("0h"), None);
+        assert_eq!(parse_duration_ms("h"), None);
+        assert_eq!(parse_duration_ms("5w"), None);
+    }
+}

@@ -1,0 +1,452 @@
+//! Kafka plumbing shared by the services: client configuration (TLS and
+//! SASL from typed settings, librdkafka properties passed through) with a
+//! logging context (librdkafka's own warnings go to `tracing`), reaching
+//! the brokers at startup, topic administration, and the header names of
+//! the internal and dead-letter records.
+//!
+//! Failure classes: an unreachable broker is retried (the service stays
+//! alive and not ready); rejected credentials or a failed TLS handshake
+//! are fatal at startup, reported once with the address and the settings
+//! to check. Property values are never printed: an invalid one is named
+//! by its key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Classify, Fault};
+use crate::shutdown::Shutdown;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+
+use crate::config::KafkaConfig;
+use crate::metrics::metrics;
+
+/// Header: the raw topic a record came from.
+pub const SOURCE_TOPIC: &str = "wafunnel.source.topic";
+/// Header: its partition.
+pub const SOURCE_PARTITION: &str = "wafunnel.source.partition";
+/// Header: its offset.
+pub const SOURCE_OFFSET: &str = "wafunnel.source.offset";
+/// Dead-letter header: the machine-readable reason.
+pub const REASON: &str = "wafunnel.reason";
+/// Dead-letter header: the human-readable detail.
+pub const DETAIL: &str = "wafunnel.detail";
+
+/// Forwards librdkafka's log lines to `tracing` (by default they would be lost).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // Authentication and handshake failures also arrive as errors
+        // (above), which report them once; librdkafka repeats them here on
+        // every reconnect.
+        if is_security_failure(message) {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // Reaching the end of a partition is news, not an error.
+            Some(RDKafkaErrorCode::PartitionEOF) => {}
+            // Kept for the startup check, which reports it once and stops.
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => {
+                tracing::debug!(error = %error, reason, "kafka security failure");
+                let mut slot = SECURITY_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+                *slot = Some(reason.to_owned());
+            }
+            _ => tracing::warn!(error = %error, reason, "kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// Runs a blocking Kafka call (transactions, snapshot reads and writes)
+/// without stalling the other tasks of a multi-threaded runtime; on a
+/// current-thread runtime there are no others, and it just runs.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// The last authentication or TLS failure any client of this process saw.
+static SECURITY_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+fn is_security_failure(message: &str) -> bool {
+    message.contains("SASL authentication error")
+        || message.contains("SSL handshake failed")
+        || message.contains("Authentication failed")
+}
+
+/// A client configuration with the bootstrap servers, the security
+/// settings and the passthrough properties (which win).
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &cfg.bootstrap);
+    for (key, value) in cfg.security_properties() {
+        config.set(key, value);
+    }
+    for (key, value) in &cfg.properties {
+        config.set(key, value);
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Creates a client; an invalid property is named by its key, its value
+/// (which may be a secret) replaced.
+pub fn create<C>(config: &ClientConfig) -> Result<C, KafkaError>
+where
+    C: rdkafka::config::FromClientConfigAndContext<LogContext>,
+{
+    config.create_with_context(LogContext).map_err(redact)
+}
+
+/// `error` without the property value it may carry.
+pub fn redact(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "<redacted>")
+            };
+            KafkaError::ClientConfig(code, description, key, "<redacted>".into())
+        }
+        other => other,
+    }
+}
+
+/// Why the brokers cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The brokers refused this client's credentials or certificate.
+    #[error("kafka at {bootstrap} refused the connection: {detail} (check kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password and the ssl_* settings)")]
+    Security {
+        /// `kafka.bootstrap`.
+        bootstrap: String,
+        /// What librdkafka said.
+        detail: String,
+    },
+    /// The client could not be built from the settings.
+    #[error("kafka client settings: {0}")]
+    Settings(KafkaError),
+    /// The stop was abandoned while the brokers were unreachable.
+    #[error("stopped while kafka at {0} was unreachable")]
+    Stopped(String),
+}
+
+impl Classify for ConnectError {
+    fn fault(&self) -> Fault {
+        match self {
+            ConnectError::Security { .. } | ConnectError::Settings(_) => Fault::User,
+            ConnectError::Stopped(_) => Fault::External,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Waits until the brokers answer, retrying with backoff while they are
+/// unreachable (the service stays alive and not ready), and returns the
+/// partition counts of the topics they know. Credentials or certificates
+/// the brokers refuse end it at once.
+pub async fn connect(
+    cfg: &KafkaConfig,
+    shutdown: &Shutdown,
+) -> Result<HashMap<String, i32>, ConnectError> {
+    let consumer: BaseConsumer<LogContext> =
+        create(&client_config(cfg)).map_err(ConnectError::Settings)?;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let metadata = blocking(|| {
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(5));
+            // Client errors (a refused login among them) are events that
+            // only a poll delivers to the context.
+            if metadata.is_err() {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+            metadata
+        });
+        if let Some(detail) = SECURITY_FAILURE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(ConnectError::Security {
+                bootstrap: cfg.bootstrap.clone(),
+                detail,
+            });
+        }
+        match metadata {
+            Ok(metadata) => {
+                return Ok(metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                    .collect())
+            }
+            Err(e) => {
+                metrics().kafka_connect_retries.inc();
+                tracing::warn!(
+                    bootstrap = cfg.bootstrap,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "kafka unreachable, retrying"
+                );
+                if !shutdown.sleep(delay).await || shutdown.is_stopping() {
+                    return Err(ConnectError::Stopped(cfg.bootstrap.clone()));
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Partitions and replication factor of the topics `check --create-topics` makes.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLayout {
+    /// Partitions (`None`: the broker's default).
+    pub partitions: Option<i32>,
+    /// Replication factor (`None`: the broker's default).
+    pub replication: Option<i32>,
+}
+
+/// Creates topics that do not exist yet (`name`, partitions) with the
+/// broker's default replication; existing ones are left alone.
+pub async fn create_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let topics: Vec<(&str, TopicLayout)> = topics
+        .iter()
+        .map(|&(name, partitions)| {
+            (
+                name,
+                TopicLayout {
+                    partitions: Some(partitions),
+                    replication: None,
+                },
+            )
+        })
+        .collect();
+    create_with(cfg, &topics, &[]).await
+}
+
+/// Creates a topic that does not exist yet with `layout`.
+pub async fn create_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    layout: TopicLayout,
+) -> Result<(), KafkaError> {
+    create_with(cfg, &[(name, layout)], &[]).await
+}
+
+/// Settings of the state topic: compacted, so it keeps the newest record of
+/// each snapshot key; small segments, so compaction reaches them soon.
+const STATE_TOPIC_SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "67108864"),
+    ("segment.ms", "3600000"),
+    ("min.cleanable.dirty.ratio", "0.2"),
+    ("max.message.bytes", "2097152"),
+];
+
+/// Settings of the internal topic: it is the source of truth a partition is
+/// replayed from when no snapshot can be used, so it keeps everything.
+const INTERNAL_TOPIC_SETTINGS: &[(&str, &str)] = &[("retention.ms", "-1")];
+
+/// Creates the internal topic, with unlimited retention, if it does not exist yet.
+pub async fn create_internal_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    layout: TopicLayout,
+) -> Result<(), KafkaError> {
+    create_with(cfg, &[(name, layout)], INTERNAL_TOPIC_SETTINGS).await
+}
+
+/// Creates the compacted state topic if it does not exist yet.
+pub async fn create_state_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    layout: TopicLayout,
+) -> Result<(), KafkaError> {
+    create_with(cfg, &[(name, layout)], STATE_TOPIC_SETTINGS).await
+}
+
+async fn create_with(
+    cfg: &KafkaConfig,
+    topics: &[(&str, TopicLayout)],
+    settings: &[(&str, &str)],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<LogContext> = create(&client_config(cfg))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, layout)| {
+            // -1 asks the broker for its default (KIP-464).
+            settings.iter().fold(
+                NewTopic::new(
+                    name,
+                    layout.partitions.unwrap_or(-1),
+                    TopicReplication::Fixed(layout.replication.unwrap_or(-1)),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::error!(topic, error = %code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Topic settings that would make the state topic or the internal topic
+/// lose what a restore needs, as one line per problem (empty when sound).
+pub async fn topic_setting_problems(
+    cfg: &KafkaConfig,
+    internal: &str,
+    state: &str,
+) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<LogContext> = create(&client_config(cfg))?;
+    let topics = [
+        ResourceSpecifier::Topic(internal),
+        ResourceSpecifier::Topic(state),
+    ];
+    let results = admin
+        .describe_configs(
+            topics.iter(),
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let mut problems = Vec::new();
+    for (topic, result) in [internal, state].into_iter().zip(results) {
+        let resource = result.map_err(KafkaError::AdminOp)?;
+        let value = |name: &str| {
+            resource
+                .get(name)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default()
+        };
+        if topic == state && !value("cleanup.policy").contains("compact") {
+            problems.push(format!(
+                "{topic}: cleanup.policy is `{}`, not compact: old snapshots would be deleted by time, not replaced",
+                value("cleanup.policy")
+            ));
+        }
+        if topic == internal && value("retention.ms") != "-1" {
+            problems.push(format!(
+                "{topic}: retention.ms is {}, not -1: a partition replayed from its beginning would miss deleted records",
+                value("retention.ms")
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Partition counts of the topics the broker knows.
+pub fn topic_partitions(
+    cfg: &KafkaConfig,
+    timeout: Duration,
+) -> Result<HashMap<String, i32>, KafkaError> {
+    let consumer: BaseConsumer<LogContext> = create(&client_config(cfg))?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// A header's value as text.
+pub fn header<'a>(message: &'a impl Message, key: &str) -> Option<&'a str> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The features this build of librdkafka has (`ssl`, `sasl_scram`, ...).
+pub fn builtin_features() -> String {
+    ClientConfig::new()
+        .create_native_config()
+        .and_then(|native| native.get("builtin.features"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_can_reach_secured_clusters() {
+        let features = builtin_features();
+        for needed in ["ssl", "sasl_plain", "sasl_scram", "zstd", "lz4"] {
+            assert!(
+                features.split(',').any(|f| f == needed),
+                "librdkafka built without {needed}: {features}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_property_is_named_without_its_value() {
+        let mut config = ClientConfig::new();
+        config.set("security.protocol", "hunter2-not-a-protocol");
+        let err = create::<BaseConsumer<LogContext>>(&config)
+            .err()
+            .expect("invalid")
+            .to_string();
+        assert!(err.contains("security.protocol"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let mut config = ClientConfig::new();
+        config.set("sasl.pasword", "hunter2");
+        let err = create::<BaseConsumer<LogContext>>(&config)
+            .err()
+            .expect("unknown")
+            .to_string();
+        assert!(
+            err.contains("sasl.pasword") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}

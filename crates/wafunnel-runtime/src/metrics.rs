@@ -1,0 +1,263 @@
+//! Every operator metric of every service, declared here and nowhere else,
+//! in one Prometheus registry served on `/metrics`. Labels are few and
+//! fixed (stage, outcome, operation, result, source): never an account, an
+//! ad, a user or a topic name, so the series count does not grow with the
+//! traffic.
+//!
+//! Hot paths hold the labelled counters directly (one atomic add); nothing
+//! is looked up per record.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Records {
+    stage: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Result_ {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    source: &'static str,
+}
+
+/// The metrics of all services.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Raw records forwarded to the internal topic by ingest.
+    pub ingest_forwarded: Counter,
+    /// Raw records sent to the dead-letter topic by ingest.
+    pub ingest_dead_lettered: Counter,
+    /// Internal records applied by sessionize.
+    pub sessionize_applied: Counter,
+    /// Internal records that repeated an applied event.
+    pub sessionize_duplicate: Counter,
+    /// Internal records older than the watermark minus the allowed lateness.
+    pub sessionize_late: Counter,
+    /// Dead letters counted by sessionize.
+    pub sessionize_dead_lettered: Counter,
+    /// Ingest transactions aborted and retried.
+    pub kafka_transaction_retries: Counter,
+    /// ClickHouse writes retried.
+    pub clickhouse_write_retries: Counter,
+    /// Attempts to reach the Kafka brokers that failed and were retried.
+    pub kafka_connect_retries: Counter,
+    /// Raw partitions paused because they ran ahead in event time.
+    pub paused_partitions: Gauge,
+    /// Conversations held in memory over all partitions.
+    pub open_conversations: Gauge,
+    /// Records of the internal topic not yet consumed by this instance.
+    pub consumer_lag: Gauge,
+    /// Batches written to ClickHouse, and how long each took.
+    pub flush_seconds: Histogram,
+    /// State snapshots written.
+    pub snapshots_written: Counter,
+    /// State snapshots that failed (retried at the next interval).
+    pub snapshots_failed: Counter,
+    /// Bytes of state written in snapshots.
+    pub snapshot_bytes: Counter,
+    /// Partitions restored from a snapshot.
+    pub restores_from_snapshot: Counter,
+    /// Partitions rebuilt by replaying from their beginning.
+    pub restores_from_beginning: Counter,
+    /// Time spent reading partitions' snapshots back.
+    pub restore_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the service is ready (consuming, and its outputs acknowledged).
+    pub ready: Gauge,
+    ready_flag: AtomicBool,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("wafunnel");
+        let records = Family::<Records, Counter>::default();
+        registry.register(
+            "records",
+            "Input records by stage and outcome",
+            records.clone(),
+        );
+        let record = |stage, outcome| records.get_or_create(&Records { stage, outcome }).clone();
+        let retries = Family::<Operation, Counter>::default();
+        registry.register(
+            "retries",
+            "Operations retried after a failure",
+            retries.clone(),
+        );
+        let retry = |operation| retries.get_or_create(&Operation { operation }).clone();
+        let snapshots = Family::<Result_, Counter>::default();
+        registry.register("snapshots", "State snapshots by result", snapshots.clone());
+        let restores = Family::<Source, Counter>::default();
+        registry.register(
+            "restores",
+            "Partitions whose state was restored on assignment, by source",
+            restores.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let seconds = |registry: &mut Registry, name: &str, help: &str| {
+            let h = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+            registry.register(name, help, h.clone());
+            h
+        };
+        let snapshot_bytes = Counter::default();
+        registry.register(
+            "snapshot_bytes",
+            "Bytes of state written in snapshots",
+            snapshot_bytes.clone(),
+        );
+        let snapshots_written = snapshots
+            .get_or_create(&Result_ { result: "written" })
+            .clone();
+        let snapshots_failed = snapshots
+            .get_or_create(&Result_ { result: "failed" })
+            .clone();
+        let restores_from_snapshot = restores
+            .get_or_create(&Source { source: "snapshot" })
+            .clone();
+        let restores_from_beginning = restores
+            .get_or_create(&Source {
+                source: "beginning",
+            })
+            .clone();
+        Metrics {
+            snapshots_written,
+            snapshots_failed,
+            restores_from_snapshot,
+            restores_from_beginning,
+            ingest_forwarded: record("ingest", "forwarded"),
+            ingest_dead_lettered: record("ingest", "dead_lettered"),
+            sessionize_applied: record("sessionize", "applied"),
+            sessionize_duplicate: record("sessionize", "duplicate"),
+            sessionize_late: record("sessionize", "late"),
+            sessionize_dead_lettered: record("sessionize", "dead_lettered"),
+            kafka_transaction_retries: retry("kafka_transaction"),
+            clickhouse_write_retries: retry("clickhouse_write"),
+            kafka_connect_retries: retry("kafka_connect"),
+            snapshot_bytes,
+            paused_partitions: gauge(
+                &mut registry,
+                "paused_partitions",
+                "Raw partitions paused for running ahead in event time",
+            ),
+            open_conversations: gauge(
+                &mut registry,
+                "open_conversations",
+                "Conversations held in memory",
+            ),
+            consumer_lag: gauge(
+                &mut registry,
+                "consumer_lag_records",
+                "Records of the internal topic not yet consumed by this instance",
+            ),
+            ready: gauge(
+                &mut registry,
+                "ready",
+                "1 while the service is consuming and its outputs are acknowledged",
+            ),
+            flush_seconds: seconds(
+                &mut registry,
+                "flush_seconds",
+                "Time to write one batch to ClickHouse",
+            ),
+            restore_seconds: {
+                let c = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+                registry.register(
+                    "restore_seconds",
+                    "Time spent reading state snapshots back",
+                    c.clone(),
+                );
+                c
+            },
+            registry,
+            ready_flag: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the service ready or not (`/readyz` and `wafunnel_ready`).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready_flag.store(ready, Ordering::Relaxed);
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Whether the service is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready_flag.load(Ordering::Relaxed)
+    }
+
+    /// The registry in the Prometheus text format (OpenMetrics).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The metric families `/metrics` serves, as they appear in the text format
+/// (the README lists them; a test scrapes a running service for each).
+pub const FAMILIES: &[&str] = &[
+    "wafunnel_records_total",
+    "wafunnel_retries_total",
+    "wafunnel_snapshots_total",
+    "wafunnel_restores_total",
+    "wafunnel_snapshot_bytes_total",
+    "wafunnel_paused_partitions",
+    "wafunnel_open_conversations",
+    "wafunnel_consumer_lag_records",
+    "wafunnel_ready",
+    "wafunnel_flush_seconds",
+    "wafunnel_restore_seconds_total",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_in_the_text_format() {
+        let m = metrics();
+        m.ingest_forwarded.inc_by(3);
+        m.flush_seconds.observe(0.25);
+        m.set_ready(true);
+        let text = m.render();
+        for family in FAMILIES {
+            let base = family.trim_end_matches("_total");
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{family} missing in {text}"
+            );
+        }
+        assert!(text.contains("wafunnel_records_total{stage=\"ingest\",outcome=\"forwarded\"} "));
+        assert!(text.contains("wafunnel_ready 1"), "{text}");
+        assert!(text.contains("wafunnel_flush_seconds_count 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
