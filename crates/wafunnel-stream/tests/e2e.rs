@@ -19,6 +19,9 @@ use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::sink::{self, ConversationCh};
 
+#[path = "e2e/ops.rs"]
+mod ops;
+
 const HASH_KEY: &str = "e2e-test-user-hash-key";
 
 fn env(name: &str) -> String {
@@ -150,10 +153,24 @@ snapshot_interval_ms = 1000
 
     /// Runs ingest and sessionize until every input record is accounted for.
     async fn run_pipeline(&self, expected_records: u64) -> Accounting {
+        self.run_pipeline_with(
+            Config::from_toml(&self.toml_again()).expect("config"),
+            Config::from_toml(&self.toml_again()).expect("config"),
+            expected_records,
+        )
+        .await
+    }
+
+    /// Runs ingest and sessionize, each with its own configuration, until
+    /// every input record is accounted for.
+    async fn run_pipeline_with(
+        &self,
+        ingest_cfg: Config,
+        sessionize_cfg: Config,
+        expected_records: u64,
+    ) -> Accounting {
         let shutdown = Shutdown::new();
         let stop = shutdown.clone();
-        let ingest_cfg = Config::from_toml(&self.toml_again()).expect("config");
-        let sessionize_cfg = Config::from_toml(&self.toml_again()).expect("config");
         let ingest_shutdown = shutdown.clone();
         let ingest = tokio::spawn(async move {
             wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
