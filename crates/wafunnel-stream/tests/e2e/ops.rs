@@ -452,7 +452,7 @@ fn stopped_count(log: &str, marker: &str, field: &str) -> u64 {
                 .parse()
                 .ok()
         })
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no `{marker}` line in:\n{log}"))
 }
 
