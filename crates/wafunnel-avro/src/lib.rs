@@ -6,7 +6,7 @@
 //!
 //! Contract:
 //! - One record schema, [`EVENT_V1_SCHEMA`], carries all six event types of
-//!   SEMANTICS.md section 1. Decoding always resolves the writer's schema
+//!   docs/SEMANTICS.md section 1. Decoding always resolves the writer's schema
 //!   against that reader schema, so data written with any compatible schema
 //!   version (see `schemas/avro/README.md`) reads as the same
 //!   [`RawEvent`](wafunnel_core::event::RawEvent). Validation is not done

@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use crate::money::Currency;
 use crate::time::{DAY_MS, HOUR_MS};
 
-/// The windows of SEMANTICS.md, in milliseconds.
+/// The windows of docs/SEMANTICS.md, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Windows {
     /// `G`: inactivity that ends a conversation (7 days).

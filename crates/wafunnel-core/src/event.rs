@@ -1,4 +1,4 @@
-//! The event model: the canonical JSON of SEMANTICS.md section 1, its
+//! The event model: the canonical JSON of docs/SEMANTICS.md section 1, its
 //! validation, and the validated [`Event`] the sessionizer consumes.
 //!
 //! Decoding is two steps. [`RawEvent`] is what a codec (JSON here, Avro in
@@ -330,7 +330,7 @@ fn money(value: &Option<Cow<'_, str>>, field: &'static str) -> Result<Money, Rej
 }
 
 impl RawEvent<'_> {
-    /// Validates every rule of SEMANTICS.md section 4 that needs no state.
+    /// Validates every rule of docs/SEMANTICS.md section 4 that needs no state.
     /// `now_ms` is the validation clock (the arrival time of the record).
     pub fn validate(
         &self,

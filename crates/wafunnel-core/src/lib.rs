@@ -2,7 +2,7 @@
 //!
 //! The pure engine of wafunnel: the event model, its validation, and the
 //! conversation sessionizer that turns events into the tables of
-//! SEMANTICS.md. Nothing here touches Kafka, ClickHouse, files, or the
+//! docs/SEMANTICS.md. Nothing here touches Kafka, ClickHouse, files, or the
 //! clock: every input (including the "now" used to reject future
 //! timestamps) is an argument, so the same input log always gives the same
 //! output, and every rule is unit- and property-testable.
@@ -12,7 +12,7 @@
 //!   stable machine-readable code that becomes the dead-letter reason.
 //! - [`sessionizer::Sessionizer`] holds the state of one partition. It accepts
 //!   events in arrival order; within the allowed lateness any arrival order
-//!   yields the same tables as the total order of SEMANTICS.md section 1.
+//!   yields the same tables as the total order of docs/SEMANTICS.md section 1.
 //!   Each input ends in exactly one [`sessionizer::Outcome`].
 //! - Its output is a stream of partition-scoped full-state rows
 //!   ([`rows`]) that are idempotent to re-apply: the last row per key wins.

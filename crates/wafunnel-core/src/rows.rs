@@ -73,7 +73,7 @@ pub struct ConversationKey {
     pub started_at: i64,
 }
 
-/// One conversation: the fields of SEMANTICS.md section 2.
+/// One conversation: the fields of docs/SEMANTICS.md section 2.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct ConversationRow {

@@ -6,7 +6,7 @@
 //! - **Lateness**: the watermark is the highest event time applied. An event
 //!   older than `watermark - L` is late: reported, not applied. Any event not
 //!   late is applied as if all events had arrived in the total order of
-//!   SEMANTICS.md section 1, so every arrival order within `L` gives the same
+//!   docs/SEMANTICS.md section 1, so every arrival order within `L` gives the same
 //!   rows.
 //! - **Duplicates**: a repeated `(account_id, event_id)` is a duplicate while
 //!   the original is within `L` of the watermark; an older repeat is late.

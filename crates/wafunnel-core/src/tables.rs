@@ -15,7 +15,7 @@ use crate::rows::{
 };
 use crate::time::Day;
 
-/// A row of `funnel_daily` (SEMANTICS.md section 3).
+/// A row of `funnel_daily` (docs/SEMANTICS.md section 3).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[allow(missing_docs)]
 pub struct FunnelDailyRow {

@@ -1,7 +1,7 @@
 //! # wafunnel-gen
 //!
 //! A seeded, deterministic generator of realistic click-to-WhatsApp traffic
-//! in the canonical JSON of SEMANTICS.md section 1. It feeds `wafunnel demo`,
+//! in the canonical JSON of docs/SEMANTICS.md section 1. It feeds `wafunnel demo`,
 //! the end-to-end tests and the benchmarks.
 //!
 //! Guarantees:
@@ -87,7 +87,7 @@ pub const TAIL_MS: i64 = 40 * DAY_MS;
 /// model (measured; used by [`GenConfig::with_target_events`]).
 pub const EVENTS_PER_CONTACT: f64 = 5.25;
 
-/// The response buckets of SEMANTICS.md, in the order of
+/// The response buckets of docs/SEMANTICS.md, in the order of
 /// [`GenStats::response_buckets`].
 pub const RESPONSE_BUCKETS: [&str; 5] = ["le_5m", "le_1h", "le_24h", "gt_24h", "none"];
 
@@ -148,7 +148,7 @@ pub struct GenAd {
 }
 
 /// An ad moved to another campaign and ad set: events from `at_ms` on name
-/// the new ones, so the latest naming (SEMANTICS.md section 3) is the new one.
+/// the new ones, so the latest naming (docs/SEMANTICS.md section 3) is the new one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdMove {
     /// The first event time naming the new ad set.

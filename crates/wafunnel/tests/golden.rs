@@ -1,5 +1,5 @@
 //! Golden files: small hand-written event logs under `tests/golden/*/`, each
-//! with the tables checked by hand against SEMANTICS.md in `expected/`.
+//! with the tables checked by hand against docs/SEMANTICS.md in `expected/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! A second, deliberately naive implementation of SEMANTICS.md sections 2-3:
+//! A second, deliberately naive implementation of docs/SEMANTICS.md sections 2-3:
 //! all events at once, sorted, one pass per contact, tables built from the
 //! final conversations. No checkpoints, retractions, eviction or partition
 //! rows. The property tests require the sessionizer to agree with it.
