@@ -71,6 +71,29 @@ impl Accounts {
     }
 }
 
+/// A user id as the contract compares it (docs/SEMANTICS.md section 1): a
+/// phone number in a common notation (an optional leading `+`, then digits,
+/// spaces, dashes, dots and parentheses, with at least 7 digits) becomes
+/// its digits, WhatsApp's `wa_id` form; any other id is left as it is.
+pub fn normalize_user_id(id: &str) -> std::borrow::Cow<'_, str> {
+    let body = id.strip_prefix('+').unwrap_or(id);
+    let mut digits = 0usize;
+    for b in body.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b' ' | b'-' | b'.' | b'(' | b')' => {}
+            _ => return std::borrow::Cow::Borrowed(id),
+        }
+    }
+    if digits < 7 {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    if digits == id.len() {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    std::borrow::Cow::Owned(body.chars().filter(char::is_ascii_digit).collect())
+}
+
 /// Turns raw user ids into a keyed hash, so that the raw id never leaves validation.
 #[derive(Clone)]
 pub struct UserHasher {
@@ -91,9 +114,11 @@ impl UserHasher {
         }
     }
 
-    /// The keyed hash of a raw user id.
+    /// The keyed hash of a raw user id, after [`normalize_user_id`], so a
+    /// phone number hashes the same in any common notation.
     pub fn hash(&self, user_id: &str) -> UserKey {
-        let digest = blake3::keyed_hash(&self.key, user_id.as_bytes());
+        let id = normalize_user_id(user_id);
+        let digest = blake3::keyed_hash(&self.key, id.as_bytes());
         let mut out = [0u8; 16];
         out.copy_from_slice(&digest.as_bytes()[..16]);
         UserKey(u128::from_be_bytes(out))
@@ -137,6 +162,34 @@ impl<'de> serde::Deserialize<'de> for UserKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phone_numbers_are_one_contact_in_any_notation() {
+        for written in [
+            "5511999999999",
+            "+5511999999999",
+            "+55 11 99999-9999",
+            "+55 (11) 99999.9999",
+        ] {
+            assert_eq!(normalize_user_id(written), "5511999999999", "{written}");
+        }
+        let hasher = UserHasher::new(b"0123456789abcdef");
+        assert_eq!(
+            hasher.hash("+55 11 99999-9999"),
+            hasher.hash("5511999999999")
+        );
+        for kept in [
+            "u1",
+            "123-456",
+            "+",
+            "",
+            "user 5511999999999",
+            "55+11999999999",
+            "wa:5511999999999",
+        ] {
+            assert_eq!(normalize_user_id(kept), kept, "{kept}");
+        }
+    }
 
     #[test]
     fn user_hash_is_keyed_and_stable() {

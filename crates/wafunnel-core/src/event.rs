@@ -22,6 +22,13 @@ use crate::time::{parse_rfc3339_ms, Day, HOUR_MS};
 pub const MIN_EVENT_TIME_MS: i64 = 1_262_304_000_000;
 /// How far past the validation clock an event time may be.
 pub const MAX_FUTURE_MS: i64 = HOUR_MS;
+/// The largest purchase value or spend one event may carry: one billion
+/// currency units. Sums are 64-bit in 1/10000 units, so even one table cell
+/// would need over 900,000 such events in a day to overflow.
+pub const MAX_MONEY: Money = Money(1_000_000_000 * crate::money::MONEY_SCALE);
+/// The `date` range of spend snapshots: what every supported ClickHouse
+/// `Date` holds (18.16 stops in 2105), from the same 2010 floor as event times.
+pub const DATE_RANGE: (&str, &str) = ("2010-01-01", "2105-12-31");
 
 /// The six event types, in the rank order that breaks same-millisecond ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -147,6 +154,17 @@ pub enum Rejection {
     /// `event_time` is before 2010.
     #[error("event_time {0} is before 2010-01-01")]
     TooOld(i64),
+    /// A field appears twice in one record: which value is meant is unknowable.
+    #[error("field `{0}` appears more than once")]
+    DuplicateField(&'static str),
+    /// A value is well-formed but outside what can be stored or summed.
+    #[error("field `{field}` out of range: {detail}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The range.
+        detail: String,
+    },
     /// A purchase or spend snapshot in another currency than its account's.
     #[error("currency {got} differs from the account currency {expected}")]
     CurrencyMismatch {
@@ -168,13 +186,18 @@ impl Rejection {
             Rejection::FutureTimestamp { .. } => "future_timestamp",
             Rejection::TooOld(_) => "timestamp_before_2010",
             Rejection::CurrencyMismatch { .. } => "currency_mismatch",
+            Rejection::DuplicateField(_) => "duplicate_field",
+            Rejection::OutOfRange { .. } => "out_of_range",
         }
     }
 
     /// The field at fault, where there is one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Rejection::MissingField(f) | Rejection::InvalidField { field: f, .. } => Some(f),
+            Rejection::MissingField(f)
+            | Rejection::InvalidField { field: f, .. }
+            | Rejection::DuplicateField(f)
+            | Rejection::OutOfRange { field: f, .. } => Some(f),
             Rejection::UnknownType(_) => Some("type"),
             Rejection::FutureTimestamp { .. } | Rejection::TooOld(_) => Some("event_time"),
             Rejection::CurrencyMismatch { .. } => Some("currency"),
@@ -323,10 +346,17 @@ fn optional(
 
 fn money(value: &Option<Cow<'_, str>>, field: &'static str) -> Result<Money, Rejection> {
     let text = value.as_deref().ok_or(Rejection::MissingField(field))?;
-    Money::parse(text).map_err(|e| Rejection::InvalidField {
+    let money = Money::parse(text).map_err(|e| Rejection::InvalidField {
         field,
         detail: e.to_string(),
-    })
+    })?;
+    if money > MAX_MONEY {
+        return Err(Rejection::OutOfRange {
+            field,
+            detail: format!("more than {MAX_MONEY}"),
+        });
+    }
+    Ok(money)
 }
 
 impl RawEvent<'_> {
@@ -428,6 +458,15 @@ impl RawEvent<'_> {
                     field: "date",
                     detail: "not a YYYY-MM-DD date".into(),
                 })?;
+                let (first, last) = DATE_RANGE;
+                if date < Day::parse(first).unwrap_or(date)
+                    || date > Day::parse(last).unwrap_or(date)
+                {
+                    return Err(Rejection::OutOfRange {
+                        field: "date",
+                        detail: format!("not between {first} and {last}"),
+                    });
+                }
                 let spend = money(&self.spend, "spend")?;
                 Body::AdSpend {
                     ad_id,
@@ -454,16 +493,21 @@ impl RawEvent<'_> {
 /// Decodes one canonical JSON event (one line or one Kafka message).
 pub fn decode_json(bytes: &[u8]) -> Result<RawEvent<'_>, Rejection> {
     let field = Cell::new(None);
+    let duplicate = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = de
-        .deserialize_map(RawVisitor { field: &field })
+        .deserialize_map(RawVisitor {
+            field: &field,
+            duplicate: &duplicate,
+        })
         .and_then(|raw| de.end().map(|()| raw));
-    parsed.map_err(|e| match field.get() {
-        Some(field) => Rejection::InvalidField {
+    parsed.map_err(|e| match (duplicate.get(), field.get()) {
+        (Some(field), _) => Rejection::DuplicateField(field),
+        (None, Some(field)) => Rejection::InvalidField {
             field,
             detail: strip_position(&e),
         },
-        None => Rejection::Malformed {
+        (None, None) => Rejection::Malformed {
             detail: e.to_string(),
         },
     })
@@ -488,9 +532,11 @@ fn strip_position(e: &serde_json::Error) -> String {
 }
 
 /// Walks the JSON object once; on a type error it leaves the offending field
-/// name in `field` so the rejection can name it.
+/// name in `field` so the rejection can name it, and a field that appears
+/// twice in `duplicate` (serde would silently keep the last value).
 struct RawVisitor<'c> {
     field: &'c Cell<Option<&'static str>>,
+    duplicate: &'c Cell<Option<&'static str>>,
 }
 
 impl<'de> Visitor<'de> for RawVisitor<'_> {
@@ -502,9 +548,16 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut raw = RawEvent::default();
+        let mut seen = 0u32;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             macro_rules! take {
                 ($slot:expr, $name:literal, $ty:ty) => {{
+                    const BIT: u32 = 1u32 << field_bit($name);
+                    if seen & BIT != 0 {
+                        self.duplicate.set(Some($name));
+                        return Err(de::Error::custom("duplicate field"));
+                    }
+                    seen |= BIT;
                     self.field.set(Some($name));
                     $slot = map.next_value::<Option<$ty>>()?.map(Into::into);
                     self.field.set(None);
@@ -516,6 +569,12 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
                 "account_id" => take!(raw.account_id, "account_id", Str<'de>),
                 "user_id" => take!(raw.user_id, "user_id", Str<'de>),
                 "event_time" => {
+                    const BIT: u32 = 1u32 << field_bit("event_time");
+                    if seen & BIT != 0 {
+                        self.duplicate.set(Some("event_time"));
+                        return Err(de::Error::custom("duplicate field"));
+                    }
+                    seen |= BIT;
                     self.field.set(Some("event_time"));
                     raw.event_time = map.next_value::<Option<TimeField<'de>>>()?.map(|t| t.0);
                     self.field.set(None);
@@ -544,6 +603,57 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
         }
         Ok(raw)
     }
+}
+
+/// The fields of the canonical JSON, each with its bit in the visitor's seen set.
+const FIELDS: [&str; 20] = [
+    "event_id",
+    "type",
+    "account_id",
+    "user_id",
+    "event_time",
+    "ad_id",
+    "adset_id",
+    "campaign_id",
+    "click_id",
+    "referral_ad_id",
+    "automated",
+    "template",
+    "value",
+    "currency",
+    "order_id",
+    "date",
+    "spend",
+    "impressions",
+    "clicks",
+    "reported_conversations",
+];
+
+/// The bit of a known field; evaluated at compile time for the literals above.
+const fn field_bit(name: &str) -> u32 {
+    let mut i = 0;
+    while i < FIELDS.len() {
+        if const_eq(FIELDS[i], name) {
+            return i as u32;
+        }
+        i += 1;
+    }
+    panic!("not a canonical field")
+}
+
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// A string field, borrowed from the input unless it had escapes.

@@ -163,3 +163,62 @@ fn validated_events_round_trip_through_their_internal_json() {
     let back: Event = serde_json::from_str(&json).expect("decode");
     assert_eq!(back, event);
 }
+
+#[test]
+fn a_repeated_field_is_a_dead_letter_not_its_last_value() {
+    let line = r#"{"event_id":"x","type":"ad_click","type":"purchase","account_id":"act_1","user_id":"u1","event_time":1772445660000,"ad_id":"a","value":"1","currency":"USD","order_id":"o"}"#;
+    let err = parse(line).expect_err("duplicate");
+    assert_eq!(err, Rejection::DuplicateField("type"));
+    assert_eq!(err.code(), "duplicate_field");
+    let twice_time = r#"{"event_id":"x","type":"ad_click","account_id":"act_1","user_id":"u1","event_time":1772445660000,"event_time":1,"ad_id":"a"}"#;
+    assert_eq!(
+        parse(twice_time),
+        Err(Rejection::DuplicateField("event_time"))
+    );
+    // Unknown fields may repeat: they are ignored.
+    let unknown = r#"{"event_id":"x","type":"ad_click","account_id":"act_1","user_id":"u1","event_time":1772445660000,"ad_id":"a","extra":1,"extra":2}"#;
+    assert!(parse(unknown).is_ok());
+}
+
+#[test]
+fn money_is_bounded_where_sums_stay_exact() {
+    let purchase = |value: &str| {
+        format!(
+            r#"{{"event_id":"p","type":"purchase","account_id":"act_1","user_id":"u1","event_time":1772445660000,"value":"{value}","currency":"USD","order_id":"o"}}"#
+        )
+    };
+    assert!(
+        parse(&purchase("1000000000.0000")).is_ok(),
+        "the largest value is accepted"
+    );
+    for too_big in ["1000000000.0001", "99999999999999.9999"] {
+        let err = parse(&purchase(too_big)).expect_err(too_big);
+        assert_eq!(err.code(), "out_of_range", "{too_big}");
+        assert_eq!(err.field(), Some("value"));
+    }
+    // Ten of the largest in one conversation: no wrap-around.
+    let mut total = Money::default();
+    for _ in 0..10 {
+        total += MAX_MONEY;
+    }
+    assert_eq!(total.to_string(), "10000000000.0000");
+}
+
+#[test]
+fn spend_dates_are_within_what_clickhouse_stores() {
+    let spend = |date: &str| {
+        format!(
+            r#"{{"event_id":"s","type":"ad_spend","account_id":"act_1","event_time":1772445660000,"ad_id":"a","date":"{date}","spend":"1","currency":"USD"}}"#
+        )
+    };
+    assert!(parse(&spend("2010-01-01")).is_ok());
+    assert!(parse(&spend("2105-12-31")).is_ok());
+    for outside in ["2009-12-31", "2106-01-01", "1969-07-20", "9999-12-31"] {
+        let err = parse(&spend(outside)).expect_err(outside);
+        assert_eq!(
+            (err.code(), err.field()),
+            ("out_of_range", Some("date")),
+            "{outside}"
+        );
+    }
+}
