@@ -7,6 +7,7 @@
 #                      listeners answer (SASL_SSL: as the SCRAM user)
 #   kafka.sh stop      stop the broker this script started (pid file only)
 #   kafka.sh restart   stop then start, keeping the data (topics, offsets)
+#   kafka.sh crash     SIGKILL the broker, then start it again on the same data
 #   kafka.sh status    print state; exit 0 if running, 3 if not
 #   kafka.sh install   only fetch the jars
 #   kafka.sh env       print the endpoints, TLS files and users, one KEY=value
@@ -556,6 +557,18 @@ restart)
   exec 9>&-
   start
   ;;
+crash)
+  # SIGKILL, as a crashed machine would: no controlled shutdown, then start
+  # again on the same data (the chaos test's broker fault).
+  take_lock "$KDIR/.lock"
+  if pid=$(pid_of "$PIDFILE" "$PID_PATTERN"); then
+    kill -KILL "$pid" 2>/dev/null || true
+    while proc_running "$pid"; do sleep 0.1; done
+    rm -f "$PIDFILE"
+  fi
+  exec 9>&-
+  start
+  ;;
 status) status ;;
 env) print_env ;;
 install)
@@ -575,7 +588,7 @@ reset)
   rm -rf "$DATA" "$LOGS"
   ;;
 *)
-  echo "usage: $0 {start|stop|restart|status|env|install|run MAIN_CLASS [ARGS...]|reset}" >&2
+  echo "usage: $0 {start|stop|restart|crash|status|env|install|run MAIN_CLASS [ARGS...]|reset}" >&2
   exit 2
   ;;
 esac

@@ -509,6 +509,7 @@ TABLE_COLUMNS = {
         "stage String, source_topic String, source_partition UInt32, worker_topic String, "
         "worker_partition UInt32, outcome String, records UInt64, version UInt64"
     ),
+    "check_canaries": "canary_id String, partition UInt32, offset Int64, event_time Int64",
 }
 
 TABLE_KEYS = {
@@ -522,6 +523,7 @@ TABLE_KEYS = {
     "record_accounting": ("ReplacingMergeTree", "stage, topic, partition, outcome"),
     "record_outcomes": ("ReplacingMergeTree",
                         "stage, source_topic, source_partition, worker_topic, worker_partition, outcome"),
+    "check_canaries": ("ReplacingMergeTree", "canary_id, partition"),
 }
 
 
@@ -577,6 +579,7 @@ def test_migrations_are_rerunnable(db):
     )
     assert dict(rows) == {
         "ads": "ReplacingMergeTree",
+        "check_canaries": "ReplacingMergeTree",
         "contacts_daily": "View",
         "contacts_partial": "ReplacingMergeTree",
         "conversation_rows": "ReplacingMergeTree",

@@ -125,6 +125,14 @@ impl UserHasher {
     }
 }
 
+impl UserHasher {
+    /// A keyed digest of arbitrary bytes (64 hex digits): it identifies a
+    /// payload without revealing or confirming what it holds.
+    pub fn digest(&self, bytes: &[u8]) -> String {
+        blake3::keyed_hash(&self.key, bytes).to_hex().to_string()
+    }
+}
+
 /// A user's keyed hash: 128 bits, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserKey(pub u128);

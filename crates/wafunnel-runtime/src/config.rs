@@ -99,6 +99,47 @@ pub struct Config {
     /// How a service stops.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// What dead letters carry and how long they are kept.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// Dead letters: privacy, size and retention.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Keep dead-letter payloads as they arrived. By default user ids (and,
+    /// in payloads that are not JSON, phone-number-like runs) are replaced
+    /// by their keyed hash.
+    #[serde(default)]
+    pub keep_raw_user_ids: bool,
+    /// Longest dead-letter payload; a longer record is cut, with its full
+    /// size and a keyed digest in headers. Keep it well below the producer's
+    /// `message.max.bytes` (1,000,000 by default).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// `retention.ms` of the dead-letter topic when `check --create-topics`
+    /// creates it, as a duration (`30d`). The counts do not depend on it:
+    /// they are kept in the sessionizer's state.
+    #[serde(default = "default_dead_letter_retention")]
+    pub retention: String,
+}
+
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+fn default_dead_letter_retention() -> String {
+    "30d".into()
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            keep_raw_user_ids: false,
+            max_payload_bytes: default_max_payload_bytes(),
+            retention: default_dead_letter_retention(),
+        }
+    }
 }
 
 /// Process settings shared by every service.
@@ -766,6 +807,13 @@ impl Config {
             }
         }
         self.shutdown_grace()?;
+        self.dead_letter_retention_ms()?;
+        if !(1024..=900_000).contains(&self.dead_letter.max_payload_bytes) {
+            return Err(invalid(
+                "dead_letter.max_payload_bytes",
+                "must be between 1024 and 900000",
+            ));
+        }
         if self.topics.raw.is_empty() {
             return Err(invalid("topics.raw", "list at least one raw topic"));
         }
@@ -836,6 +884,15 @@ impl Config {
         text.parse().map_err(|_| ConfigError::Invalid {
             setting: "metrics.listen".into(),
             detail: format!("`{text}` is not ip:port"),
+        })
+    }
+
+    /// How long the dead-letter topic keeps records, in milliseconds.
+    pub fn dead_letter_retention_ms(&self) -> Result<i64, ConfigError> {
+        let text = &self.dead_letter.retention;
+        parse_duration_ms(text).ok_or_else(|| ConfigError::Invalid {
+            setting: "dead_letter.retention".into(),
+            detail: format!("`{text}` is not a duration like 30d"),
         })
     }
 

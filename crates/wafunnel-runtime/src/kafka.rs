@@ -112,6 +112,12 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     for (key, value) in cfg.security_properties() {
         config.set(key, value);
     }
+    // OpenSSL is built in, so its default CA directory is not the
+    // system's: without a CA file, librdkafka looks where distributions
+    // keep their CA bundles.
+    if cfg.protocol().ends_with("ssl") && cfg.ssl_ca_location.is_none() {
+        config.set("ssl.ca.location", "probe");
+    }
     for (key, value) in &cfg.properties {
         config.set(key, value);
     }
@@ -289,6 +295,22 @@ pub async fn create_internal_topic(
     layout: TopicLayout,
 ) -> Result<(), KafkaError> {
     create_with(cfg, &[(name, layout)], INTERNAL_TOPIC_SETTINGS).await
+}
+
+/// Creates the dead-letter topic, keeping records `retention_ms`, if it does not exist yet.
+pub async fn create_dead_letter_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    layout: TopicLayout,
+    retention_ms: i64,
+) -> Result<(), KafkaError> {
+    let retention = retention_ms.to_string();
+    create_with(
+        cfg,
+        &[(name, layout)],
+        &[("retention.ms", retention.as_str())],
+    )
+    .await
 }
 
 /// Creates the compacted state topic if it does not exist yet.

@@ -1,18 +1,26 @@
 //! `wafunnel check`: test your own funnel before you spend a dollar. Each
 //! step prints `ok` or `FAIL` with the detail; a canary click goes through
 //! ingest and sessionize (both must be running) and is read back from the
-//! `conversations` view.
+//! `check_canaries` table.
+//!
+//! Contract: a check changes no number. The canary is an event of the
+//! reserved account [`CANARY_ACCOUNT`]; ingest forwards it in its
+//! partition's order without letting its time (now) take part in the
+//! event-time alignment, and sessionize records it in `check_canaries`
+//! without applying it, so it moves no watermark, makes no event late and
+//! appears in no BI view and in no input count, whenever the check runs:
+//! before a backfill, during one, or on a pipeline far behind.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use wafunnel_avro::Format;
-use wafunnel_core::config::UserHasher;
 
 use wafunnel_runtime::config::{redact_url, Config};
 use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 
-/// The account canary events use; its rows are real rows, under this name.
+/// The reserved account of canary events: events of this account are never
+/// applied to the tables, only recorded in `check_canaries`.
 pub const CANARY_ACCOUNT: &str = "wafunnel-canary";
 
 fn report(step: &str, result: Result<String, String>) -> bool {
@@ -66,6 +74,9 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
                 kafka::create_state_topic(&cfg.kafka, name, layout).await
             } else if name == cfg.topics.internal {
                 kafka::create_internal_topic(&cfg.kafka, name, layout).await
+            } else if name == cfg.topics.dead_letter {
+                let retention = cfg.dead_letter_retention_ms().unwrap_or(-1);
+                kafka::create_dead_letter_topic(&cfg.kafka, name, layout, retention).await
             } else {
                 kafka::create_topic(&cfg.kafka, name, layout).await
             };
@@ -192,21 +203,20 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         return report("canary sent", Err(e.to_string()));
     }
     report("canary sent", Ok(format!("to {}", topic.name)));
-    let hash = UserHasher::new(cfg.user_hash_key()).hash(&user).to_string();
+    let canary_id = format!("canary-{now}");
     let started = Instant::now();
     while started.elapsed() < timeout {
         let seen = sink
             .client()
-            .query("SELECT count() FROM conversations WHERE account_id = ? AND user_hash = ?")
-            .bind(CANARY_ACCOUNT)
-            .bind(&hash)
+            .query("SELECT count() FROM check_canaries WHERE canary_id = ?")
+            .bind(&canary_id)
             .fetch_one::<u64>()
             .await;
         if matches!(seen, Ok(n) if n > 0) {
             return report(
                 "canary in clickhouse",
                 Ok(format!(
-                    "conversation visible after {:.1} s",
+                    "through ingest and sessionize after {:.1} s",
                     started.elapsed().as_secs_f64()
                 )),
             );

@@ -22,11 +22,7 @@ pub enum ServiceCommand {
     /// Create the ClickHouse database and apply the schema migrations.
     Migrate,
     /// Consume the raw topics: validate, hash users, re-key to the internal topic, dead-letter bad records.
-    Ingest {
-        /// Name of this instance (part of its Kafka transactional id; unique per running instance).
-        #[arg(long, default_value = "0")]
-        instance: String,
-    },
+    Ingest,
     /// Consume the internal topic, sessionize, and write the tables to ClickHouse.
     Sessionize,
     /// Check the broker, the topics and ClickHouse, then send a canary event end to end.
@@ -75,9 +71,9 @@ pub async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<
                 cfg.clickhouse.database
             );
         }
-        ServiceCommand::Ingest { instance } => {
+        ServiceCommand::Ingest => {
             let shutdown = start_service(&cfg).await?;
-            crate::ingest::run(&cfg, &instance, shutdown)
+            crate::ingest::run(&cfg, shutdown)
                 .await
                 .map_err(|e| fatal("ingest", e.fault(), &e))?;
         }

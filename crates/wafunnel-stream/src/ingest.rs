@@ -17,8 +17,13 @@
 //!   reads the batch again from the last committed offsets.
 //! - A retryable decode failure (schema registry unreachable) makes ingest
 //!   wait and retry instead of dead-lettering good records.
-//! - One instance reads every raw partition (assigned, not subscribed):
-//!   run one ingest per raw topic set.
+//! - One instance reads every raw partition (assigned, not subscribed).
+//!   All instances of one `kafka.ingest_group` share one transactional id,
+//!   so a second one fences the first (which stops) instead of forwarding
+//!   every record again.
+//! - A `wafunnel check` canary is forwarded in its partition's order but
+//!   takes no part in the alignment, so a check never holds a partition
+//!   back or makes an event late.
 //! - Raw partitions are kept within `windows.max_partition_skew` of each
 //!   other in event time (see [`Alignment`]), so a backfill cannot turn
 //!   good events into late ones downstream.
@@ -36,6 +41,9 @@ use wafunnel_core::config::{Accounts, UserHasher};
 use wafunnel_core::event::Rejection;
 
 use wafunnel_runtime::config::Config;
+
+use crate::check::CANARY_ACCOUNT;
+use crate::dead_letter;
 use wafunnel_runtime::error::{Classify, Fault};
 use wafunnel_runtime::kafka::{self, ConnectError, LogContext};
 use wafunnel_runtime::metrics::metrics;
@@ -58,6 +66,9 @@ pub enum IngestError {
     /// Bad configuration: fatal.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another ingest instance with the same configuration took over.
+    #[error("fenced: another ingest instance took over transactional id {0} (one ingest runs per kafka.ingest_group; this one stops)")]
+    Fenced(String),
     /// The stop was abandoned before the batch in hand was committed (the
     /// next run reads it again from the committed offsets).
     #[error("stopped before the last batch was committed (the next run reads it again)")]
@@ -72,7 +83,7 @@ impl Classify for IngestError {
                 Fault::External
             }
             IngestError::Connect(e) => e.fault(),
-            IngestError::Config(_) => Fault::User,
+            IngestError::Config(_) | IngestError::Fenced(_) => Fault::User,
         }
     }
 
@@ -80,7 +91,10 @@ impl Classify for IngestError {
         match self {
             IngestError::Kafka(e) => !is_fatal(e),
             IngestError::Decode(_) => true,
-            IngestError::Connect(_) | IngestError::Config(_) | IngestError::Abandoned => false,
+            IngestError::Connect(_)
+            | IngestError::Config(_)
+            | IngestError::Fenced(_)
+            | IngestError::Abandoned => false,
         }
     }
 }
@@ -92,6 +106,9 @@ enum Decision {
         payload: Vec<u8>,
         event_time: i64,
     },
+    /// A `wafunnel check` canary: forwarded like an event, but its time
+    /// (now) takes no part in the event-time alignment.
+    Canary { key: String, payload: Vec<u8> },
     DeadLetter {
         reason: &'static str,
         detail: String,
@@ -99,6 +116,9 @@ enum Decision {
 }
 
 type Partition = (String, i32);
+
+/// Records decided and waiting for one transaction.
+type Decided = Vec<(OwnedMessage, Decision)>;
 
 /// Keeps the raw partitions within `skew_ms` of each other in event time.
 ///
@@ -183,22 +203,21 @@ struct Ingest {
     flush_interval: Duration,
     counts: IngestCounts,
     alignment: Alignment,
+    dead_letters: dead_letter::Policy,
+    transactional_id: String,
+    producer_config: rdkafka::ClientConfig,
 }
 
 /// Runs ingest until `shutdown` stops it: the batch in hand is committed
 /// first (retried until the stop is abandoned).
-pub async fn run(
-    cfg: &Config,
-    instance: &str,
-    shutdown: Shutdown,
-) -> Result<IngestCounts, IngestError> {
+pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, IngestError> {
     let partitions = match kafka::connect(&cfg.kafka, &shutdown).await {
         Ok(partitions) => partitions,
         // Stopped before there was anything to do: a clean stop.
         Err(ConnectError::Stopped(_)) => return Ok(IngestCounts::default()),
         Err(e) => return Err(e.into()),
     };
-    let mut ingest = Ingest::new(cfg, instance, &partitions)?;
+    let mut ingest = Ingest::new(cfg, &partitions)?;
     kafka::blocking(|| ingest.producer.init_transactions(TXN_TIMEOUT))?;
     metrics().set_ready(true);
     tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
@@ -207,9 +226,10 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
+        let mut batch = batch;
         let mut delay = Duration::from_millis(100);
         loop {
-            match ingest.commit_batch(&batch).await {
+            match ingest.commit_batch(&batch, &shutdown).await {
                 Ok(counts) => {
                     ingest.counts.forwarded += counts.forwarded;
                     ingest.counts.dead_lettered += counts.dead_lettered;
@@ -221,20 +241,39 @@ pub async fn run(
                     metrics().set_ready(true);
                     break;
                 }
+                Err(IngestError::Kafka(e)) if is_fatal(&e) => {
+                    return Err(IngestError::Fenced(ingest.transactional_id.clone()))
+                }
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     metrics().kafka_transaction_retries.inc();
                     metrics().set_ready(false);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
-                    if let Err(abort) =
-                        kafka::blocking(|| ingest.producer.abort_transaction(TXN_TIMEOUT))
-                    {
-                        tracing::warn!(error = %abort, "cannot abort transaction");
-                    }
                     if !shutdown.sleep(delay).await {
                         return Err(IngestError::Abandoned);
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));
+                    // The failed transaction is resolved (aborted, or
+                    // completed by a new producer's init) before the batch
+                    // is tried again, and what it did commit is not redone.
+                    if let Err(e) = ingest.settle().await {
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, "cannot settle the failed transaction yet");
+                        continue;
+                    }
+                    match ingest.drop_committed(batch) {
+                        Ok(left) => batch = left,
+                        Err((e, kept)) => {
+                            batch = kept;
+                            tracing::warn!(error = %e, "cannot read committed offsets yet");
+                            continue;
+                        }
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
                 }
             }
         }
@@ -246,6 +285,13 @@ pub async fn run(
         "ingest stopped"
     );
     Ok(ingest.counts)
+}
+
+/// One transactional id per ingest group: a second instance started with
+/// the same configuration fences the first (whose next commit fails and
+/// which then exits) instead of forwarding every record a second time.
+fn transactional_id(cfg: &Config) -> String {
+    format!("{}-transactions", cfg.kafka.ingest_group)
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
@@ -260,11 +306,7 @@ fn is_fatal(e: &KafkaError) -> bool {
 }
 
 impl Ingest {
-    fn new(
-        cfg: &Config,
-        instance: &str,
-        partitions: &HashMap<String, i32>,
-    ) -> Result<Self, IngestError> {
+    fn new(cfg: &Config, partitions: &HashMap<String, i32>) -> Result<Self, IngestError> {
         let consumer: StreamConsumer<LogContext> = kafka::create(
             kafka::client_config(&cfg.kafka)
                 .set("group.id", &cfg.kafka.ingest_group)
@@ -295,16 +337,13 @@ impl Ingest {
             }
         }
         consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
-        let producer: FutureProducer<LogContext> = kafka::create(
-            kafka::client_config(&cfg.kafka)
-                .set(
-                    "transactional.id",
-                    format!("{}-{instance}", cfg.kafka.ingest_group),
-                )
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "20")
-                .set("compression.type", "lz4"),
-        )?;
+        let mut producer_config = kafka::client_config(&cfg.kafka);
+        producer_config
+            .set("transactional.id", transactional_id(cfg))
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .set("compression.type", "lz4");
+        let producer: FutureProducer<LogContext> = kafka::create(&producer_config)?;
         let registry = match &cfg.schema_registry {
             Some(r) => {
                 Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
@@ -334,6 +373,12 @@ impl Ingest {
             max_records: cfg.batch.max_records,
             flush_interval: Duration::from_millis(cfg.batch.flush_interval_ms),
             counts: IngestCounts::default(),
+            dead_letters: dead_letter::Policy {
+                keep_raw_user_ids: cfg.dead_letter.keep_raw_user_ids,
+                max_payload_bytes: cfg.dead_letter.max_payload_bytes,
+            },
+            transactional_id: transactional_id(cfg),
+            producer_config,
             alignment: Alignment {
                 skew_ms: cfg
                     .max_partition_skew_ms()
@@ -389,11 +434,17 @@ impl Ingest {
             }
             self.alignment.at_end.remove(&partition);
             self.alignment.end_seen.remove(&partition);
+            // Behind held records of its partition, any record waits its
+            // turn: committing its offset first would skip them on a restart.
+            let hold = self.alignment.held.contains_key(&partition)
+                || matches!(&decision, Decision::Forward { event_time, .. }
+                    if self.alignment.ahead(&partition, *event_time));
             match decision {
-                Decision::Forward { event_time, .. }
-                    if self.alignment.held.contains_key(&partition)
-                        || self.alignment.ahead(&partition, event_time) =>
-                {
+                decision if hold => {
+                    let event_time = match &decision {
+                        Decision::Forward { event_time, .. } => *event_time,
+                        _ => i64::MIN,
+                    };
                     let queue = self.alignment.held.entry(partition.clone()).or_default();
                     queue.push_back((message, decision));
                     // Small skews are absorbed in memory; a partition far
@@ -547,7 +598,9 @@ impl Ingest {
                     {
                         Some(p.clone())
                     }
-                    Some((_, Decision::DeadLetter { .. })) => Some(p.clone()),
+                    Some((_, Decision::DeadLetter { .. } | Decision::Canary { .. })) => {
+                        Some(p.clone())
+                    }
                     _ => None,
                 });
             let Some(partition) = ready else {
@@ -630,7 +683,7 @@ impl Ingest {
             Err(e) => {
                 return Ok(Decision::DeadLetter {
                     reason: e.code(),
-                    detail: e.to_string(),
+                    detail: dead_letter::detail_text(&e.to_string()),
                 })
             }
         };
@@ -643,6 +696,12 @@ impl Ingest {
                 let payload = serde_json::to_vec(&event).map_err(|e| {
                     IngestError::Config(format!("cannot encode a validated event: {e}"))
                 })?;
+                if event.account_id == CANARY_ACCOUNT {
+                    return Ok(Decision::Canary {
+                        key: event.partition_key(),
+                        payload,
+                    });
+                }
                 Ok(Decision::Forward {
                     key: event.partition_key(),
                     payload,
@@ -653,9 +712,76 @@ impl Ingest {
         }
     }
 
+    /// Resolves a failed transaction: aborted if the producer can, else the
+    /// producer is replaced by a new one with the same transactional id,
+    /// whose initialisation completes or aborts whatever the old one left
+    /// (after a broker crash it may be neither).
+    async fn settle(&mut self) -> Result<(), IngestError> {
+        match kafka::blocking(|| self.producer.abort_transaction(TXN_TIMEOUT)) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_fatal(&e) => {
+                return Err(IngestError::Fenced(self.transactional_id.clone()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot abort the transaction, starting a new producer")
+            }
+        }
+        let producer: FutureProducer<LogContext> = kafka::create(&self.producer_config)?;
+        match kafka::blocking(|| producer.init_transactions(TXN_TIMEOUT)) {
+            Ok(()) => {
+                self.producer = producer;
+                Ok(())
+            }
+            Err(e) if is_fatal(&e) => Err(IngestError::Fenced(self.transactional_id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The records of `batch` whose offsets the group has not committed:
+    /// after a transaction of unknown outcome, those it did commit are not
+    /// forwarded again.
+    fn drop_committed(&self, batch: Decided) -> Result<Decided, (IngestError, Decided)> {
+        let mut tpl = TopicPartitionList::new();
+        for (message, _) in &batch {
+            if tpl
+                .find_partition(message.topic(), message.partition())
+                .is_none()
+            {
+                tpl.add_partition(message.topic(), message.partition());
+            }
+        }
+        let committed = match kafka::blocking(|| {
+            self.consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+        }) {
+            Ok(c) => c,
+            Err(e) => return Err((e.into(), batch)),
+        };
+        let before = batch.len();
+        let left: Decided = batch
+            .into_iter()
+            .filter(|(m, _)| {
+                let next = committed
+                    .find_partition(m.topic(), m.partition())
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1);
+                m.offset() >= next
+            })
+            .collect();
+        if left.len() < before {
+            tracing::info!(
+                committed = before - left.len(),
+                left = left.len(),
+                "part of the failed batch had been committed"
+            );
+        }
+        Ok(left)
+    }
+
     async fn commit_batch(
         &self,
         batch: &[(OwnedMessage, Decision)],
+        shutdown: &Shutdown,
     ) -> Result<IngestCounts, IngestError> {
         kafka::blocking(|| self.producer.begin_transaction())?;
         let mut counts = IngestCounts::default();
@@ -678,7 +804,7 @@ impl Ingest {
                     value: Some(&offset),
                 });
             let record = match decision {
-                Decision::Forward { key, payload, .. } => {
+                Decision::Forward { key, payload, .. } | Decision::Canary { key, payload } => {
                     counts.forwarded += 1;
                     (
                         self.internal.as_str(),
@@ -696,7 +822,7 @@ impl Ingest {
                         reason,
                         "dead-lettered"
                     );
-                    let headers = headers
+                    let mut headers = headers
                         .insert(Header {
                             key: kafka::REASON,
                             value: Some(*reason),
@@ -705,12 +831,32 @@ impl Ingest {
                             key: kafka::DETAIL,
                             value: Some(detail.as_str()),
                         });
-                    (
-                        self.dead_letter.as_str(),
-                        message.key().map(<[u8]>::to_vec),
-                        message.payload().unwrap_or_default().to_vec(),
-                        headers,
-                    )
+                    let written = dead_letter::payload(
+                        message.payload().unwrap_or_default(),
+                        self.dead_letters,
+                        &self.hasher,
+                    );
+                    if let Some((size, digest)) = &written.truncated {
+                        let size = size.to_string();
+                        headers = headers
+                            .insert(Header {
+                                key: dead_letter::ORIGINAL_SIZE,
+                                value: Some(size.as_str()),
+                            })
+                            .insert(Header {
+                                key: dead_letter::ORIGINAL_DIGEST,
+                                value: Some(digest.as_str()),
+                            });
+                    }
+                    // The key may be the contact's phone number too.
+                    let key = match (self.dead_letters.keep_raw_user_ids, message.key()) {
+                        (true, key) => key.map(<[u8]>::to_vec),
+                        (false, Some(key)) => {
+                            Some(dead_letter::payload(key, self.dead_letters, &self.hasher).bytes)
+                        }
+                        (false, None) => None,
+                    };
+                    (self.dead_letter.as_str(), key, written.bytes, headers)
                 }
             };
             deliveries.push(self.send(record).await?);
@@ -729,9 +875,22 @@ impl Ingest {
             .ok_or_else(|| IngestError::Config("no consumer group metadata".into()))?;
         kafka::blocking(|| {
             self.producer
-                .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
-            self.producer.commit_transaction(TXN_TIMEOUT)
+                .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
         })?;
+        // A commit that timed out may still complete: it is asked again
+        // (librdkafka's contract), never abandoned for a new transaction.
+        loop {
+            match kafka::blocking(|| self.producer.commit_transaction(TXN_TIMEOUT)) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "commit not confirmed yet, asking again");
+                    if !shutdown.sleep(Duration::from_millis(500)).await {
+                        return Err(IngestError::Abandoned);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         for delivery in deliveries {
             if let Ok(Err((e, _))) = delivery.await {
                 // The transaction committed, so this cannot be a lost record;
@@ -812,7 +971,7 @@ fn resume_offsets(
 fn dead_letter(rejection: &Rejection) -> Decision {
     Decision::DeadLetter {
         reason: rejection.code(),
-        detail: rejection.to_string(),
+        detail: dead_letter::detail(rejection),
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod dead_letter;
 pub mod ingest;
 pub mod sessionize;
 pub mod sink;

@@ -46,7 +46,8 @@ use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 
-use crate::sink::{Batch, LateWrite, OutcomeWrite, Sink, SinkError};
+use crate::check::CANARY_ACCOUNT;
+use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::error::{Classify, Fault};
@@ -119,11 +120,18 @@ impl Worker {
     }
 }
 
+/// Counts the dead letters of one dead-letter partition. The counts are
+/// cumulative state, read back from ClickHouse (the `record_outcomes` rows
+/// this worker wrote, acknowledged before their offsets were committed)
+/// when the partition is assigned, never recomputed from the topic, whose
+/// retention may have deleted old dead letters. Until then the partition is
+/// paused and `restored` is false.
 #[derive(Debug)]
 struct DeadLetterWorker {
     next_offset: i64,
     counts: BTreeMap<SourceKey, u64>,
     dirty: bool,
+    restored: bool,
 }
 
 /// The consumer's context: logs, restores state on assignment, and hands
@@ -192,6 +200,7 @@ impl ConsumerContext for SessionizeContext {
                     })
                 });
                 let mut assignment = TopicPartitionList::new();
+                let mut paused = TopicPartitionList::new();
                 let mut owned = self.lock();
                 for (partition, worker) in restored {
                     add_offset(
@@ -213,8 +222,16 @@ impl ConsumerContext for SessionizeContext {
                             next_offset: 0,
                             counts: BTreeMap::new(),
                             dirty: false,
+                            restored: false,
                         },
                     );
+                    if let Err(e) = paused.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Beginning,
+                    ) {
+                        tracing::error!(partition, error = %e, "cannot add partition to pause");
+                    }
                     if let Err(e) = assignment.add_partition_offset(
                         element.topic(),
                         element.partition(),
@@ -227,6 +244,12 @@ impl ConsumerContext for SessionizeContext {
                 tracing::info!(partitions = assignment.count(), "partitions assigned");
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "failed to assign partitions");
+                }
+                // Dead-letter partitions wait for their counts (restored by the loop).
+                if paused.count() > 0 {
+                    if let Err(e) = consumer.pause(&paused) {
+                        tracing::error!(error = %e, "failed to pause dead-letter partitions");
+                    }
                 }
             }
             _ => {
@@ -398,6 +421,7 @@ struct Partitions {
     workers: HashMap<u32, Worker>,
     dead: HashMap<u32, DeadLetterWorker>,
     late: Vec<LateWrite>,
+    canaries: Vec<CanaryWrite>,
 }
 
 impl Partitions {
@@ -405,6 +429,7 @@ impl Partitions {
     fn take_batch(&mut self, internal: &str, dead: &str) -> (Batch, TopicPartitionList) {
         let mut batch = Batch {
             late: std::mem::take(&mut self.late),
+            canaries: std::mem::take(&mut self.canaries),
             ..Batch::default()
         };
         let mut offsets = TopicPartitionList::new();
@@ -522,6 +547,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     let mut last_gauges = Instant::now();
     tracing::info!(internal, dead_letter = dead, "sessionize started");
     loop {
+        restore_dead_letter_counts(&consumer, &sink, &dead).await?;
         let deadline = Instant::now() + flush_interval;
         let mut in_batch = 0usize;
         while in_batch < cfg.batch.max_records {
@@ -548,7 +574,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                 let Some(worker) = owned.dead.get_mut(&partition) else {
                     continue;
                 };
-                if message.offset() < worker.next_offset {
+                if !worker.restored || message.offset() < worker.next_offset {
                     continue;
                 }
                 in_batch += 1;
@@ -572,6 +598,17 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
             worker.since_snapshot += 1;
             let payload = message.payload().unwrap_or_default();
             let outcome = match serde_json::from_slice::<Event>(payload) {
+                // A check's canary only proves the path: it is recorded
+                // where the check reads it, never applied or counted.
+                Ok(event) if event.account_id == CANARY_ACCOUNT => {
+                    owned.canaries.push(CanaryWrite {
+                        canary_id: event.event_id.clone(),
+                        partition,
+                        offset: message.offset(),
+                        event_time: event.time,
+                    });
+                    continue;
+                }
                 Ok(event) => match worker.sessionizer.apply(&event) {
                     Outcome::Applied => {
                         metrics().sessionize_applied.inc();
@@ -637,6 +674,66 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     drop(consumer);
     tracing::info!(processed, "sessionize stopped");
     Ok(processed)
+}
+
+/// Reads back the counts of the dead-letter partitions assigned since the
+/// last batch, then lets them be consumed from where those counts stop.
+/// While ClickHouse is unavailable they stay paused (and are tried again
+/// at the next batch); the internal partitions go on meanwhile.
+async fn restore_dead_letter_counts(
+    consumer: &StreamConsumer<SessionizeContext>,
+    sink: &Sink,
+    dead: &str,
+) -> Result<(), SessionizeError> {
+    let pending: Vec<u32> = consumer
+        .context()
+        .lock()
+        .dead
+        .iter()
+        .filter(|(_, w)| !w.restored)
+        .map(|(&p, _)| p)
+        .collect();
+    for partition in pending {
+        let counts = match sink.dead_letter_counts(dead, partition).await {
+            Ok(counts) => counts,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(partition, error = %e, "cannot read dead-letter counts yet, retrying");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let next_offset = counts.iter().map(|c| c.version as i64).max().unwrap_or(0);
+        {
+            let mut owned = consumer.context().lock();
+            // Revoked meanwhile: the new owner restores it.
+            let Some(worker) = owned.dead.get_mut(&partition) else {
+                continue;
+            };
+            worker.counts = counts
+                .into_iter()
+                .map(|c| ((c.source_topic, c.source_partition), c.records))
+                .collect();
+            worker.next_offset = next_offset;
+            worker.restored = true;
+        }
+        let mut tpl = TopicPartitionList::new();
+        add_offset(&mut tpl, dead, partition, next_offset);
+        // Below the log start (retention) the consumer resets to the
+        // earliest record left, which is past what was counted anyway.
+        if let Err(e) = consumer.seek(
+            dead,
+            partition as i32,
+            Offset::Offset(next_offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::debug!(partition, error = %e, "seek of a dead-letter partition");
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(partition, error = %e, "cannot resume a dead-letter partition");
+        }
+        tracing::info!(partition, next_offset, "dead-letter counts restored");
+    }
+    Ok(())
 }
 
 /// Saves a partition's state. A failure is logged and retried at the next
@@ -777,6 +874,7 @@ mod tests {
                 next_offset: 2,
                 counts: BTreeMap::from([(("raw".to_owned(), 1), 2)]),
                 dirty: true,
+                restored: true,
             },
         );
         owned.late.push(late(0));

@@ -127,6 +127,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "spend_snapshots_and_outcomes",
         include_str!("../../../schemas/clickhouse/0003_spend_snapshots_and_outcomes.sql"),
     ),
+    (
+        4,
+        "check_canaries",
+        include_str!("../../../schemas/clickhouse/0004_check_canaries.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -481,6 +486,32 @@ pub struct LateWrite {
     pub raw: String,
 }
 
+/// The last acknowledged count of one source in one dead-letter partition.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize, PartialEq, Eq)]
+pub struct DeadLetterCount {
+    /// Raw topic.
+    pub source_topic: String,
+    /// Raw partition.
+    pub source_partition: u32,
+    /// Dead letters counted from it.
+    pub records: u64,
+    /// The dead-letter partition's next offset when it was written.
+    pub version: u64,
+}
+
+/// A `wafunnel check` canary that reached sessionize (never applied).
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CanaryWrite {
+    /// The canary's event id.
+    pub canary_id: String,
+    /// Internal partition.
+    pub partition: u32,
+    /// Offset in it.
+    pub offset: i64,
+    /// Its event time.
+    pub event_time: i64,
+}
+
 /// Cumulative count of one outcome, as decided by one worker partition.
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -505,6 +536,8 @@ pub struct Batch {
     pub late: Vec<LateWrite>,
     /// Outcome counts that changed.
     pub outcomes: Vec<OutcomeWrite>,
+    /// `wafunnel check` canaries seen.
+    pub canaries: Vec<CanaryWrite>,
 }
 
 impl Batch {
@@ -513,6 +546,7 @@ impl Batch {
         self.changes.iter().all(|(_, _, c)| c.is_empty())
             && self.late.is_empty()
             && self.outcomes.is_empty()
+            && self.canaries.is_empty()
     }
 }
 
@@ -552,6 +586,30 @@ impl Sink {
     /// The client.
     pub fn client(&self) -> &Client {
         &self.db
+    }
+
+    /// The dead-letter counts this pipeline last wrote for one partition of
+    /// the dead-letter topic (empty if none).
+    pub async fn dead_letter_counts(
+        &self,
+        dead_letter_topic: &str,
+        partition: u32,
+    ) -> Result<Vec<DeadLetterCount>, SinkError> {
+        // Aliases differ from the columns: on old ClickHouse an alias
+        // replaces its column everywhere in the SELECT.
+        Ok(self
+            .db
+            .query(
+                "SELECT source_topic, source_partition, \
+                 argMax(records, version) AS last_records, max(version) AS last_version \
+                 FROM record_outcomes \
+                 WHERE stage = 'dead_letter' AND worker_topic = ? AND worker_partition = ? \
+                 GROUP BY source_topic, source_partition",
+            )
+            .bind(dead_letter_topic)
+            .bind(partition)
+            .fetch_all::<DeadLetterCount>()
+            .await?)
     }
 
     /// Writes one batch; returns when ClickHouse acknowledged every row.
@@ -673,6 +731,7 @@ impl Sink {
         write_all::<SpendWrite>(&self.db, "spend_snapshots", &spend).await?;
         write_all::<LateWrite>(&self.db, "late_events", &batch.late).await?;
         write_all::<OutcomeWrite>(&self.db, "record_outcomes", &batch.outcomes).await?;
+        write_all::<CanaryWrite>(&self.db, "check_canaries", &batch.canaries).await?;
         Ok(())
     }
 

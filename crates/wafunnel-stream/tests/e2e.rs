@@ -2,7 +2,6 @@
 //! `deploy/local/up.sh` (`scripts/test.sh` does it). Each test has its own
 //! topics and its own database.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -19,6 +18,8 @@ use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::sink::{self, ConversationCh};
 
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/ops.rs"]
 mod ops;
 
@@ -125,6 +126,8 @@ snapshot_interval_ms = 1000
         let producer: FutureProducer<LogContext> = kafka::client_config(&self.cfg.kafka)
             // In order through retries, like a well-behaved upstream producer.
             .set("enable.idempotence", "true")
+            // Up to what the topic accepts (a test sends a record near 1 MB).
+            .set("message.max.bytes", "1048576")
             .set("linger.ms", "20")
             .create_with_context(LogContext)
             .expect("producer");
@@ -173,7 +176,7 @@ snapshot_interval_ms = 1000
         let stop = shutdown.clone();
         let ingest_shutdown = shutdown.clone();
         let ingest = tokio::spawn(async move {
-            wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
+            wafunnel_stream::ingest::run(&ingest_cfg, ingest_shutdown).await
         });
         let sessionize = tokio::spawn(async move {
             wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await
@@ -394,7 +397,16 @@ async fn a_generated_log_gives_the_in_process_tables_exactly() {
     assert_views_equal(&env, &tables).await;
 }
 
-async fn dead_letters(env: &Env, expected: usize) -> BTreeMap<String, String> {
+/// One record of the dead-letter topic.
+#[derive(Debug)]
+struct DeadLetter {
+    payload: Vec<u8>,
+    reason: String,
+    detail: String,
+    original_size: Option<usize>,
+}
+
+async fn dead_letters(env: &Env, expected: usize) -> Vec<DeadLetter> {
     let consumer: StreamConsumer<LogContext> = kafka::client_config(&env.cfg.kafka)
         .set("group.id", format!("dlq-reader-{}", std::process::id()))
         .set("isolation.level", "read_committed")
@@ -405,21 +417,27 @@ async fn dead_letters(env: &Env, expected: usize) -> BTreeMap<String, String> {
         .add_partition_offset(&env.cfg.topics.dead_letter, 0, Offset::Beginning)
         .expect("partition");
     consumer.assign(&assignment).expect("assign");
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     while out.len() < expected {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .expect("dead letters arrive")
             .expect("consume");
-        let reason = kafka::header(&message, kafka::REASON)
-            .expect("reason header")
-            .to_owned();
         assert!(
             kafka::header(&message, kafka::SOURCE_OFFSET).is_some(),
             "source offset header"
         );
-        let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
-        out.insert(payload, reason);
+        out.push(DeadLetter {
+            payload: message.payload().unwrap_or_default().to_vec(),
+            reason: kafka::header(&message, kafka::REASON)
+                .expect("reason header")
+                .to_owned(),
+            detail: kafka::header(&message, kafka::DETAIL)
+                .unwrap_or_default()
+                .to_owned(),
+            original_size: kafka::header(&message, wafunnel_stream::dead_letter::ORIGINAL_SIZE)
+                .and_then(|v| v.parse().ok()),
+        });
     }
     out
 }
@@ -431,26 +449,36 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
     let future = 4_102_444_800_000_i64; // 2100-01-01
     let good = |i: u32| {
         format!(
-            r#"{{"event_id":"g{i}","type":"ad_click","account_id":"act_1001","user_id":"u{i}","event_time":"2026-03-02T10:00:0{i}Z","ad_id":"ad_1"}}"#
+            r#"{{"event_id":"g{i}","type":"ad_click","account_id":"act_1001","user_id":"u{i}","event_time":"2026-03-02T10:00:{i:02}Z","ad_id":"ad_1"}}"#
         )
     };
+    let phone = "5511987654321";
     let bad: Vec<(String, &str)> = vec![
         (r#"{"event_id":"t1","type":"ad_click","account_id":"act_1001""#.into(), "malformed"),
         (r#"{"event_id":"w1","type":"ad_click","account_id":"act_1001","user_id":"u","event_time":true,"ad_id":"a"}"#.into(), "invalid_field"),
         (r#"{"event_id":"k1","type":"refund","account_id":"act_1001","user_id":"u","event_time":1772445660000}"#.into(), "unknown_type"),
         (format!(r#"{{"event_id":"f1","type":"lead","account_id":"act_1001","user_id":"u","event_time":{future}}}"#), "future_timestamp"),
         (r#"{"event_id":"c1","type":"purchase","account_id":"act_2002","user_id":"u","event_time":1772445660000,"value":"10","currency":"USD"}"#.into(), "currency_mismatch"),
+        (r#"{"event_id":"d1","type":"ad_click","type":"purchase","account_id":"act_1001","user_id":"u","event_time":1772445660000,"ad_id":"a","value":"1","currency":"USD","order_id":"o"}"#.into(), "duplicate_field"),
+        (r#"{"event_id":"v1","type":"purchase","account_id":"act_1001","user_id":"u","event_time":1772445660000,"value":"99999999999999.9999","currency":"USD","order_id":"o"}"#.into(), "out_of_range"),
+        (r#"{"event_id":"s1","type":"ad_spend","account_id":"act_1001","event_time":1772445660000,"ad_id":"a","date":"2200-01-01","spend":"1","currency":"USD"}"#.into(), "out_of_range"),
+        (format!(r#"{{"event_id":"p1","type":"ad_click","account_id":"act_1001","user_id":{phone},"event_time":1772445660000,"ad_id":"a"}}"#), "invalid_field"),
     ];
     let mut json: Vec<Vec<u8>> = Vec::new();
     for (i, (line, _)) in bad.iter().enumerate() {
         json.push(good(i as u32).into_bytes());
         json.push(line.clone().into_bytes());
     }
-    json.push(good(9).into_bytes());
+    json.push(good(30).into_bytes());
+    // Accepted by the topic, too large to forward whole with its headers.
+    let mut huge = b"{\"junk\":\"".to_vec();
+    huge.resize(999_000, b'x');
+    json.push(huge.clone());
+    json.push(good(31).into_bytes());
     // Avro single-object records: one valid, one truncated, one with a fingerprint nobody knows.
     let codec = wafunnel_avro::AvroCodec::new();
     let single = codec
-        .encode_single_object(&wafunnel_core::event::decode_json(good(7).as_bytes()).expect("raw"))
+        .encode_single_object(&wafunnel_core::event::decode_json(good(40).as_bytes()).expect("raw"))
         .expect("encode");
     let truncated = single[..single.len() - 3].to_vec();
     let mut unknown = single.clone();
@@ -464,28 +492,49 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
     assert_eq!(
         accounting,
         Accounting {
-            applied: 7,
+            applied: bad.len() as u64 + 3,
             duplicate: 0,
             late: 0,
-            dead_lettered: 7
+            dead_lettered: bad.len() as u64 + 3
         }
     );
 
-    let letters = dead_letters(&env, 7).await;
+    let letters = dead_letters(&env, bad.len() + 3).await;
+    let hasher = UserHasher::new(HASH_KEY.as_bytes());
+    let policy = wafunnel_stream::dead_letter::Policy {
+        keep_raw_user_ids: false,
+        max_payload_bytes: env.cfg.dead_letter.max_payload_bytes,
+    };
     for (line, reason) in &bad {
-        assert_eq!(
-            letters.get(line).map(String::as_str),
-            Some(*reason),
-            "{line}"
+        // Written with the user id replaced by its keyed hash.
+        let written = wafunnel_stream::dead_letter::payload(line.as_bytes(), policy, &hasher).bytes;
+        let letter = letters
+            .iter()
+            .find(|l| l.payload == written)
+            .unwrap_or_else(|| panic!("no dead letter for {line}"));
+        assert_eq!(letter.reason, *reason, "{line}");
+        let text = String::from_utf8_lossy(&letter.payload);
+        assert!(
+            !text.contains(r#""user_id":"u""#) && !text.contains(phone),
+            "{text}"
         );
+        assert!(!letter.detail.contains(phone), "{}", letter.detail);
     }
     let reason_of = |bytes: &[u8]| {
         letters
-            .get(&String::from_utf8_lossy(bytes).into_owned())
-            .cloned()
+            .iter()
+            .find(|l| l.payload == bytes)
+            .map(|l| l.reason.clone())
     };
     assert_eq!(reason_of(&truncated).as_deref(), Some("bad_avro"));
     assert_eq!(reason_of(&unknown).as_deref(), Some("unknown_schema_id"));
+    let cut = letters
+        .iter()
+        .find(|l| l.original_size.is_some())
+        .expect("the huge record is dead-lettered");
+    assert_eq!(cut.original_size, Some(huge.len()));
+    assert_eq!(cut.payload, huge[..policy.max_payload_bytes].to_vec());
+    assert_eq!(cut.reason, "malformed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,9 +546,10 @@ async fn check_sends_a_canary_through_the_running_pipeline() {
     let ingest_cfg = Config::from_toml(&env.toml_again()).expect("config");
     let sessionize_cfg = Config::from_toml(&env.toml_again()).expect("config");
     let ingest_shutdown = shutdown.clone();
-    let ingest = tokio::spawn(async move {
-        wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
-    });
+    let ingest =
+        tokio::spawn(
+            async move { wafunnel_stream::ingest::run(&ingest_cfg, ingest_shutdown).await },
+        );
     let sessionize =
         tokio::spawn(
             async move { wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await },
@@ -582,7 +632,7 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
         let stop_ingest = ingest_shutdown.clone();
         let ingest_cfg = Config::from_toml(&env.toml_again()).expect("config");
         let ingest = tokio::spawn(async move {
-            wafunnel_stream::ingest::run(&ingest_cfg, "0", ingest_shutdown).await
+            wafunnel_stream::ingest::run(&ingest_cfg, ingest_shutdown).await
         });
         let mut instances: Vec<Option<Instance>> =
             (0..3).map(|_| Some(start_sessionize(&env))).collect();
@@ -631,6 +681,8 @@ struct Service {
     args: Vec<String>,
     child: Option<std::process::Child>,
     log: std::path::PathBuf,
+    /// Times it exited by itself and was started again.
+    exits: u32,
 }
 
 impl Service {
@@ -644,6 +696,7 @@ impl Service {
             args,
             child: None,
             log,
+            exits: 0,
         }
     }
 
@@ -668,6 +721,7 @@ impl Service {
     fn keep_alive(&mut self) {
         if let Some(child) = &mut self.child {
             if child.try_wait().expect("wait").is_some() {
+                self.exits += 1;
                 self.start();
             }
         }
@@ -733,7 +787,8 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
 
     // A fixed schedule of faults, spread over the run: kill -9 of a
     // sessionize instance ten times and of ingest three times, ClickHouse
-    // down for a while, the Kafka broker restarted.
+    // down for a while, the Kafka broker restarted and twice killed with
+    // SIGKILL.
     let faults = [
         "kill-sessionize",
         "kill-ingest",
@@ -743,10 +798,12 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         "kill-sessionize",
         "kafka-restart",
         "kill-sessionize",
+        "kafka-crash",
         "kill-ingest",
         "kill-sessionize",
         "kill-sessionize",
         "kill-ingest",
+        "kafka-crash",
         "kill-sessionize",
         "kill-sessionize",
     ];
@@ -773,6 +830,7 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
                 tokio::time::sleep(Duration::from_secs(outage)).await;
                 local_script("clickhouse.sh", "start");
             }
+            "kafka-crash" => local_script("kafka.sh", "crash"),
             _ => local_script("kafka.sh", "restart"),
         }
         ingest.keep_alive();
@@ -804,6 +862,17 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     );
     assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
     assert_views_equal(&env_, &tables).await;
+    // Every fault is survived in place: no service had to be restarted.
+    let exits: Vec<u32> = std::iter::once(&ingest)
+        .chain(sessionize.iter())
+        .map(|s| s.exits)
+        .collect();
+    assert_eq!(
+        exits,
+        [0, 0, 0, 0],
+        "services exited by themselves; logs in {}",
+        dir.display()
+    );
     let restored = (0..3)
         .map(|i| {
             std::fs::read_to_string(dir.join(format!("sessionize-{i}.log"))).unwrap_or_default()

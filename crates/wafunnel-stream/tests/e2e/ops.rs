@@ -87,8 +87,7 @@ async fn ingest_sessionize_and_check_work_over_tls_and_sasl() {
         .expect("config"),
     );
     let (s1, s2) = (shutdown.clone(), shutdown.clone());
-    let ingest =
-        tokio::spawn(async move { wafunnel_stream::ingest::run(&ingest_cfg, "0", s1).await });
+    let ingest = tokio::spawn(async move { wafunnel_stream::ingest::run(&ingest_cfg, s1).await });
     let sessionize =
         tokio::spawn(async move { wafunnel_stream::sessionize::run(&sessionize_cfg, s2).await });
     let passed = wafunnel_stream::check::run(&plain, false, Duration::from_secs(120)).await;
