@@ -177,6 +177,16 @@ pub struct StateConfig {
     /// even before the interval has passed (bounds the replay after a crash).
     #[serde(default = "default_snapshot_records")]
     pub snapshot_records: u64,
+    /// Delete internal records no snapshot needs any more (those before the
+    /// second newest snapshot of their partition), so the internal topic
+    /// stops growing. Off: it keeps everything (a rebuild after a settings
+    /// change can then replay it instead of the raw topics).
+    #[serde(default = "default_true")]
+    pub delete_snapshotted_records: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_snapshot_interval_ms() -> u64 {
@@ -191,6 +201,7 @@ impl Default for StateConfig {
         StateConfig {
             snapshot_interval_ms: default_snapshot_interval_ms(),
             snapshot_records: default_snapshot_records(),
+            delete_snapshotted_records: true,
         }
     }
 }

@@ -51,7 +51,7 @@ impl Limits {
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (`{setting}`): {source}")]
+#[error("cannot listen on {addr} (`{setting}`)")]
 pub struct BindError {
     /// The address.
     pub addr: SocketAddr,

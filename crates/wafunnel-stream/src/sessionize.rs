@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -104,6 +105,11 @@ struct Worker {
     generation: u64,
     since_snapshot: u64,
     last_snapshot: Instant,
+    /// Offset of the newest snapshot written or restored.
+    snapshot_offset: Option<i64>,
+    /// Records below this offset are no longer needed: the snapshot before
+    /// the newest one starts there (one snapshot of margin).
+    deletable_below: Option<i64>,
 }
 
 impl Worker {
@@ -147,6 +153,8 @@ struct SessionizeContext {
     accounts: Accounts,
     owned: Mutex<Partitions>,
     shutdown: Shutdown,
+    /// Set when a partition cannot be resumed exactly; the loop stops on it.
+    fatal: Mutex<Option<String>>,
 }
 
 impl ClientContext for SessionizeContext {
@@ -201,6 +209,9 @@ impl ConsumerContext for SessionizeContext {
                 });
                 let mut assignment = TopicPartitionList::new();
                 let mut paused = TopicPartitionList::new();
+                for (partition, worker) in &restored {
+                    self.check_replayable(consumer, *partition, worker);
+                }
                 let mut owned = self.lock();
                 for (partition, worker) in restored {
                     add_offset(
@@ -331,6 +342,31 @@ impl SessionizeContext {
         }
     }
 
+    /// A partition resumes at its snapshot's offset, or replays from its
+    /// beginning; either is exact only if no record after that point was
+    /// deleted (by the trimming below, or by a retention). If one was, the
+    /// service stops: counting on would silently miss records.
+    fn check_replayable(&self, consumer: &BaseConsumer<Self>, partition: u32, worker: &Worker) {
+        let Ok((low, _)) =
+            consumer.fetch_watermarks(&self.internal, partition as i32, Duration::from_secs(10))
+        else {
+            return;
+        };
+        if worker.next_offset < low {
+            let message = format!(
+                "internal partition {partition} would resume at offset {} but its records before {low} were deleted (no usable state snapshot: changed windows or accounts, or a lost state topic); rebuild it from the raw topics (README: rebuilding)",
+                worker.next_offset
+            );
+            tracing::error!(
+                partition,
+                resume = worker.next_offset,
+                log_start = low,
+                "cannot resume exactly"
+            );
+            *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        }
+    }
+
     /// An empty partition state, to be rebuilt by replaying from the beginning.
     fn fresh(&self, partition: u32) -> Worker {
         Worker {
@@ -341,6 +377,8 @@ impl SessionizeContext {
             generation: 0,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
+            snapshot_offset: None,
+            deletable_below: None,
         }
     }
 
@@ -383,6 +421,8 @@ impl SessionizeContext {
                     generation: restored.generation,
                     since_snapshot: 0,
                     last_snapshot: Instant::now(),
+                    snapshot_offset: Some(restored.next_offset),
+                    deletable_below: None,
                 }
             }
             Ok(None) => {
@@ -520,6 +560,12 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
         accounts,
         owned: Mutex::new(Partitions::default()),
         shutdown: shutdown.clone(),
+        fatal: Mutex::new(None),
+    };
+    let admin: Option<AdminClient<LogContext>> = if cfg.state.delete_snapshotted_records {
+        Some(kafka::create(&kafka::client_config(&cfg.kafka))?)
+    } else {
+        None
     };
     let mut client = kafka::client_config(&cfg.kafka);
     if !cfg.kafka.properties.contains_key("session.timeout.ms") {
@@ -547,6 +593,15 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     let mut last_gauges = Instant::now();
     tracing::info!(internal, dead_letter = dead, "sessionize started");
     loop {
+        let fatal = consumer
+            .context()
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(message) = fatal {
+            return Err(SessionizeError::Config(message));
+        }
         restore_dead_letter_counts(&consumer, &sink, &dead).await?;
         let deadline = Instant::now() + flush_interval;
         let mut in_batch = 0usize;
@@ -650,19 +705,27 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
         }
         let stopping = shutdown.is_stopping();
         flush(&sink, &consumer, &internal, &dead, &shutdown).await?;
-        let mut owned = consumer.context().lock();
-        for (&partition, worker) in owned.workers.iter_mut() {
-            let due = worker.since_snapshot >= cfg.state.snapshot_records
-                || worker.last_snapshot.elapsed() >= snapshot_interval;
-            if worker.since_snapshot > 0 && (due || stopping) {
-                snapshot(&store, partition, worker);
+        let mut deletable = TopicPartitionList::new();
+        {
+            let mut owned = consumer.context().lock();
+            for (&partition, worker) in owned.workers.iter_mut() {
+                let due = worker.since_snapshot >= cfg.state.snapshot_records
+                    || worker.last_snapshot.elapsed() >= snapshot_interval;
+                if worker.since_snapshot > 0 && (due || stopping) {
+                    snapshot(&store, partition, worker);
+                    if let Some(below) = worker.deletable_below.take() {
+                        add_offset(&mut deletable, &internal, partition, below);
+                    }
+                }
+            }
+            if last_gauges.elapsed() >= GAUGE_EVERY {
+                last_gauges = Instant::now();
+                update_gauges(&consumer, &internal, &owned.workers);
             }
         }
-        if last_gauges.elapsed() >= GAUGE_EVERY {
-            last_gauges = Instant::now();
-            update_gauges(&consumer, &internal, &owned.workers);
+        if let (Some(admin), true) = (&admin, deletable.count() > 0) {
+            delete_records(admin, &deletable).await;
         }
-        drop(owned);
         if stopping {
             break;
         }
@@ -736,6 +799,24 @@ async fn restore_dead_letter_counts(
     Ok(())
 }
 
+/// Deletes internal records no snapshot needs any more, so the internal
+/// topic stops growing. A failure is logged; the next snapshot tries again.
+async fn delete_records(admin: &AdminClient<LogContext>, below: &TopicPartitionList) {
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.delete_records(below, &options).await {
+        Ok(result) => {
+            for element in result.elements() {
+                if let Err(e) = element.error() {
+                    tracing::warn!(partition = element.partition(), error = %e, "cannot delete applied records");
+                } else {
+                    tracing::debug!(partition = element.partition(), below = ?element.offset(), "applied records deleted");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot delete applied records"),
+    }
+}
+
 /// Saves a partition's state. A failure is logged and retried at the next
 /// interval: an older snapshot, or none, is still a correct place to resume.
 fn snapshot(store: &StateStore, partition: u32, worker: &mut Worker) {
@@ -754,6 +835,7 @@ fn snapshot(store: &StateStore, partition: u32, worker: &mut Worker) {
         Ok(written) => {
             worker.generation = written.generation;
             worker.since_snapshot = 0;
+            worker.deletable_below = worker.snapshot_offset.replace(worker.next_offset);
             metrics().snapshots_written.inc();
             metrics().snapshot_bytes.inc_by(written.bytes);
             tracing::debug!(
@@ -838,6 +920,8 @@ mod tests {
             generation: 0,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
+            snapshot_offset: None,
+            deletable_below: None,
         }
     }
 

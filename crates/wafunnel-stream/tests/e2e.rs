@@ -710,6 +710,8 @@ impl Service {
         let child = std::process::Command::new(bin)
             .args(&self.args)
             .env("RUST_LOG", "warn,wafunnel_stream::sessionize=info")
+            // Several services on one host: each on a port of its own.
+            .env("WAFUNNEL__METRICS__LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

@@ -230,3 +230,58 @@ async fn a_phone_number_in_three_notations_is_one_contact() {
         .expect("contacts");
     assert_eq!(contacts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn the_internal_topic_stops_growing_and_a_restart_is_still_exact() {
+    let env_ = Env::new("trim", 2, 2).await;
+    let lines = generated(20_000);
+    let (tables, _) = reference(&env_, &lines);
+    let pipeline = Pipeline::start(&env_);
+    // In slices, so that partitions are snapshotted several times.
+    for chunk in lines.chunks(lines.len() / 4 + 1) {
+        env_.produce(&env_.raw, 2, chunk).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    wait_for_total(&env_, lines.len() as u64).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pipeline.stop().await;
+    let consumer: rdkafka::consumer::BaseConsumer<LogContext> =
+        kafka::create(&kafka::client_config(&env_.cfg.kafka)).expect("consumer");
+    for partition in 0..2 {
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            &env_.cfg.topics.internal,
+            partition,
+            Duration::from_secs(10),
+        )
+        .expect("watermarks");
+        assert!(
+            low > 0 && low < high,
+            "partition {partition}: nothing deleted ({low}..{high})"
+        );
+    }
+
+    // A restart resumes from the snapshots: the same tables.
+    let pipeline = Pipeline::start(&env_);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pipeline.stop().await;
+    assert_eq!(env_.accounting().await.total(), lines.len() as u64);
+    assert_views_equal(&env_, &tables).await;
+
+    // Other windows make the snapshots unusable, and the records before
+    // them are gone: sessionize refuses to count on instead of guessing.
+    let changed = Config::from_toml(&format!(
+        "{}\n[windows]\nlateness = \"23h\"\n",
+        env_.toml_again()
+    ))
+    .expect("config");
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        wafunnel_stream::sessionize::run(&changed, Shutdown::new()),
+    )
+    .await
+    .expect("sessionize stops by itself");
+    let message = result.expect_err("no exact resume possible").to_string();
+    assert!(message.contains("rebuild"), "{message}");
+}
