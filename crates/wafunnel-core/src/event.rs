@@ -157,6 +157,12 @@ pub enum Rejection {
     /// A field appears twice in one record: which value is meant is unknowable.
     #[error("field `{0}` appears more than once")]
     DuplicateField(&'static str),
+    /// A webhook names a business phone number no account is configured for.
+    #[error("phone_number_id `{0}` is not configured for any account")]
+    UnknownPhoneNumber(String),
+    /// An insights row read without a Kafka timestamp has no `fetched_at`.
+    #[error("insights row has no fetched_at (and no record timestamp to use instead)")]
+    MissingFetchedAt,
     /// A value is well-formed but outside what can be stored or summed.
     #[error("field `{field}` out of range: {detail}")]
     OutOfRange {
@@ -187,6 +193,8 @@ impl Rejection {
             Rejection::TooOld(_) => "timestamp_before_2010",
             Rejection::CurrencyMismatch { .. } => "currency_mismatch",
             Rejection::DuplicateField(_) => "duplicate_field",
+            Rejection::UnknownPhoneNumber(_) => "unknown_phone_number",
+            Rejection::MissingFetchedAt => "missing_fetched_at",
             Rejection::OutOfRange { .. } => "out_of_range",
         }
     }
@@ -201,6 +209,8 @@ impl Rejection {
             Rejection::UnknownType(_) => Some("type"),
             Rejection::FutureTimestamp { .. } | Rejection::TooOld(_) => Some("event_time"),
             Rejection::CurrencyMismatch { .. } => Some("currency"),
+            Rejection::UnknownPhoneNumber(_) => Some("phone_number_id"),
+            Rejection::MissingFetchedAt => Some("fetched_at"),
             Rejection::Malformed { .. } => None,
         }
     }
