@@ -723,9 +723,10 @@ def test_input_accounting_adds_every_outcome_of_every_worker(loaded):
         "('sessionize', 'raw', 0, 'events', 1, 'applied', 3, 2), "
         "('sessionize', 'raw', 0, 'events', 1, 'duplicate', 2, 2), "
         "('sessionize', 'raw', 1, 'events', 1, 'late', 1, 2), "
-        "('dead_letter', 'raw', 1, 'dead', 0, 'dead_lettered', 4, 9)"
+        "('dead_letter', 'raw', 1, 'dead', 0, 'dead_lettered', 4, 9), "
+        "('sessionize', 'raw', 1, 'events', 0, 'ignored', 6, 3)"
     )
     names, _, rows = loaded.query("SELECT * FROM input_accounting ORDER BY source_topic, source_partition")
     assert names == ["source_topic", "source_partition", "applied", "duplicate", "late",
-                     "dead_lettered", "records"]
-    assert rows == [("raw", 0, 10, 2, 0, 0, 12), ("raw", 1, 0, 0, 1, 4, 5)]
+                     "dead_lettered", "records", "ignored"]
+    assert rows == [("raw", 0, 10, 2, 0, 0, 12, 0), ("raw", 1, 0, 0, 1, 4, 11, 6)]

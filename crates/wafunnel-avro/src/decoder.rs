@@ -24,14 +24,21 @@ pub enum Format {
     /// CRC-64-AVRO fingerprint of the writer schema, the Avro datum
     /// (`avro-single-object`).
     AvroSingleObject,
+    /// One WhatsApp Cloud API webhook body per record, as Meta posted it
+    /// (`whatsapp-webhook`); it may hold many events.
+    WhatsappWebhook,
+    /// One Marketing API insights row per record, as JSON (`meta-insights`).
+    MetaInsights,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 3] = [
+    pub const ALL: [Format; 5] = [
         Format::Json,
         Format::AvroConfluent,
         Format::AvroSingleObject,
+        Format::WhatsappWebhook,
+        Format::MetaInsights,
     ];
 
     /// The configuration name.
@@ -40,6 +47,8 @@ impl Format {
             Format::Json => "json",
             Format::AvroConfluent => "avro-confluent",
             Format::AvroSingleObject => "avro-single-object",
+            Format::WhatsappWebhook => "whatsapp-webhook",
+            Format::MetaInsights => "meta-insights",
         }
     }
 }
@@ -59,7 +68,7 @@ impl FromStr for Format {
             .find(|f| f.as_str() == s)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown format `{s}` (json, avro-confluent, avro-single-object)"
+                    "unknown format `{s}` (json, avro-confluent, avro-single-object, whatsapp-webhook, meta-insights)"
                 ))
             })
     }
@@ -115,6 +124,11 @@ impl<R: SchemaRegistry> Decoder<R> {
                     "format avro-confluent needs a schema registry".into(),
                 )),
             },
+            // A record of these may hold several events: wafunnel-meta reads them.
+            Format::WhatsappWebhook | Format::MetaInsights => Err(Error::Config(format!(
+                "format {} is not a single-event format",
+                self.format
+            ))),
         }
     }
 }

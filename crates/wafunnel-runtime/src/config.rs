@@ -102,6 +102,85 @@ pub struct Config {
     /// What dead letters carry and how long they are kept.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// The WhatsApp webhook receiver (`wafunnel webhook`).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// `wafunnel webhook`: where Meta's webhook subscription delivers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `ip:port` the receiver listens on.
+    #[serde(default = "default_webhook_listen")]
+    pub listen: String,
+    /// Path prefix in front of `/webhook` (behind a reverse proxy that
+    /// forwards `/wa/...` unchanged, `/wa`). The callback URL Meta calls is
+    /// `https://<host><path_prefix>/webhook`.
+    #[serde(default)]
+    pub path_prefix: String,
+    /// Raw topic the verified bodies are stored in (default: the first raw
+    /// topic of format `whatsapp-webhook`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Largest body accepted; a larger one is answered 413.
+    #[serde(default = "default_webhook_body")]
+    pub max_body_bytes: usize,
+    /// How long storing a body in Kafka may take before the answer is 503
+    /// (Meta then retries), in milliseconds.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout_ms: u64,
+    /// The verify token of the subscription's handshake: a secret, best
+    /// from `WAFUNNEL__WEBHOOK__VERIFY_TOKEN`.
+    #[serde(default)]
+    pub verify_token: Option<Secret>,
+    /// The Meta app secret that signs every POST (`X-Hub-Signature-256`): a
+    /// secret, best from `WAFUNNEL__WEBHOOK__APP_SECRET`.
+    #[serde(default)]
+    pub app_secret: Option<Secret>,
+}
+
+fn default_webhook_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_webhook_body() -> usize {
+    1024 * 1024
+}
+fn default_store_timeout() -> u64 {
+    10_000
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            listen: default_webhook_listen(),
+            path_prefix: String::new(),
+            topic: None,
+            max_body_bytes: default_webhook_body(),
+            store_timeout_ms: default_store_timeout(),
+            verify_token: None,
+            app_secret: None,
+        }
+    }
+}
+
+/// The webhook receiver's settings, checked.
+#[derive(Debug)]
+pub struct WebhookSettings {
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// The path Meta posts to, prefix included.
+    pub path: String,
+    /// The raw topic.
+    pub topic: String,
+    /// Largest body.
+    pub max_body_bytes: usize,
+    /// Longest store.
+    pub store_timeout: Duration,
+    /// The handshake's token.
+    pub verify_token: Secret,
+    /// The signing secret.
+    pub app_secret: Secret,
 }
 
 /// Dead letters: privacy, size and retention.
@@ -485,6 +564,10 @@ pub struct AccountConfig {
     /// IANA time zone of its calendar days.
     #[serde(default = "default_zone")]
     pub time_zone: String,
+    /// WhatsApp Business phone number ids (`metadata.phone_number_id` of
+    /// webhooks) whose messages count for this account.
+    #[serde(default)]
+    pub phone_number_ids: Vec<String>,
 }
 
 fn default_currency() -> String {
@@ -856,6 +939,15 @@ impl Config {
             ));
         }
         self.accounts()?;
+        let mut numbers = std::collections::HashSet::new();
+        for (number, account) in self.phone_numbers() {
+            if !numbers.insert(number.clone()) {
+                return Err(invalid(
+                    "accounts.phone_number_ids",
+                    &format!("{number} is listed twice (last under {account})"),
+                ));
+            }
+        }
         self.metrics_addr()?;
         if self.batch.max_records == 0 {
             return Err(invalid("batch.max_records", "must be at least 1"));
@@ -896,6 +988,53 @@ impl Config {
             setting: "metrics.listen".into(),
             detail: format!("`{text}` is not ip:port"),
         })
+    }
+
+    /// The webhook receiver's settings; an error names what is missing.
+    pub fn webhook_settings(&self) -> Result<WebhookSettings, ConfigError> {
+        let w = &self.webhook;
+        let listen = w.listen.parse().map_err(|_| ConfigError::Invalid {
+            setting: "webhook.listen".into(),
+            detail: format!("`{}` is not ip:port", w.listen),
+        })?;
+        let prefix = w.path_prefix.trim_end_matches('/');
+        if !prefix.is_empty() && !prefix.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                setting: "webhook.path_prefix".into(),
+                detail: "must start with /".into(),
+            });
+        }
+        let topic = match &w.topic {
+            Some(t) => t.clone(),
+            None => self
+                .topics
+                .raw
+                .iter()
+                .find(|t| t.format == Format::WhatsappWebhook)
+                .map(|t| t.name.clone())
+                .ok_or(ConfigError::Missing("webhook.topic"))?,
+        };
+        let secret = |value: &Option<Secret>, setting: &'static str| match value {
+            Some(s) if !s.0.is_empty() => Ok(s.clone()),
+            _ => Err(ConfigError::Missing(setting)),
+        };
+        Ok(WebhookSettings {
+            listen,
+            path: format!("{prefix}/webhook"),
+            topic,
+            max_body_bytes: w.max_body_bytes,
+            store_timeout: Duration::from_millis(w.store_timeout_ms.max(1)),
+            verify_token: secret(&w.verify_token, "webhook.verify_token")?,
+            app_secret: secret(&w.app_secret, "webhook.app_secret")?,
+        })
+    }
+
+    /// `(phone_number_id, account_id)` of every configured number.
+    pub fn phone_numbers(&self) -> Vec<(String, String)> {
+        self.accounts
+            .iter()
+            .flat_map(|a| a.phone_number_ids.iter().map(|n| (n.clone(), a.id.clone())))
+            .collect()
     }
 
     /// How long the dead-letter topic keeps records, in milliseconds.

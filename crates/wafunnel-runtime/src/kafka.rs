@@ -33,6 +33,10 @@ pub const SOURCE_TOPIC: &str = "wafunnel.source.topic";
 pub const SOURCE_PARTITION: &str = "wafunnel.source.partition";
 /// Header: its offset.
 pub const SOURCE_OFFSET: &str = "wafunnel.source.offset";
+/// Internal-topic header: what a record is when it is not an event.
+pub const KIND: &str = "wafunnel.kind";
+/// [`KIND`] of the marker of a valid input record with nothing to count.
+pub const KIND_IGNORED: &str = "ignored";
 /// Dead-letter header: the machine-readable reason.
 pub const REASON: &str = "wafunnel.reason";
 /// Dead-letter header: the human-readable detail.

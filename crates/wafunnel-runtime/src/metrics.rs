@@ -38,6 +38,28 @@ struct Source {
     source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    result: &'static str,
+}
+
+/// `wafunnel_webhook_requests_total{result}`.
+#[derive(Debug)]
+pub struct WebhookCounters {
+    /// POSTs verified and stored, answered 200.
+    pub stored: Counter,
+    /// POSTs with a missing or wrong signature, answered 401.
+    pub bad_signature: Counter,
+    /// POSTs over the size limit, answered 413.
+    pub too_large: Counter,
+    /// Verified POSTs that could not be stored, answered 503.
+    pub unavailable: Counter,
+    /// Handshakes answered with the challenge.
+    pub verified: Counter,
+    /// Handshakes refused (wrong token or mode), answered 403.
+    pub refused: Counter,
+}
+
 /// The metrics of all services.
 #[derive(Debug)]
 pub struct Metrics {
@@ -54,6 +76,8 @@ pub struct Metrics {
     pub sessionize_late: Counter,
     /// Dead letters counted by sessionize.
     pub sessionize_dead_lettered: Counter,
+    /// Valid input records with nothing to count (webhook bodies of receipts).
+    pub sessionize_ignored: Counter,
     /// Ingest transactions aborted and retried.
     pub kafka_transaction_retries: Counter,
     /// ClickHouse writes retried.
@@ -80,6 +104,8 @@ pub struct Metrics {
     pub restores_from_beginning: Counter,
     /// Time spent reading partitions' snapshots back.
     pub restore_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Webhook requests by result.
+    pub webhook: WebhookCounters,
     /// 1 while the service is ready (consuming, and its outputs acknowledged).
     pub ready: Gauge,
     ready_flag: AtomicBool,
@@ -120,6 +146,21 @@ impl Metrics {
             registry.register(name, help, h.clone());
             h
         };
+        let requests = Family::<Request, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by result",
+            requests.clone(),
+        );
+        let request = |result| requests.get_or_create(&Request { result }).clone();
+        let webhook = WebhookCounters {
+            stored: request("stored"),
+            bad_signature: request("bad_signature"),
+            too_large: request("too_large"),
+            unavailable: request("unavailable"),
+            verified: request("verified"),
+            refused: request("refused"),
+        };
         let snapshot_bytes = Counter::default();
         registry.register(
             "snapshot_bytes",
@@ -141,6 +182,7 @@ impl Metrics {
             })
             .clone();
         Metrics {
+            webhook,
             snapshots_written,
             snapshots_failed,
             restores_from_snapshot,
@@ -151,6 +193,7 @@ impl Metrics {
             sessionize_duplicate: record("sessionize", "duplicate"),
             sessionize_late: record("sessionize", "late"),
             sessionize_dead_lettered: record("sessionize", "dead_lettered"),
+            sessionize_ignored: record("sessionize", "ignored"),
             kafka_transaction_retries: retry("kafka_transaction"),
             clickhouse_write_retries: retry("clickhouse_write"),
             kafka_connect_retries: retry("kafka_connect"),
@@ -235,6 +278,7 @@ pub const FAMILIES: &[&str] = &[
     "wafunnel_ready",
     "wafunnel_flush_seconds",
     "wafunnel_restore_seconds_total",
+    "wafunnel_webhook_requests_total",
 ];
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use wafunnel_avro::{AvroCodec, CachingRegistry, Decoder, HttpRegistry};
+use wafunnel_avro::{AvroCodec, CachingRegistry, Decoder, Format, HttpRegistry};
 use wafunnel_core::config::{Accounts, UserHasher};
 use wafunnel_core::event::Rejection;
 
@@ -109,10 +109,32 @@ enum Decision {
     /// A `wafunnel check` canary: forwarded like an event, but its time
     /// (now) takes no part in the event-time alignment.
     Canary { key: String, payload: Vec<u8> },
+    /// A record that holds several events (a webhook body): each is
+    /// forwarded, or dead-lettered on its own; `event_time` is the latest.
+    Many {
+        events: Vec<(String, Vec<u8>)>,
+        rejected: Vec<(&'static str, String)>,
+        event_time: i64,
+    },
+    /// A valid record with nothing to count (a body of read receipts): it
+    /// is counted once, as ignored, through a marker on the internal topic.
+    Ignored,
     DeadLetter {
         reason: &'static str,
         detail: String,
     },
+}
+
+impl Decision {
+    /// The event time that places the record in the alignment, if it has one.
+    fn event_time(&self) -> Option<i64> {
+        match self {
+            Decision::Forward { event_time, .. } | Decision::Many { event_time, .. } => {
+                Some(*event_time)
+            }
+            Decision::Canary { .. } | Decision::Ignored | Decision::DeadLetter { .. } => None,
+        }
+    }
 }
 
 type Partition = (String, i32);
@@ -158,10 +180,13 @@ impl Alignment {
         if self.at_end.contains(p) {
             return None;
         }
-        if let Some(Decision::Forward { event_time, .. }) =
-            self.held.get(p).and_then(|q| q.front()).map(|(_, d)| d)
+        if let Some(event_time) = self
+            .held
+            .get(p)
+            .and_then(|q| q.front())
+            .and_then(|(_, d)| d.event_time())
         {
-            return Some(*event_time);
+            return Some(event_time);
         }
         // A partition that delivered nothing yet may be far behind: it holds others back.
         Some(self.forwarded.get(p).copied().unwrap_or(i64::MIN))
@@ -187,8 +212,10 @@ impl Alignment {
 pub struct IngestCounts {
     /// Records forwarded to the internal topic.
     pub forwarded: u64,
-    /// Records sent to the dead-letter topic.
+    /// Records (or events of a record) sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Valid records with nothing to count.
+    pub ignored: u64,
 }
 
 struct Ingest {
@@ -206,6 +233,7 @@ struct Ingest {
     dead_letters: dead_letter::Policy,
     transactional_id: String,
     producer_config: rdkafka::ClientConfig,
+    phone_numbers: wafunnel_meta::PhoneNumbers,
 }
 
 /// Runs ingest until `shutdown` stops it: the batch in hand is committed
@@ -233,6 +261,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, Inges
                 Ok(counts) => {
                     ingest.counts.forwarded += counts.forwarded;
                     ingest.counts.dead_lettered += counts.dead_lettered;
+                    ingest.counts.ignored += counts.ignored;
                     metrics().ingest_forwarded.inc_by(counts.forwarded);
                     metrics().ingest_dead_lettered.inc_by(counts.dead_lettered);
                     metrics()
@@ -379,6 +408,7 @@ impl Ingest {
             },
             transactional_id: transactional_id(cfg),
             producer_config,
+            phone_numbers: wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers()),
             alignment: Alignment {
                 skew_ms: cfg
                     .max_partition_skew_ms()
@@ -437,14 +467,12 @@ impl Ingest {
             // Behind held records of its partition, any record waits its
             // turn: committing its offset first would skip them on a restart.
             let hold = self.alignment.held.contains_key(&partition)
-                || matches!(&decision, Decision::Forward { event_time, .. }
-                    if self.alignment.ahead(&partition, *event_time));
+                || decision
+                    .event_time()
+                    .is_some_and(|t| self.alignment.ahead(&partition, t));
             match decision {
                 decision if hold => {
-                    let event_time = match &decision {
-                        Decision::Forward { event_time, .. } => *event_time,
-                        _ => i64::MIN,
-                    };
+                    let event_time = decision.event_time().unwrap_or(i64::MIN);
                     let queue = self.alignment.held.entry(partition.clone()).or_default();
                     queue.push_back((message, decision));
                     // Small skews are absorbed in memory; a partition far
@@ -461,13 +489,13 @@ impl Ingest {
                     }
                 }
                 decision => {
-                    if let Decision::Forward { event_time, .. } = &decision {
+                    if let Some(event_time) = decision.event_time() {
                         let slot = self
                             .alignment
                             .forwarded
                             .entry(partition)
                             .or_insert(i64::MIN);
-                        *slot = (*slot).max(*event_time);
+                        *slot = (*slot).max(event_time);
                     }
                     batch.push((message, decision));
                 }
@@ -588,21 +616,13 @@ impl Ingest {
     /// Moves the held records of partitions that are no longer ahead into the batch.
     fn release(&mut self, batch: &mut Vec<(OwnedMessage, Decision)>) -> Result<(), IngestError> {
         loop {
-            let ready = self
-                .alignment
-                .held
-                .iter()
-                .find_map(|(p, queue)| match queue.front() {
-                    Some((_, Decision::Forward { event_time, .. }))
-                        if !self.alignment.ahead(p, *event_time) =>
-                    {
-                        Some(p.clone())
-                    }
-                    Some((_, Decision::DeadLetter { .. } | Decision::Canary { .. })) => {
-                        Some(p.clone())
-                    }
-                    _ => None,
-                });
+            let ready = self.alignment.held.iter().find_map(|(p, queue)| {
+                let (_, decision) = queue.front()?;
+                match decision.event_time() {
+                    Some(t) if self.alignment.ahead(p, t) => None,
+                    _ => Some(p.clone()),
+                }
+            });
             let Some(partition) = ready else {
                 return Ok(());
             };
@@ -620,13 +640,13 @@ impl Ingest {
             if left < HOLD_BEFORE_PAUSE / 2 && self.alignment.paused.remove(&partition) {
                 self.pause(&partition, false)?;
             }
-            if let Decision::Forward { event_time, .. } = &decision {
+            if let Some(event_time) = decision.event_time() {
                 let slot = self
                     .alignment
                     .forwarded
                     .entry(partition)
                     .or_insert(i64::MIN);
-                *slot = (*slot).max(*event_time);
+                *slot = (*slot).max(event_time);
             }
             batch.push((message, decision));
         }
@@ -677,25 +697,30 @@ impl Ingest {
                 message.topic()
             )));
         };
-        let raw = match decoder.decode(bytes).await {
-            Ok(raw) => raw,
-            Err(e) if e.is_retryable() => return Err(IngestError::Decode(e)),
-            Err(e) => {
-                return Ok(Decision::DeadLetter {
-                    reason: e.code(),
-                    detail: dead_letter::detail_text(&e.to_string()),
-                })
+        let record_time = message.timestamp().to_millis();
+        let now = record_time.unwrap_or_else(wall_clock_ms);
+        let raw = match decoder.format() {
+            Format::WhatsappWebhook => return self.decide_webhook(bytes, now),
+            Format::MetaInsights => {
+                match wafunnel_meta::insights_row(bytes, record_time, &self.accounts) {
+                    Ok(raw) => raw,
+                    Err(rejection) => return Ok(dead_letter(&rejection)),
+                }
             }
+            _ => match decoder.decode(bytes).await {
+                Ok(raw) => raw,
+                Err(e) if e.is_retryable() => return Err(IngestError::Decode(e)),
+                Err(e) => {
+                    return Ok(Decision::DeadLetter {
+                        reason: e.code(),
+                        detail: dead_letter::detail_text(&e.to_string()),
+                    })
+                }
+            },
         };
-        let now = message
-            .timestamp()
-            .to_millis()
-            .unwrap_or_else(wall_clock_ms);
         match raw.validate(&self.accounts, &self.hasher, now) {
             Ok(event) => {
-                let payload = serde_json::to_vec(&event).map_err(|e| {
-                    IngestError::Config(format!("cannot encode a validated event: {e}"))
-                })?;
+                let payload = encode(&event)?;
                 if event.account_id == CANARY_ACCOUNT {
                     return Ok(Decision::Canary {
                         key: event.partition_key(),
@@ -710,6 +735,44 @@ impl Ingest {
             }
             Err(rejection) => Ok(dead_letter(&rejection)),
         }
+    }
+
+    /// A webhook body: rejected whole, ignored, or its events each
+    /// forwarded or dead-lettered (docs/SEMANTICS.md section 6.1).
+    fn decide_webhook(&self, bytes: &[u8], now: i64) -> Result<Decision, IngestError> {
+        let raws = match wafunnel_meta::normalize_webhook(bytes, &self.phone_numbers) {
+            Ok(raws) if raws.is_empty() => return Ok(Decision::Ignored),
+            Ok(raws) => raws,
+            Err(rejection) => return Ok(dead_letter(&rejection)),
+        };
+        let mut events = Vec::with_capacity(raws.len());
+        let mut rejected = Vec::new();
+        let mut event_time = i64::MIN;
+        for (i, raw) in raws.iter().enumerate() {
+            match raw.validate(&self.accounts, &self.hasher, now) {
+                Ok(event) => {
+                    event_time = event_time.max(event.time);
+                    events.push((event.partition_key(), encode(&event)?));
+                }
+                Err(rejection) => rejected.push((
+                    rejection.code(),
+                    format!("event {i} of the body: {}", dead_letter::detail(&rejection)),
+                )),
+            }
+        }
+        if events.is_empty() {
+            // Only rejected events: dead letters, and no time to align on.
+            return Ok(Decision::Many {
+                events,
+                rejected,
+                event_time: i64::MIN,
+            });
+        }
+        Ok(Decision::Many {
+            events,
+            rejected,
+            event_time,
+        })
     }
 
     /// Resolves a failed transaction: aborted if the producer can, else the
@@ -803,63 +866,58 @@ impl Ingest {
                     key: kafka::SOURCE_OFFSET,
                     value: Some(&offset),
                 });
-            let record = match decision {
+            let forward = |key: &str, payload: &[u8]| {
+                (
+                    self.internal.as_str(),
+                    Some(key.as_bytes().to_vec()),
+                    payload.to_vec(),
+                    headers.clone(),
+                )
+            };
+            let mut records = Vec::with_capacity(1);
+            match decision {
                 Decision::Forward { key, payload, .. } | Decision::Canary { key, payload } => {
                     counts.forwarded += 1;
-                    (
+                    records.push(forward(key, payload));
+                }
+                Decision::Many {
+                    events, rejected, ..
+                } => {
+                    counts.forwarded += events.len() as u64;
+                    counts.dead_lettered += rejected.len() as u64;
+                    records.extend(events.iter().map(|(key, payload)| forward(key, payload)));
+                    for (reason, detail) in rejected {
+                        records.push(self.dead_letter_record(
+                            message,
+                            headers.clone(),
+                            reason,
+                            detail,
+                        ));
+                    }
+                }
+                Decision::Ignored => {
+                    counts.ignored += 1;
+                    // Keyed by its source, so its source's markers share a partition.
+                    let key = format!("{}/{}", message.topic(), message.partition());
+                    let headers = headers.clone().insert(Header {
+                        key: kafka::KIND,
+                        value: Some(kafka::KIND_IGNORED),
+                    });
+                    records.push((
                         self.internal.as_str(),
-                        Some(key.as_bytes().to_vec()),
-                        payload.clone(),
+                        Some(key.into_bytes()),
+                        Vec::new(),
                         headers,
-                    )
+                    ));
                 }
                 Decision::DeadLetter { reason, detail } => {
                     counts.dead_lettered += 1;
-                    tracing::debug!(
-                        topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        reason,
-                        "dead-lettered"
-                    );
-                    let mut headers = headers
-                        .insert(Header {
-                            key: kafka::REASON,
-                            value: Some(*reason),
-                        })
-                        .insert(Header {
-                            key: kafka::DETAIL,
-                            value: Some(detail.as_str()),
-                        });
-                    let written = dead_letter::payload(
-                        message.payload().unwrap_or_default(),
-                        self.dead_letters,
-                        &self.hasher,
-                    );
-                    if let Some((size, digest)) = &written.truncated {
-                        let size = size.to_string();
-                        headers = headers
-                            .insert(Header {
-                                key: dead_letter::ORIGINAL_SIZE,
-                                value: Some(size.as_str()),
-                            })
-                            .insert(Header {
-                                key: dead_letter::ORIGINAL_DIGEST,
-                                value: Some(digest.as_str()),
-                            });
-                    }
-                    // The key may be the contact's phone number too.
-                    let key = match (self.dead_letters.keep_raw_user_ids, message.key()) {
-                        (true, key) => key.map(<[u8]>::to_vec),
-                        (false, Some(key)) => {
-                            Some(dead_letter::payload(key, self.dead_letters, &self.hasher).bytes)
-                        }
-                        (false, None) => None,
-                    };
-                    (self.dead_letter.as_str(), key, written.bytes, headers)
+                    records.push(self.dead_letter_record(message, headers.clone(), reason, detail));
                 }
-            };
-            deliveries.push(self.send(record).await?);
+            }
+            for record in records {
+                deliveries.push(self.send(record).await?);
+            }
             next.insert(
                 (message.topic().to_owned(), message.partition()),
                 message.offset() + 1,
@@ -899,6 +957,59 @@ impl Ingest {
             }
         }
         Ok(counts)
+    }
+
+    /// The dead letter of `message` for `reason`: its payload and key with
+    /// user ids hashed (unless configured otherwise) and cut to size.
+    fn dead_letter_record<'s>(
+        &'s self,
+        message: &OwnedMessage,
+        headers: OwnedHeaders,
+        reason: &'static str,
+        detail: &str,
+    ) -> (&'s str, Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
+        tracing::debug!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "dead-lettered"
+        );
+        let mut headers = headers
+            .insert(Header {
+                key: kafka::REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: kafka::DETAIL,
+                value: Some(detail),
+            });
+        let written = dead_letter::payload(
+            message.payload().unwrap_or_default(),
+            self.dead_letters,
+            &self.hasher,
+        );
+        if let Some((size, digest)) = &written.truncated {
+            let size = size.to_string();
+            headers = headers
+                .insert(Header {
+                    key: dead_letter::ORIGINAL_SIZE,
+                    value: Some(size.as_str()),
+                })
+                .insert(Header {
+                    key: dead_letter::ORIGINAL_DIGEST,
+                    value: Some(digest.as_str()),
+                });
+        }
+        // The key may be the contact's phone number too.
+        let key = match (self.dead_letters.keep_raw_user_ids, message.key()) {
+            (true, key) => key.map(<[u8]>::to_vec),
+            (false, Some(key)) => {
+                Some(dead_letter::payload(key, self.dead_letters, &self.hasher).bytes)
+            }
+            (false, None) => None,
+        };
+        (self.dead_letter.as_str(), key, written.bytes, headers)
     }
 
     async fn send(
@@ -966,6 +1077,11 @@ fn resume_offsets(
         resume.add_partition_offset(element.topic(), element.partition(), offset)?;
     }
     Ok(resume)
+}
+
+fn encode(event: &wafunnel_core::event::Event) -> Result<Vec<u8>, IngestError> {
+    serde_json::to_vec(event)
+        .map_err(|e| IngestError::Config(format!("cannot encode a validated event: {e}")))
 }
 
 fn dead_letter(rejection: &Rejection) -> Decision {

@@ -22,7 +22,6 @@
 //!   before any snapshot of the state it holds is written.
 
 pub mod check;
-pub mod cli;
 pub mod dead_letter;
 pub mod ingest;
 pub mod sessionize;

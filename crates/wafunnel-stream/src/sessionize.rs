@@ -94,7 +94,7 @@ impl Classify for SessionizeError {
 
 type SourceKey = (String, u32);
 
-const OUTCOMES: [&str; 4] = ["applied", "duplicate", "late", "dead_lettered"];
+const OUTCOMES: [&str; 5] = ["applied", "duplicate", "late", "dead_lettered", "ignored"];
 
 #[derive(Debug)]
 struct Worker {
@@ -652,50 +652,57 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
             worker.dirty = true;
             worker.since_snapshot += 1;
             let payload = message.payload().unwrap_or_default();
-            let outcome = match serde_json::from_slice::<Event>(payload) {
-                // A check's canary only proves the path: it is recorded
-                // where the check reads it, never applied or counted.
-                Ok(event) if event.account_id == CANARY_ACCOUNT => {
-                    owned.canaries.push(CanaryWrite {
-                        canary_id: event.event_id.clone(),
-                        partition,
-                        offset: message.offset(),
-                        event_time: event.time,
-                    });
-                    continue;
-                }
-                Ok(event) => match worker.sessionizer.apply(&event) {
-                    Outcome::Applied => {
-                        metrics().sessionize_applied.inc();
-                        "applied"
-                    }
-                    Outcome::Duplicate => {
-                        metrics().sessionize_duplicate.inc();
-                        "duplicate"
-                    }
-                    Outcome::Late { watermark } => {
-                        metrics().sessionize_late.inc();
-                        owned.late.push(LateWrite {
-                            topic: internal.clone(),
+            let outcome = if kafka::header(&message, kafka::KIND) == Some(kafka::KIND_IGNORED) {
+                // A valid input record that had nothing to count: counted once.
+                metrics().sessionize_ignored.inc();
+                "ignored"
+            } else {
+                match serde_json::from_slice::<Event>(payload) {
+                    // A check's canary only proves the path: it is recorded
+                    // where the check reads it, never applied or counted.
+                    Ok(event) if event.account_id == CANARY_ACCOUNT => {
+                        owned.canaries.push(CanaryWrite {
+                            canary_id: event.event_id.clone(),
                             partition,
                             offset: message.offset(),
-                            account_id: event.account_id.clone(),
-                            event_id: event.event_id.clone(),
-                            event_type: event.event_type().as_str().to_owned(),
                             event_time: event.time,
-                            watermark,
-                            reason: "older than the partition watermark minus the allowed lateness"
-                                .into(),
-                            raw: String::from_utf8_lossy(payload).into_owned(),
                         });
-                        "late"
+                        continue;
                     }
-                },
-                Err(e) => {
-                    // Only ingest writes this topic; a record it did not write
-                    // is counted, logged and skipped rather than stopping the partition.
-                    tracing::error!(partition, offset = message.offset(), error = %e, "undecodable internal record");
-                    "dead_lettered"
+                    Ok(event) => match worker.sessionizer.apply(&event) {
+                        Outcome::Applied => {
+                            metrics().sessionize_applied.inc();
+                            "applied"
+                        }
+                        Outcome::Duplicate => {
+                            metrics().sessionize_duplicate.inc();
+                            "duplicate"
+                        }
+                        Outcome::Late { watermark } => {
+                            metrics().sessionize_late.inc();
+                            owned.late.push(LateWrite {
+                                topic: internal.clone(),
+                                partition,
+                                offset: message.offset(),
+                                account_id: event.account_id.clone(),
+                                event_id: event.event_id.clone(),
+                                event_type: event.event_type().as_str().to_owned(),
+                                event_time: event.time,
+                                watermark,
+                                reason:
+                                    "older than the partition watermark minus the allowed lateness"
+                                        .into(),
+                                raw: String::from_utf8_lossy(payload).into_owned(),
+                            });
+                            "late"
+                        }
+                    },
+                    Err(e) => {
+                        // Only ingest writes this topic; a record it did not write
+                        // is counted, logged and skipped rather than stopping the partition.
+                        tracing::error!(partition, offset = message.offset(), error = %e, "undecodable internal record");
+                        "dead_lettered"
+                    }
                 }
             };
             *worker

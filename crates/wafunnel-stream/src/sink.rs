@@ -132,6 +132,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "check_canaries",
         include_str!("../../../schemas/clickhouse/0004_check_canaries.sql"),
     ),
+    (
+        5,
+        "ignored_records",
+        include_str!("../../../schemas/clickhouse/0005_ignored_records.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.

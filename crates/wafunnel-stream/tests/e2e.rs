@@ -22,6 +22,8 @@ use wafunnel_stream::sink::{self, ConversationCh};
 mod faults;
 #[path = "e2e/ops.rs"]
 mod ops;
+#[path = "e2e/webhook.rs"]
+mod webhook;
 
 const HASH_KEY: &str = "e2e-test-user-hash-key";
 

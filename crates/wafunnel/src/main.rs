@@ -10,6 +10,7 @@
 
 mod offline;
 mod report;
+mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,8 +61,19 @@ enum Command {
     },
     /// Run an NDJSON event log (one canonical JSON event per line) through the sessionizer.
     Replay {
-        /// The log file, or `-` for standard input.
-        file: PathBuf,
+        /// A log file in `--format`, or `-` for standard input.
+        file: Option<PathBuf>,
+        /// The format of FILE: `json` (canonical events), `whatsapp-webhook`
+        /// (one webhook body per line) or `meta-insights` (one insights row per line).
+        #[arg(long, default_value = "json")]
+        format: offline::InputFormat,
+        /// More inputs, as `FORMAT=FILE` (repeatable): read together, a line of each in turn.
+        #[arg(long = "input", value_name = "FORMAT=FILE")]
+        inputs: Vec<String>,
+        /// A WhatsApp phone number id and the account its webhooks count for,
+        /// as `PHONE_NUMBER_ID=ACCOUNT` (repeatable).
+        #[arg(long = "phone-number", value_name = "PHONE_NUMBER_ID=ACCOUNT")]
+        phone_numbers: Vec<String>,
         /// An account's currency and time zone, as `ACCOUNT=CURRENCY/ZONE`
         /// (e.g. `act_2=BRL/America/Sao_Paulo`). Other accounts use USD and UTC.
         #[arg(long = "account", value_name = "ACCOUNT=CURRENCY/ZONE")]
@@ -73,7 +85,7 @@ enum Command {
         output: OutputArgs,
     },
     #[command(flatten)]
-    Service(wafunnel_stream::cli::ServiceCommand),
+    Service(services::ServiceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -142,24 +154,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay {
             file,
+            format,
+            inputs,
+            phone_numbers,
             accounts,
             now,
             output,
         } => {
+            let mut files: Vec<offline::Input> = file
+                .map(|path| offline::Input { format, path })
+                .into_iter()
+                .collect();
+            for spec in &inputs {
+                let (format, path) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--input {spec}: expected FORMAT=FILE"))?;
+                let format = format
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--input {spec}: {e}"))?;
+                files.push(offline::Input {
+                    format,
+                    path: path.into(),
+                });
+            }
+            anyhow::ensure!(
+                !files.is_empty(),
+                "give a FILE or at least one --input FORMAT=FILE"
+            );
+            let mut numbers = Vec::new();
+            for spec in &phone_numbers {
+                let (number, account) = spec.split_once('=').with_context(|| {
+                    format!("--phone-number {spec}: expected PHONE_NUMBER_ID=ACCOUNT")
+                })?;
+                numbers.push((number.to_owned(), account.to_owned()));
+            }
             let mut settings = Accounts::default();
             for spec in &accounts {
                 let (id, s) = parse_account(spec).with_context(|| format!("--account {spec}"))?;
                 settings.listed.insert(id, s);
             }
             let now = parse_now(now.as_deref())?;
-            let result =
-                offline::run_replay(&file, settings, output.user_hash_key.as_bytes(), now)?;
+            let result = offline::run_replay(
+                &files,
+                settings,
+                wafunnel_meta::PhoneNumbers::new(numbers),
+                output.user_hash_key.as_bytes(),
+                now,
+            )?;
             offline::finish(&result, output.out.as_deref())
         }
         Command::Service(command) => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(wafunnel_stream::cli::run(command, &cli.config))
+            runtime.block_on(services::run(command, &cli.config))
         }
     }
 }

@@ -11,9 +11,10 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 use wafunnel_core::config::{Accounts, UserHasher, Windows};
-use wafunnel_core::event::parse_json_event;
+use wafunnel_core::event::{decode_json, Rejection};
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 use wafunnel_core::tables::Tables;
+use wafunnel_meta::PhoneNumbers;
 
 /// How many events between two drains into the tables.
 const DRAIN_EVERY: u64 = 50_000;
@@ -35,6 +36,8 @@ pub(crate) struct Accounting {
     pub late: u64,
     /// Rejected by validation, by reason code.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Valid records with nothing to count (webhook bodies of receipts).
+    pub ignored: u64,
 }
 
 impl Accounting {
@@ -57,10 +60,30 @@ pub(crate) struct RunResult {
     pub source: String,
 }
 
+/// How the records of an input file are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InputFormat {
+    /// One canonical JSON event per line.
+    Json,
+    /// One WhatsApp Cloud API webhook body per line.
+    WhatsappWebhook,
+    /// One Marketing API insights row per line (with `fetched_at`).
+    MetaInsights,
+}
+
+impl std::str::FromStr for InputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <InputFormat as clap::ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown format `{s}` (json, whatsapp-webhook, meta-insights)"))
+    }
+}
+
 struct Engine {
     sessionizer: Sessionizer,
     tables: Tables,
     accounts: Accounts,
+    numbers: PhoneNumbers,
     hasher: UserHasher,
     now_ms: i64,
     accounting: Accounting,
@@ -68,11 +91,12 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(accounts: Accounts, key: &[u8], now_ms: i64) -> Self {
+    fn new(accounts: Accounts, numbers: PhoneNumbers, key: &[u8], now_ms: i64) -> Self {
         Engine {
             sessionizer: Sessionizer::new(0, Windows::default(), accounts.clone()),
             tables: Tables::default(),
             accounts,
+            numbers,
             hasher: UserHasher::new(key),
             now_ms,
             accounting: Accounting::default(),
@@ -80,21 +104,55 @@ impl Engine {
         }
     }
 
-    /// Feeds one record; returns the rejection, if any.
-    fn feed(&mut self, line: &[u8]) -> Result<(), wafunnel_core::event::Rejection> {
+    /// Feeds one canonical JSON record; returns the rejection, if any.
+    fn feed(&mut self, line: &[u8]) -> Result<(), Rejection> {
+        self.feed_as(InputFormat::Json, line)
+    }
+
+    /// Feeds one record of `format`; returns the first rejection, if any.
+    /// A webhook body's events are each counted in their own outcome; a
+    /// valid body without any is counted once as ignored.
+    fn feed_as(&mut self, format: InputFormat, line: &[u8]) -> Result<(), Rejection> {
         self.accounting.records += 1;
-        let event = match parse_json_event(line, &self.accounts, &self.hasher, self.now_ms) {
-            Ok(event) => event,
-            Err(rejection) => {
-                *self
-                    .accounting
-                    .rejected
-                    .entry(rejection.code())
-                    .or_default() += 1;
-                return Err(rejection);
+        let raws = match format {
+            InputFormat::Json => vec![decode_json(line)],
+            InputFormat::MetaInsights => {
+                vec![wafunnel_meta::insights_row(line, None, &self.accounts)]
+            }
+            InputFormat::WhatsappWebhook => {
+                match wafunnel_meta::normalize_webhook(line, &self.numbers) {
+                    Ok(raws) if raws.is_empty() => {
+                        self.accounting.ignored += 1;
+                        return Ok(());
+                    }
+                    Ok(raws) => raws.into_iter().map(Ok).collect(),
+                    Err(rejection) => vec![Err(rejection)],
+                }
             }
         };
-        match self.sessionizer.apply(&event) {
+        let mut first = Ok(());
+        for raw in raws {
+            let checked =
+                raw.and_then(|raw| raw.validate(&self.accounts, &self.hasher, self.now_ms));
+            match checked {
+                Ok(event) => self.apply(&event),
+                Err(rejection) => {
+                    *self
+                        .accounting
+                        .rejected
+                        .entry(rejection.code())
+                        .or_default() += 1;
+                    if first.is_ok() {
+                        first = Err(rejection);
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    fn apply(&mut self, event: &wafunnel_core::event::Event) {
+        match self.sessionizer.apply(event) {
             Outcome::Applied => self.accounting.applied += 1,
             Outcome::Duplicate => self.accounting.duplicate += 1,
             Outcome::Late { .. } => self.accounting.late += 1,
@@ -104,7 +162,6 @@ impl Engine {
             self.since_drain = 0;
             self.tables.apply(self.sessionizer.drain());
         }
-        Ok(())
     }
 
     fn finish(mut self, source: String) -> RunResult {
@@ -120,7 +177,12 @@ impl Engine {
 
 /// Runs generated demo traffic.
 pub(crate) fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
-    let mut engine = Engine::new(cfg.core_accounts(), key, cfg.valid_now_ms());
+    let mut engine = Engine::new(
+        cfg.core_accounts(),
+        PhoneNumbers::default(),
+        key,
+        cfg.valid_now_ms(),
+    );
     let mut records = 0u64;
     for record in wafunnel_gen::stream(cfg) {
         records += 1;
@@ -133,57 +195,95 @@ pub(crate) fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
     ))
 }
 
-/// Runs an NDJSON log; `-` reads standard input.
+/// One input of a replay: a file (`-` is standard input) in a format.
+#[derive(Debug, Clone)]
+pub(crate) struct Input {
+    /// How its lines are encoded.
+    pub format: InputFormat,
+    /// The file.
+    pub path: std::path::PathBuf,
+}
+
+/// Runs line-per-record logs through one sessionizer. Several inputs are
+/// read in turn, a line of each at a time, as if they arrived together.
 pub(crate) fn run_replay(
-    path: &Path,
+    inputs: &[Input],
     accounts: Accounts,
+    numbers: PhoneNumbers,
     key: &[u8],
     now_ms: i64,
 ) -> anyhow::Result<RunResult> {
-    let name = path.display().to_string();
-    let input: Box<dyn Read> = if name == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(File::open(path).with_context(|| format!("cannot open {name}"))?)
-    };
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut engine = Engine::new(accounts, key, now_ms);
+    struct Open {
+        name: String,
+        format: InputFormat,
+        reader: Box<dyn BufRead>,
+        line_no: u64,
+        done: bool,
+    }
+    let mut open = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let name = input.path.display().to_string();
+        let file: Box<dyn Read> = if name == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(File::open(&input.path).with_context(|| format!("cannot open {name}"))?)
+        };
+        open.push(Open {
+            name,
+            format: input.format,
+            reader: Box::new(BufReader::with_capacity(1 << 20, file)),
+            line_no: 0,
+            done: false,
+        });
+    }
+    let mut engine = Engine::new(accounts, numbers, key, now_ms);
     let started = Instant::now();
     let mut line = Vec::with_capacity(1024);
-    let mut line_no = 0u64;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {name}"))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let trimmed = line.trim_ascii();
-        if trimmed.is_empty() {
-            continue;
-        }
-        if let Err(rejection) = engine.feed(trimmed) {
-            let rejected = engine.accounting.rejected_total();
-            if rejected <= MAX_PRINTED_REJECTIONS {
+    let mut total = 0u64;
+    while open.iter().any(|o| !o.done) {
+        for input in open.iter_mut().filter(|o| !o.done) {
+            line.clear();
+            let n = input
+                .reader
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {}", input.name))?;
+            if n == 0 {
+                input.done = true;
+                continue;
+            }
+            input.line_no += 1;
+            total += 1;
+            let trimmed = line.trim_ascii();
+            if trimmed.is_empty() {
+                continue;
+            }
+            if let Err(rejection) = engine.feed_as(input.format, trimmed) {
+                let rejected = engine.accounting.rejected_total();
+                if rejected <= MAX_PRINTED_REJECTIONS {
+                    eprintln!(
+                        "{}:{}: rejected ({}): {rejection}",
+                        input.name,
+                        input.line_no,
+                        rejection.code()
+                    );
+                } else if rejected == MAX_PRINTED_REJECTIONS + 1 {
+                    eprintln!(
+                        "{}: more rejected lines follow; only their count is reported",
+                        input.name
+                    );
+                }
+            }
+            if total % PROGRESS_EVERY == 0 {
+                let secs = started.elapsed().as_secs_f64();
                 eprintln!(
-                    "{name}:{line_no}: rejected ({}): {rejection}",
-                    rejection.code()
+                    "{total} lines in {secs:.1} s ({:.0} lines/s)",
+                    total as f64 / secs
                 );
-            } else if rejected == MAX_PRINTED_REJECTIONS + 1 {
-                eprintln!("{name}: more rejected lines follow; only their count is reported");
             }
         }
-        if line_no % PROGRESS_EVERY == 0 {
-            let secs = started.elapsed().as_secs_f64();
-            eprintln!(
-                "{name}: {line_no} lines in {secs:.1} s ({:.0} lines/s)",
-                line_no as f64 / secs
-            );
-        }
     }
-    Ok(engine.finish(name))
+    let names: Vec<&str> = open.iter().map(|o| o.name.as_str()).collect();
+    Ok(engine.finish(names.join(", ")))
 }
 
 /// Prints the report and writes the tables if asked.

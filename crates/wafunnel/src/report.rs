@@ -96,6 +96,9 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
         a.late,
         a.rejected_total()
     )?;
+    if a.ignored > 0 {
+        writeln!(out, "  ignored (valid, nothing to count): {}", a.ignored)?;
+    }
     for (code, n) in &a.rejected {
         writeln!(out, "  rejected as {code}: {n}")?;
     }

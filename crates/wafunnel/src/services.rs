@@ -18,13 +18,15 @@ use wafunnel_runtime::shutdown::Shutdown;
 
 /// Subcommands that run against Kafka and ClickHouse.
 #[derive(Debug, Subcommand)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// Create the ClickHouse database and apply the schema migrations.
     Migrate,
     /// Consume the raw topics: validate, hash users, re-key to the internal topic, dead-letter bad records.
     Ingest,
     /// Consume the internal topic, sessionize, and write the tables to ClickHouse.
     Sessionize,
+    /// Receive WhatsApp Cloud API webhooks: verify their signature, store them in a raw topic.
+    Webhook,
     /// Check the broker, the topics and ClickHouse, then send a canary event end to end.
     Check {
         /// Create missing topics.
@@ -53,7 +55,7 @@ fn fatal(
 }
 
 /// Runs one service subcommand.
-pub async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<()> {
+pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<()> {
     let cfg =
         Config::load(config_path).with_context(|| format!("config {}", config_path.display()))?;
     let clickhouse = format!(
@@ -63,7 +65,7 @@ pub async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<
     );
     match command {
         ServiceCommand::Migrate => {
-            let applied = crate::sink::migrate(&cfg.clickhouse)
+            let applied = wafunnel_stream::sink::migrate(&cfg.clickhouse)
                 .await
                 .with_context(|| format!("migrate: {clickhouse}"))?;
             println!(
@@ -73,27 +75,34 @@ pub async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::Result<
         }
         ServiceCommand::Ingest => {
             let shutdown = start_service(&cfg).await?;
-            crate::ingest::run(&cfg, shutdown)
+            wafunnel_stream::ingest::run(&cfg, shutdown)
                 .await
                 .map_err(|e| fatal("ingest", e.fault(), &e))?;
         }
         ServiceCommand::Sessionize => {
             let shutdown = start_service(&cfg).await?;
-            crate::sessionize::run(&cfg, shutdown)
+            wafunnel_stream::sessionize::run(&cfg, shutdown)
                 .await
                 .map_err(|e| match &e {
-                    crate::sessionize::SessionizeError::Sink(_) => {
+                    wafunnel_stream::sessionize::SessionizeError::Sink(_) => {
                         fatal("sessionize", e.fault(), &format!("{clickhouse}: {e}"))
                     }
                     _ => fatal("sessionize", e.fault(), &e),
                 })?;
+        }
+        ServiceCommand::Webhook => {
+            let shutdown = start_service(&cfg).await?;
+            wafunnel_webhook::run(&cfg, shutdown)
+                .await
+                .map_err(|e| fatal("webhook", e.fault(), &e))?;
         }
         ServiceCommand::Check {
             create_topics,
             timeout_secs,
         } => {
             let ok =
-                crate::check::run(&cfg, create_topics, Duration::from_secs(timeout_secs)).await;
+                wafunnel_stream::check::run(&cfg, create_topics, Duration::from_secs(timeout_secs))
+                    .await;
             if !ok {
                 anyhow::bail!("check failed");
             }

@@ -1,0 +1,208 @@
+//! The webhook receiver on a real port against the real broker.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sha2::Sha256;
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::kafka::{self, LogContext};
+use wafunnel_runtime::shutdown::Shutdown;
+
+use super::{local_script, Env};
+
+const SECRET: &str = "test-app-secret";
+const TOKEN: &str = "test-verify-token";
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// One HTTP/1.1 request; `(status, body)`.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("write");
+    // A server may answer (413) before reading all of a large body.
+    let _ = s.write_all(body);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+fn stored(cfg: &Config, topic: &str) -> i64 {
+    let consumer: BaseConsumer<LogContext> =
+        kafka::create(&kafka::client_config(&cfg.kafka)).expect("consumer");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    high - low
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn the_receiver_stores_verified_bodies_once_and_refuses_the_rest() {
+    let env_ = Env::new("webhook", 1, 1).await;
+    let port = free_port();
+    let text = format!(
+        "{}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\npath_prefix = \"/wa\"\ntopic = \"{}\"\nmax_body_bytes = 4096\nstore_timeout_ms = 3000\nverify_token = \"{TOKEN}\"\napp_secret = \"{SECRET}\"\n",
+        env_.toml_again(),
+        env_.raw
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    let shutdown = Shutdown::new();
+    let receiver = {
+        let (cfg, shutdown) = (Config::from_toml(&text).expect("config"), shutdown.clone());
+        tokio::spawn(async move { wafunnel_webhook::run(&cfg, shutdown).await })
+    };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "receiver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = "/wa/webhook";
+    let blocking = |f: Box<dyn FnOnce() -> (u16, String) + Send>| tokio::task::spawn_blocking(f);
+
+    // The subscription handshake.
+    let (code, body) = blocking(Box::new(move || {
+        request(
+            port,
+            "GET",
+            &format!("{path}?hub.mode=subscribe&hub.verify_token={TOKEN}&hub.challenge=1158201444"),
+            &[],
+            b"",
+        )
+    }))
+    .await
+    .expect("join");
+    assert_eq!((code, body.as_str()), (200, "1158201444"));
+    let (code, _) = blocking(Box::new(move || {
+        request(
+            port,
+            "GET",
+            &format!("{path}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1"),
+            &[],
+            b"",
+        )
+    }))
+    .await
+    .expect("join");
+    assert_eq!(code, 403);
+
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},"messages":[{"from":"5511987654321","id":"wamid.W1","timestamp":"1772445660","type":"text","text":{"body":"hi"}}]}}]}]}"#.to_vec();
+    let post = |body: Vec<u8>, signature: Option<String>| {
+        blocking(Box::new(move || {
+            let headers: Vec<(&str, String)> = signature
+                .map(|s| {
+                    vec![
+                        ("x-hub-signature-256", s),
+                        ("content-type", "application/json".into()),
+                    ]
+                })
+                .unwrap_or_default();
+            request(port, "POST", path, &headers, &body)
+        }))
+    };
+    let (code, _) = post(body.clone(), Some(sign(&body))).await.expect("join");
+    assert_eq!(code, 200, "a good signature is stored");
+    assert_eq!(stored(&cfg, &env_.raw), 1);
+    for signature in [None, Some(sign(b"another body")), Some("sha256=00".into())] {
+        let (code, _) = post(body.clone(), signature).await.expect("join");
+        assert_eq!(code, 401);
+    }
+    assert_eq!(stored(&cfg, &env_.raw), 1, "refused bodies are not stored");
+    let big = vec![b'x'; 5000];
+    let (code, _) = post(big.clone(), Some(sign(&big))).await.expect("join");
+    assert_eq!(code, 413);
+    // Meta's retry of the same body is stored again (a duplicate downstream).
+    let (code, _) = post(body.clone(), Some(sign(&body))).await.expect("join");
+    assert_eq!(code, 200);
+    assert_eq!(stored(&cfg, &env_.raw), 2);
+
+    // Kafka down: 503, never 200, so Meta retries; back: 200 again.
+    local_script("kafka.sh", "stop");
+    let (code, _) = post(body.clone(), Some(sign(&body))).await.expect("join");
+    local_script("kafka.sh", "start");
+    assert_eq!(
+        code, 503,
+        "a body that cannot be stored is not acknowledged"
+    );
+    let started = Instant::now();
+    loop {
+        let (code, _) = post(body.clone(), Some(sign(&body))).await.expect("join");
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the receiver did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let records = stored(&cfg, &env_.raw);
+    assert!(
+        (3..=4).contains(&records),
+        "{records}: at most the 503'd body may have landed late"
+    );
+    let (_, metrics) = blocking(Box::new(|| {
+        (0, wafunnel_runtime::metrics::metrics().render())
+    }))
+    .await
+    .expect("join");
+    for result in [
+        "stored",
+        "bad_signature",
+        "too_large",
+        "unavailable",
+        "verified",
+        "refused",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "wafunnel_webhook_requests_total{{result=\"{result}\"}}"
+            )),
+            "{result}"
+        );
+    }
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+}

@@ -1,0 +1,275 @@
+//! # wafunnel-webhook
+//!
+//! `wafunnel webhook`: the HTTP endpoint of a Meta webhook subscription for
+//! WhatsApp Cloud API events.
+//!
+//! Contract (docs/SEMANTICS.md section 6.1):
+//! - `GET <path_prefix>/webhook?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C`
+//!   answers 200 with `C` when `T` is the configured verify token (compared
+//!   in constant time), else 403.
+//! - `POST <path_prefix>/webhook` is accepted only with an
+//!   `X-Hub-Signature-256: sha256=<hex>` header that is the HMAC-SHA256 of
+//!   the exact raw body under the app secret (verified in constant time);
+//!   otherwise 401, nothing is stored, and it is counted. A body over
+//!   `webhook.max_body_bytes` is 413.
+//! - A verified body is produced, byte for byte, to the raw topic by an
+//!   idempotent producer with `acks=all`, and answered 200 only once Kafka
+//!   acknowledged it; if it cannot be stored within
+//!   `webhook.store_timeout_ms`, the answer is 503 and Meta retries. A
+//!   retried body is stored again: its message ids make the events
+//!   duplicates downstream, so no count changes.
+//! - SIGTERM and SIGINT stop accepting connections and drain the requests
+//!   in flight; `/metrics`, `/healthz` and `/readyz` are served on the
+//!   operator port like every service (ready while bodies are being stored).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hmac::{Hmac, Mac};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use sha2::Sha256;
+use wafunnel_runtime::config::{Config, ConfigError, Secret, WebhookSettings};
+use wafunnel_runtime::error::{Classify, Fault};
+use wafunnel_runtime::http::{self, BindError, Limits};
+use wafunnel_runtime::kafka::{self, ConnectError, LogContext};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
+
+/// Why the receiver could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A setting is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The brokers cannot be used with these settings.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The producer could not be built.
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The port is taken.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+impl Classify for WebhookError {
+    fn fault(&self) -> Fault {
+        match self {
+            WebhookError::Config(_) | WebhookError::Kafka(_) | WebhookError::Bind(_) => Fault::User,
+            WebhookError::Connect(e) => e.fault(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Limits of the public endpoint: many of Meta's connections at once,
+/// slow clients dropped.
+const LIMITS: Limits = Limits {
+    max_connections: 1024,
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(30),
+    drain_timeout: Duration::from_secs(15),
+};
+
+/// What the handlers share.
+pub struct Receiver {
+    producer: FutureProducer<LogContext>,
+    topic: String,
+    verify_token: Secret,
+    app_secret: Secret,
+    max_body_bytes: usize,
+    store_timeout: Duration,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("topic", &self.topic)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// A receiver storing to `settings.topic` through a producer for `cfg`.
+    pub fn new(cfg: &Config, settings: &WebhookSettings) -> Result<Self, WebhookError> {
+        let mut client = kafka::client_config(&cfg.kafka);
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            // A body not acknowledged in time is answered 503, and the
+            // producer gives up on it too, so a late copy is not stored
+            // after Meta was told to retry (a retry is a duplicate anyway).
+            .set(
+                "message.timeout.ms",
+                settings.store_timeout.as_millis().to_string(),
+            );
+        Ok(Receiver {
+            producer: kafka::create(&client)?,
+            topic: settings.topic.clone(),
+            verify_token: settings.verify_token.clone(),
+            app_secret: settings.app_secret.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            store_timeout: settings.store_timeout,
+        })
+    }
+}
+
+/// The router of the webhook path.
+pub fn router(receiver: Arc<Receiver>, path: &str) -> Router {
+    Router::new()
+        .route(path, get(handshake).post(deliver))
+        .with_state(receiver)
+}
+
+#[derive(Debug, Deserialize)]
+struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Equal bytes, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handshake(State(r): State<Arc<Receiver>>, Query(q): Query<Handshake>) -> Response {
+    let token_ok = q
+        .verify_token
+        .as_deref()
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), r.verify_token.expose().as_bytes()));
+    match (q.mode.as_deref(), token_ok, q.challenge) {
+        (Some("subscribe"), true, Some(challenge)) => {
+            metrics().webhook.verified.inc();
+            tracing::info!("webhook subscription verified");
+            (StatusCode::OK, challenge).into_response()
+        }
+        _ => {
+            metrics().webhook.refused.inc();
+            tracing::warn!("webhook handshake refused");
+            StatusCode::FORBIDDEN.into_response()
+        }
+    }
+}
+
+/// Whether `header` is `sha256=` and the HMAC-SHA256 of `body` under `secret`.
+pub fn signature_ok(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_digest) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_digest) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes: Bytes = match axum::body::to_bytes(body, r.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            metrics().webhook.too_large.inc();
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !signature_ok(r.app_secret.expose().as_bytes(), &bytes, signature) {
+        metrics().webhook.bad_signature.inc();
+        tracing::warn!(
+            present = signature.is_some(),
+            "webhook post with a bad signature"
+        );
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let record = FutureRecord::<(), [u8]>::to(&r.topic).payload(&bytes);
+    match r.producer.send(record, r.store_timeout).await {
+        Ok(_) => {
+            metrics().webhook.stored.inc();
+            metrics().set_ready(true);
+            StatusCode::OK.into_response()
+        }
+        Err((e, _)) => {
+            metrics().webhook.unavailable.inc();
+            metrics().set_ready(false);
+            tracing::warn!(error = %e, topic = r.topic, "cannot store a webhook body, answering 503");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// Runs the receiver until `shutdown` stops it (the requests in flight are
+/// answered first).
+pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<(), WebhookError> {
+    let settings = cfg.webhook_settings()?;
+    let listener = http::bind(settings.listen, "webhook.listen").await?;
+    let topics = match kafka::connect(&cfg.kafka, &shutdown).await {
+        Ok(topics) => topics,
+        Err(ConnectError::Stopped(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !topics.contains_key(&settings.topic) {
+        return Err(ConfigError::Invalid {
+            setting: "webhook.topic".into(),
+            detail: format!(
+                "topic {} does not exist (create it, e.g. with `wafunnel check --create-topics`)",
+                settings.topic
+            ),
+        }
+        .into());
+    }
+    let receiver = Arc::new(Receiver::new(cfg, &settings)?);
+    metrics().set_ready(true);
+    tracing::info!(addr = %settings.listen, path = settings.path, topic = settings.topic, "webhook receiver started");
+    http::serve(listener, router(receiver, &settings.path), LIMITS, shutdown).await;
+    metrics().set_ready(false);
+    tracing::info!("webhook receiver stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_meta_s_hmac_sha256_of_the_raw_body() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"app-secret").expect("key");
+        mac.update(body);
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert!(signature_ok(b"app-secret", body, Some(&good)));
+        assert!(!signature_ok(b"other-secret", body, Some(&good)));
+        assert!(
+            !signature_ok(b"app-secret", b"{}", Some(&good)),
+            "another body"
+        );
+        assert!(!signature_ok(b"app-secret", body, None));
+        assert!(!signature_ok(
+            b"app-secret",
+            body,
+            Some(&good.replace("sha256=", "sha1="))
+        ));
+        assert!(!signature_ok(b"app-secret", body, Some("sha256=zz")));
+        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
+    }
+}
