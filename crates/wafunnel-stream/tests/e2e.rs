@@ -40,6 +40,8 @@ struct Env {
     toml: String,
     raw: String,
     avro: String,
+    webhook: String,
+    insights: String,
 }
 
 impl Env {
@@ -52,6 +54,8 @@ impl Env {
         let suffix = format!("{name}-{}", std::process::id());
         let raw = format!("raw-{suffix}");
         let avro = format!("raw-avro-{suffix}");
+        let webhook = format!("raw-webhook-{suffix}");
+        let insights = format!("raw-insights-{suffix}");
         let text = format!(
             r#"
 user_hash_key = "{HASH_KEY}"
@@ -60,7 +64,7 @@ bootstrap = "{bootstrap}"
 ingest_group = "ingest-{suffix}"
 sessionize_group = "sessionize-{suffix}"
 [topics]
-raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro-single-object" }}]
+raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro-single-object" }}, {{ name = "{webhook}", format = "whatsapp-webhook" }}, {{ name = "{insights}", format = "meta-insights" }}]
 internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
 state = "state-{suffix}"
@@ -72,10 +76,12 @@ database = "wafunnel_{db}"
 id = "act_1001"
 currency = "USD"
 time_zone = "UTC"
+phone_number_ids = ["106540352242922"]
 [[accounts]]
 id = "act_2002"
 currency = "BRL"
 time_zone = "America/Sao_Paulo"
+phone_number_ids = ["206540352242922"]
 [[accounts]]
 id = "act_3003"
 currency = "EUR"
@@ -99,6 +105,8 @@ snapshot_interval_ms = 1000
             &[
                 (&raw, raw_partitions),
                 (&avro, 1),
+                (&webhook, 1),
+                (&insights, 1),
                 (&cfg.topics.internal, internal_partitions),
                 (&cfg.topics.dead_letter, 1),
             ],
@@ -121,6 +129,8 @@ snapshot_interval_ms = 1000
             toml,
             raw,
             avro,
+            webhook,
+            insights,
         }
     }
 

@@ -206,3 +206,164 @@ async fn the_receiver_stores_verified_bodies_once_and_refuses_the_rest() {
     shutdown.stop();
     receiver.await.expect("join").expect("receiver");
 }
+
+/// The golden webhook bodies of `wafunnel-meta`.
+fn golden_bodies() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../wafunnel-meta/tests/golden/webhook");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("golden bodies")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("body"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn webhook_bodies_and_insights_rows_give_the_tables_of_the_same_events_in_process() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use wafunnel_core::config::UserHasher;
+    use wafunnel_core::sessionizer::{Outcome, Sessionizer};
+    use wafunnel_core::tables::Tables;
+
+    let env_ = Env::new("webhookflow", 1, 2).await;
+    let port = free_port();
+    let text = format!(
+        "{}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\nverify_token = \"{TOKEN}\"\napp_secret = \"{SECRET}\"\n",
+        env_.toml_again()
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    assert_eq!(
+        cfg.webhook_settings().expect("webhook").topic,
+        env_.webhook,
+        "the whatsapp-webhook topic"
+    );
+    let shutdown = Shutdown::new();
+    let receiver = {
+        let (cfg, shutdown) = (Config::from_toml(&text).expect("config"), shutdown.clone());
+        tokio::spawn(async move { wafunnel_webhook::run(&cfg, shutdown).await })
+    };
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every golden body, and Meta's retries of two of them.
+    let mut bodies = golden_bodies();
+    bodies.push(bodies[0].clone());
+    bodies.push(bodies[2].clone());
+    for body in &bodies {
+        let (body, signature) = (body.clone(), sign(body));
+        let (code, _) = tokio::task::spawn_blocking(move || {
+            request(
+                port,
+                "POST",
+                "/webhook",
+                &[("x-hub-signature-256", signature)],
+                &body,
+            )
+        })
+        .await
+        .expect("join");
+        assert_eq!(code, 200);
+    }
+    // Insights rows straight to their topic: one fetched twice (the later
+    // fetch wins), one without fetched_at (its record's timestamp decides).
+    let row = |spend: &str, fetched: &str| {
+        format!(
+            r#"{{"account_id":"1001","campaign_id":"c1","adset_id":"as1","ad_id":"120210000000001","date_start":"2026-03-02","date_stop":"2026-03-02","spend":"{spend}","impressions":"1000","clicks":"30","actions":[{{"action_type":"onsite_conversion.messaging_conversation_started_7d","value":"7"}}]{fetched}}}"#
+        )
+    };
+    // All within the allowed lateness of the bodies' times (2026-03-02 10:00).
+    let record_time = 1_772_481_600_000_i64;
+    let rows = [
+        (
+            row("10.00", r#","fetched_at":"2026-03-02T12:00:00Z""#),
+            None,
+        ),
+        (
+            row("12.50", r#","fetched_at":"2026-03-02T18:00:00Z""#),
+            None,
+        ),
+        (
+            row("3.00", "").replace("120210000000001", "ad_2"),
+            Some(record_time),
+        ),
+    ];
+    let producer: FutureProducer<LogContext> =
+        kafka::create(kafka::client_config(&cfg.kafka).set("enable.idempotence", "true"))
+            .expect("producer");
+    for (payload, timestamp) in &rows {
+        let mut record = FutureRecord::<(), _>::to(&env_.insights).payload(payload.as_bytes());
+        if let Some(t) = timestamp {
+            record = record.timestamp(*t);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("produced");
+    }
+
+    // The same records through the engine in this process.
+    let accounts = cfg.accounts().expect("accounts");
+    let numbers = wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers());
+    let hasher = UserHasher::new(super::HASH_KEY.as_bytes());
+    let now = 1_800_000_000_000;
+    let mut reference = Sessionizer::new(0, cfg.windows().expect("windows"), accounts.clone());
+    let (mut applied, mut duplicate, mut dead, mut ignored) = (0u64, 0u64, 0u64, 0u64);
+    let mut apply = |raw: Result<
+        wafunnel_core::event::RawEvent<'_>,
+        wafunnel_core::event::Rejection,
+    >| {
+        match raw.and_then(|r| r.validate(&accounts, &hasher, now)) {
+            Ok(event) => match reference.apply(&event) {
+                Outcome::Applied => applied += 1,
+                Outcome::Duplicate => duplicate += 1,
+                Outcome::Late { .. } => panic!("nothing is late here"),
+            },
+            Err(_) => dead += 1,
+        }
+    };
+    for body in &bodies {
+        match wafunnel_meta::normalize_webhook(body, &numbers) {
+            Ok(raws) if raws.is_empty() => ignored += 1,
+            Ok(raws) => raws.into_iter().for_each(|r| apply(Ok(r))),
+            Err(e) => apply(Err(e)),
+        }
+    }
+    for (payload, timestamp) in &rows {
+        apply(wafunnel_meta::insights_row(
+            payload.as_bytes(),
+            *timestamp,
+            &accounts,
+        ));
+    }
+    let mut tables = Tables::default();
+    tables.apply(reference.drain());
+    assert!(duplicate >= 2, "Meta's retries are duplicates");
+
+    let expected = applied + duplicate + dead + ignored;
+    let accounting = env_.run_pipeline(expected).await;
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+    assert_eq!(
+        (
+            accounting.applied,
+            accounting.duplicate,
+            accounting.late,
+            accounting.dead_lettered
+        ),
+        (applied, duplicate, 0, dead)
+    );
+    let db = wafunnel_stream::sink::client(&cfg.clickhouse);
+    let counted: u64 = db
+        .query("SELECT sum(ignored) FROM input_accounting")
+        .fetch_one()
+        .await
+        .expect("ignored");
+    assert_eq!(counted, ignored, "bodies with nothing to count, once each");
+    super::assert_views_equal(&env_, &tables).await;
+}
