@@ -345,8 +345,8 @@ async fn webhook_bodies_and_insights_rows_give_the_tables_of_the_same_events_in_
     tables.apply(reference.drain());
     assert!(duplicate >= 2, "Meta's retries are duplicates");
 
-    let expected = applied + duplicate + dead + ignored;
-    let accounting = env_.run_pipeline(expected).await;
+    // `Accounting::total` leaves ignored bodies out; they are checked below.
+    let accounting = env_.run_pipeline(applied + duplicate + dead).await;
     shutdown.stop();
     receiver.await.expect("join").expect("receiver");
     assert_eq!(
