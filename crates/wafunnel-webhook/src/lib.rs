@@ -20,7 +20,8 @@
 //!   duplicates downstream, so no count changes.
 //! - SIGTERM and SIGINT stop accepting connections and drain the requests
 //!   in flight; `/metrics`, `/healthz` and `/readyz` are served on the
-//!   operator port like every service (ready while bodies are being stored).
+//!   operator port like every service (ready while the brokers answer,
+//!   asked every 5 s).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,9 @@ const LIMITS: Limits = Limits {
     request_timeout: Duration::from_secs(30),
     drain_timeout: Duration::from_secs(15),
 };
+
+/// How often readiness asks the brokers whether they answer.
+const READINESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the handlers share.
 pub struct Receiver {
@@ -206,12 +210,10 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
     match r.producer.send(record, r.store_timeout).await {
         Ok(_) => {
             metrics().webhook.stored.inc();
-            metrics().set_ready(true);
             StatusCode::OK.into_response()
         }
         Err((e, _)) => {
             metrics().webhook.unavailable.inc();
-            metrics().set_ready(false);
             tracing::warn!(error = %e, topic = r.topic, "cannot store a webhook body, answering 503");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
@@ -240,8 +242,30 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<(), WebhookError> {
     }
     let receiver = Arc::new(Receiver::new(cfg, &settings)?);
     metrics().set_ready(true);
+    // Readiness follows the brokers, asked in the background: a failed
+    // store must not take every replica out of rotation until a request
+    // that never comes succeeds.
+    let probe: rdkafka::consumer::BaseConsumer<LogContext> =
+        kafka::create(&kafka::client_config(&cfg.kafka))?;
+    let probing = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            while shutdown.sleep(READINESS_EVERY).await && !shutdown.is_stopping() {
+                let ok = kafka::blocking(|| {
+                    rdkafka::consumer::Consumer::fetch_metadata(
+                        &probe,
+                        None,
+                        Duration::from_secs(3),
+                    )
+                    .is_ok()
+                });
+                metrics().set_ready(ok);
+            }
+        })
+    };
     tracing::info!(addr = %settings.listen, path = settings.path, topic = settings.topic, "webhook receiver started");
     http::serve(listener, router(receiver, &settings.path), LIMITS, shutdown).await;
+    probing.abort();
     metrics().set_ready(false);
     tracing::info!("webhook receiver stopped");
     Ok(())
