@@ -325,10 +325,19 @@ async fn an_unreachable_broker_leaves_the_service_alive_and_not_ready() {
     let config = write_config(&dir, &env_.toml_again());
     let closed = format!("127.0.0.1:{}", free_port());
     for command in ["ingest", "sessionize"] {
+        // Logs on request as JSON (sessionize), else plain text (ingest).
+        let format = if command == "sessionize" {
+            "json"
+        } else {
+            "text"
+        };
         let mut p = spawn(
             &config,
             &[command],
-            &[("WAFUNNEL__KAFKA__BOOTSTRAP", closed.clone())],
+            &[
+                ("WAFUNNEL__KAFKA__BOOTSTRAP", closed.clone()),
+                ("WAFUNNEL_LOG_FORMAT", format.into()),
+            ],
             dir.join(format!("{command}.log")),
         );
         p.wait_for("the health endpoint", Duration::from_secs(20), |p| {
@@ -346,6 +355,21 @@ async fn an_unreachable_broker_leaves_the_service_alive_and_not_ready() {
             p.log_text().contains(&closed),
             "the retry names the address"
         );
+        let log = p.log_text();
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in a log file:\n{log}"
+        );
+        if format == "json" {
+            for line in log.lines() {
+                let value: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                assert!(
+                    value.get("level").is_some() && value.get("fields").is_some(),
+                    "{line}"
+                );
+            }
+        }
         p.sigterm();
         let status = p.wait_exit(Duration::from_secs(30));
         assert!(
@@ -434,6 +458,9 @@ async fn sigterm_stops_cleanly_and_the_next_run_replays_nothing() {
     assert!(sessionize
         .log_text()
         .contains("state restored from snapshot"));
+    for log in [ingest.log_text(), sessionize.log_text()] {
+        assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+    }
     let accounting = env_.accounting().await;
     assert_eq!(accounting.total(), expected, "{accounting:?}");
     super::assert_views_equal(&env_, &tables).await;
