@@ -765,6 +765,14 @@ pub fn is_secret_name(name: &str) -> bool {
         .any(|s| name.contains(s))
 }
 
+/// The milliseconds of a duration setting, or the error naming it.
+fn duration_setting(setting: &str, text: &str) -> Result<i64, ConfigError> {
+    parse_duration_ms(text).ok_or_else(|| ConfigError::Invalid {
+        setting: setting.into(),
+        detail: format!("`{text}` is not a duration like 7d, 24h, 90m, 30s"),
+    })
+}
+
 /// Parses `7d`, `24h`, `90m`, `30s` or `500ms` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Option<i64> {
     let text = text.trim();
@@ -968,16 +976,13 @@ impl Config {
 
     /// The counting windows.
     pub fn windows(&self) -> Result<Windows, ConfigError> {
-        let parse = |setting: &str, text: &str| {
-            parse_duration_ms(text).ok_or_else(|| ConfigError::Invalid {
-                setting: setting.into(),
-                detail: format!("`{text}` is not a duration like 7d, 24h, 90m, 30s"),
-            })
-        };
         Ok(Windows {
-            gap_ms: parse("windows.gap", &self.windows.gap)?,
-            lateness_ms: parse("windows.lateness", &self.windows.lateness)?,
-            attribution_window_ms: parse("windows.attribution", &self.windows.attribution)?,
+            gap_ms: duration_setting("windows.gap", &self.windows.gap)?,
+            lateness_ms: duration_setting("windows.lateness", &self.windows.lateness)?,
+            attribution_window_ms: duration_setting(
+                "windows.attribution",
+                &self.windows.attribution,
+            )?,
         })
     }
 
@@ -1039,33 +1044,21 @@ impl Config {
 
     /// How long the dead-letter topic keeps records, in milliseconds.
     pub fn dead_letter_retention_ms(&self) -> Result<i64, ConfigError> {
-        let text = &self.dead_letter.retention;
-        parse_duration_ms(text).ok_or_else(|| ConfigError::Invalid {
-            setting: "dead_letter.retention".into(),
-            detail: format!("`{text}` is not a duration like 30d"),
-        })
+        duration_setting("dead_letter.retention", &self.dead_letter.retention)
     }
 
     /// How long a stop may take.
     pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
-        let text = &self.service.shutdown_grace;
-        parse_duration_ms(text)
+        duration_setting("service.shutdown_grace", &self.service.shutdown_grace)
             .map(|ms| Duration::from_millis(ms as u64))
-            .ok_or_else(|| ConfigError::Invalid {
-                setting: "service.shutdown_grace".into(),
-                detail: format!("`{text}` is not a duration like 20s"),
-            })
     }
 
     /// How far ahead in event time a raw partition may run.
     pub fn max_partition_skew_ms(&self) -> Result<i64, ConfigError> {
-        parse_duration_ms(&self.windows.max_partition_skew).ok_or_else(|| ConfigError::Invalid {
-            setting: "windows.max_partition_skew".into(),
-            detail: format!(
-                "`{}` is not a duration like 6h",
-                self.windows.max_partition_skew
-            ),
-        })
+        duration_setting(
+            "windows.max_partition_skew",
+            &self.windows.max_partition_skew,
+        )
     }
 
     /// The account settings.

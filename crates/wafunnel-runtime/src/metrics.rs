@@ -7,7 +7,6 @@
 //! Hot paths hold the labelled counters directly (one atomic add); nothing
 //! is looked up per record.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -107,8 +106,7 @@ pub struct Metrics {
     /// Webhook requests by result.
     pub webhook: WebhookCounters,
     /// 1 while the service is ready (consuming, and its outputs acknowledged).
-    pub ready: Gauge,
-    ready_flag: AtomicBool,
+    ready: Gauge,
 }
 
 impl Metrics {
@@ -233,19 +231,17 @@ impl Metrics {
                 c
             },
             registry,
-            ready_flag: AtomicBool::new(false),
         }
     }
 
     /// Marks the service ready or not (`/readyz` and `wafunnel_ready`).
     pub fn set_ready(&self, ready: bool) {
-        self.ready_flag.store(ready, Ordering::Relaxed);
         self.ready.set(i64::from(ready));
     }
 
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
-        self.ready_flag.load(Ordering::Relaxed)
+        self.ready.get() == 1
     }
 
     /// The registry in the Prometheus text format (OpenMetrics).

@@ -760,14 +760,7 @@ impl Ingest {
                 )),
             }
         }
-        if events.is_empty() {
-            // Only rejected events: dead letters, and no time to align on.
-            return Ok(Decision::Many {
-                events,
-                rejected,
-                event_time: i64::MIN,
-            });
-        }
+        // With only rejected events there is no time to align on: MIN holds nobody.
         Ok(Decision::Many {
             events,
             rejected,

@@ -652,7 +652,10 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
             worker.dirty = true;
             worker.since_snapshot += 1;
             let payload = message.payload().unwrap_or_default();
-            let outcome = if kafka::header(&message, kafka::KIND) == Some(kafka::KIND_IGNORED) {
+            // Markers have no payload: events never pay for the header lookup.
+            let outcome = if payload.is_empty()
+                && kafka::header(&message, kafka::KIND) == Some(kafka::KIND_IGNORED)
+            {
                 // A valid input record that had nothing to count: counted once.
                 metrics().sessionize_ignored.inc();
                 "ignored"

@@ -103,13 +103,6 @@ impl Classify for SinkError {
     }
 }
 
-impl SinkError {
-    /// Whether retrying can succeed.
-    pub fn is_retryable(&self) -> bool {
-        Classify::is_retryable(self)
-    }
-}
-
 /// The versioned migrations, in order.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (

@@ -184,15 +184,7 @@ snapshot_interval_ms = 1000
         sessionize_cfg: Config,
         expected_records: u64,
     ) -> Accounting {
-        let shutdown = Shutdown::new();
-        let stop = shutdown.clone();
-        let ingest_shutdown = shutdown.clone();
-        let ingest = tokio::spawn(async move {
-            wafunnel_stream::ingest::run(&ingest_cfg, ingest_shutdown).await
-        });
-        let sessionize = tokio::spawn(async move {
-            wafunnel_stream::sessionize::run(&sessionize_cfg, shutdown).await
-        });
+        let pipeline = Pipeline::start_with(ingest_cfg, sessionize_cfg);
         let started = Instant::now();
         let accounting = loop {
             let accounting = self.accounting().await;
@@ -204,14 +196,12 @@ snapshot_interval_ms = 1000
                 "only {accounting:?} of {expected_records} records accounted for"
             );
             assert!(
-                !ingest.is_finished() && !sessionize.is_finished(),
+                !pipeline.ingest.is_finished() && !pipeline.sessionize.is_finished(),
                 "a service stopped early"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        stop.stop();
-        ingest.await.expect("join").expect("ingest");
-        sessionize.await.expect("join").expect("sessionize");
+        pipeline.stop().await;
         accounting
     }
 
@@ -227,6 +217,50 @@ snapshot_interval_ms = 1000
             .await
             .unwrap_or_default()
     }
+}
+
+/// Ingest and sessionize running in this process until `stop`.
+struct Pipeline {
+    shutdown: Shutdown,
+    ingest: tokio::task::JoinHandle<
+        Result<wafunnel_stream::ingest::IngestCounts, wafunnel_stream::ingest::IngestError>,
+    >,
+    sessionize: tokio::task::JoinHandle<Result<u64, wafunnel_stream::sessionize::SessionizeError>>,
+}
+
+impl Pipeline {
+    fn start(env: &Env) -> Pipeline {
+        Pipeline::start_with(
+            Config::from_toml(&env.toml_again()).expect("config"),
+            Config::from_toml(&env.toml_again()).expect("config"),
+        )
+    }
+
+    fn start_with(ingest_cfg: Config, sessionize_cfg: Config) -> Pipeline {
+        let shutdown = Shutdown::new();
+        let (a, b) = (shutdown.clone(), shutdown.clone());
+        Pipeline {
+            shutdown,
+            ingest: tokio::spawn(async move { wafunnel_stream::ingest::run(&ingest_cfg, a).await }),
+            sessionize: tokio::spawn(async move {
+                wafunnel_stream::sessionize::run(&sessionize_cfg, b).await
+            }),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.stop();
+        self.ingest.await.expect("join").expect("ingest");
+        self.sessionize.await.expect("join").expect("sessionize");
+    }
+}
+
+/// A port nothing listens on yet.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clickhouse::Row)]

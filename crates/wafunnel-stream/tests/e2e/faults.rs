@@ -11,38 +11,7 @@ use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::ingest::IngestError;
 use wafunnel_stream::sink;
 
-use super::{assert_views_equal, generated, reference, Accounting, Env};
-
-/// Ingest and sessionize running in this process until `stop`.
-struct Pipeline {
-    shutdown: Shutdown,
-    ingest: tokio::task::JoinHandle<Result<wafunnel_stream::ingest::IngestCounts, IngestError>>,
-    sessionize: tokio::task::JoinHandle<Result<u64, wafunnel_stream::sessionize::SessionizeError>>,
-}
-
-impl Pipeline {
-    fn start(env: &Env) -> Pipeline {
-        let shutdown = Shutdown::new();
-        let (ingest_cfg, sessionize_cfg) = (
-            Config::from_toml(&env.toml_again()).expect("config"),
-            Config::from_toml(&env.toml_again()).expect("config"),
-        );
-        let (a, b) = (shutdown.clone(), shutdown.clone());
-        Pipeline {
-            shutdown,
-            ingest: tokio::spawn(async move { wafunnel_stream::ingest::run(&ingest_cfg, a).await }),
-            sessionize: tokio::spawn(async move {
-                wafunnel_stream::sessionize::run(&sessionize_cfg, b).await
-            }),
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.stop();
-        self.ingest.await.expect("join").expect("ingest");
-        self.sessionize.await.expect("join").expect("sessionize");
-    }
-}
+use super::{assert_views_equal, generated, reference, Accounting, Env, Pipeline};
 
 async fn wait_for_total(env: &Env, expected: u64) -> Accounting {
     let started = Instant::now();

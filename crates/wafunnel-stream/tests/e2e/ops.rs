@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::metrics::FAMILIES;
 
-use super::{env, generated, reference, Env};
+use super::{env, free_port, generated, reference, Env};
 
 /// The `[kafka]` section for the broker's SASL_SSL listener, with the local
 /// CA and the client certificate it requires; the password comes from the
@@ -102,13 +102,6 @@ struct Process {
     child: Child,
     log: PathBuf,
     metrics: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn spawn(config: &Path, args: &[&str], envs: &[(&str, String)], log: PathBuf) -> Process {

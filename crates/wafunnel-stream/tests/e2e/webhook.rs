@@ -11,7 +11,7 @@ use wafunnel_runtime::config::Config;
 use wafunnel_runtime::kafka::{self, LogContext};
 use wafunnel_runtime::shutdown::Shutdown;
 
-use super::{local_script, Env};
+use super::{free_port, local_script, Env};
 
 const SECRET: &str = "test-app-secret";
 const TOKEN: &str = "test-verify-token";
@@ -65,13 +65,6 @@ fn stored(cfg: &Config, topic: &str) -> i64 {
         .fetch_watermarks(topic, 0, Duration::from_secs(30))
         .expect("watermarks");
     high - low
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
