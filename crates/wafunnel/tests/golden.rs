@@ -91,3 +91,78 @@ fn demo_prints_the_report_and_writes_the_tables() {
     assert!(!rows(&out.path().join("funnel_daily.ndjson")).is_empty());
     assert!(!rows(&out.path().join("conversations.ndjson")).is_empty());
 }
+
+#[test]
+fn replay_reads_webhook_bodies_and_insights_rows_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../wafunnel-meta/tests/golden/webhook");
+    // One body per line: a referral from an ad, receipts only, an unknown number.
+    let bodies: String = ["ad_referral", "statuses_not_sent", "unknown_number"]
+        .iter()
+        .map(|name| {
+            let body = std::fs::read_to_string(golden.join(format!("{name}.json"))).expect("body");
+            body.replace('\n', "") + "\n"
+        })
+        .collect();
+    std::fs::write(dir.path().join("bodies.ndjson"), bodies).expect("write");
+    std::fs::write(
+        dir.path().join("rows.ndjson"),
+        concat!(
+            r#"{"account_id":"1001","campaign_id":"c1","ad_id":"120210000000001","date_start":"2026-03-02","date_stop":"2026-03-02","spend":"120.50","actions":[{"action_type":"onsite_conversion.messaging_conversation_started_7d","value":"127"}],"fetched_at":"2026-03-03T01:00:00Z"}"#,
+            "\n"
+        ),
+    )
+    .expect("write");
+    let out = dir.path().join("tables");
+    let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
+        .current_dir(dir.path())
+        .args([
+            "replay",
+            "--input",
+            "whatsapp-webhook=bodies.ndjson",
+            "--input",
+            "meta-insights=rows.ndjson",
+            "--phone-number",
+            "106540352242922=act_1001",
+            "--now",
+            "2026-03-05T00:00:00Z",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("run wafunnel");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("records 4: applied 2, duplicates 0, late 0, rejected 1"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ignored (valid, nothing to count): 1"),
+        "{report}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bodies.ndjson:3: rejected (unknown_phone_number)"),
+        "{stderr}"
+    );
+    // The referral's conversation carries the ad, and the row's spend lands on it.
+    let funnel = rows(&out.join("funnel_daily.ndjson"));
+    let ad = funnel
+        .iter()
+        .find(|r| r["ad_id"] == "120210000000001")
+        .expect("the ad's row");
+    assert_eq!(
+        (
+            ad["conversations_started"].as_i64(),
+            ad["reported_conversations"].as_i64()
+        ),
+        (Some(1), Some(127))
+    );
+    assert_eq!(ad["spend"], "120.5000");
+}
