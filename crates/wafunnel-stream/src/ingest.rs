@@ -246,7 +246,6 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, Inges
         Err(e) => return Err(e.into()),
     };
     let mut ingest = Ingest::new(cfg, &partitions)?;
-    kafka::blocking(|| ingest.producer.init_transactions(TXN_TIMEOUT))?;
     metrics().set_ready(true);
     tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
     while !shutdown.is_stopping() {
@@ -365,7 +364,6 @@ impl Ingest {
                 assignment.add_partition(&topic.name, partition);
             }
         }
-        consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
         let mut producer_config = kafka::client_config(&cfg.kafka);
         producer_config
             .set("transactional.id", transactional_id(cfg))
@@ -373,6 +371,10 @@ impl Ingest {
             .set("linger.ms", "20")
             .set("compression.type", "lz4");
         let producer: FutureProducer<LogContext> = kafka::create(&producer_config)?;
+        // Fence any earlier instance first: only then are the committed
+        // offsets final (a fenced one cannot commit past them any more).
+        kafka::blocking(|| producer.init_transactions(TXN_TIMEOUT))?;
+        consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
         let registry = match &cfg.schema_registry {
             Some(r) => {
                 Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
@@ -773,6 +775,11 @@ impl Ingest {
     /// whose initialisation completes or aborts whatever the old one left
     /// (after a broker crash it may be neither).
     async fn settle(&mut self) -> Result<(), IngestError> {
+        // A fenced producer must not be replaced: a new one would fence the
+        // instance that took over, and the two would take turns forwarding.
+        if self.fenced() {
+            return Err(IngestError::Fenced(self.transactional_id.clone()));
+        }
         match kafka::blocking(|| self.producer.abort_transaction(TXN_TIMEOUT)) {
             Ok(()) => return Ok(()),
             Err(e) if is_fatal(&e) => {
@@ -791,6 +798,21 @@ impl Ingest {
             Err(e) if is_fatal(&e) => Err(IngestError::Fenced(self.transactional_id.clone())),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the producer's fatal error, if any, is that it was fenced.
+    fn fenced(&self) -> bool {
+        self.producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| {
+                matches!(
+                    code,
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            })
     }
 
     /// The records of `batch` whose offsets the group has not committed:
