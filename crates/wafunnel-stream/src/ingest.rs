@@ -150,7 +150,13 @@ type Decided = Vec<(OwnedMessage, Decision)>;
 /// partition whose next event is further ahead than `skew_ms` of the
 /// slowest partition is paused, its record held, until the others catch up.
 /// The slowest partition is never held, so this never deadlocks; a
-/// partition that stays at its end holds nobody back.
+/// partition that stays at its end while it holds another back stops holding
+/// it (it is idle) until it delivers again.
+///
+/// Idleness is confirmed only while a record is held: a partition that was
+/// at its end before a burst (every partition of a quiet pipeline before a
+/// backfill) must not be idle when the burst starts, or the first partition
+/// fetched would run ahead of the others' records that are on their way.
 struct Alignment {
     skew_ms: i64,
     assigned: Vec<Partition>,
@@ -161,6 +167,8 @@ struct Alignment {
     /// When each partition's end was last asked of the broker.
     end_checked: HashMap<Partition, Instant>,
     held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
+    /// Since when some record has been held, without a break.
+    holding_since: Option<Instant>,
     paused: std::collections::HashSet<Partition>,
 }
 
@@ -419,6 +427,7 @@ impl Ingest {
                 forwarded: HashMap::new(),
                 at_end: Default::default(),
                 end_seen: HashMap::new(),
+                holding_since: None,
                 end_checked: HashMap::new(),
                 held: HashMap::new(),
                 paused: Default::default(),
@@ -475,6 +484,9 @@ impl Ingest {
             match decision {
                 decision if hold => {
                     let event_time = decision.event_time().unwrap_or(i64::MIN);
+                    self.alignment
+                        .holding_since
+                        .get_or_insert_with(Instant::now);
                     let queue = self.alignment.held.entry(partition.clone()).or_default();
                     queue.push_back((message, decision));
                     // Small skews are absorbed in memory; a partition far
@@ -585,12 +597,15 @@ impl Ingest {
             self.alignment.end_seen.remove(&candidate);
             return;
         }
-        let since = *self
+        let end_seen = *self
             .alignment
             .end_seen
             .entry(candidate.clone())
             .or_insert_with(Instant::now);
-        if since.elapsed() >= END_CONFIRM {
+        let Some(holding_since) = self.alignment.holding_since else {
+            return;
+        };
+        if end_seen.max(holding_since).elapsed() >= END_CONFIRM {
             self.alignment.at_end.insert(candidate);
         }
     }
@@ -598,7 +613,7 @@ impl Ingest {
     /// While records are held, idle partitions are checked for having
     /// reached their end (and for staying there).
     fn check_idle_partitions(&mut self) {
-        if self.alignment.held.is_empty() && self.alignment.end_seen.is_empty() {
+        if self.alignment.held.is_empty() {
             return;
         }
         let idle: Vec<Partition> = self
@@ -638,6 +653,9 @@ impl Ingest {
             let left = queue.len();
             if left == 0 {
                 self.alignment.held.remove(&partition);
+                if self.alignment.held.is_empty() {
+                    self.alignment.holding_since = None;
+                }
             }
             if left < HOLD_BEFORE_PAUSE / 2 && self.alignment.paused.remove(&partition) {
                 self.pause(&partition, false)?;
