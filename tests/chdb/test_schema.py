@@ -165,9 +165,22 @@ def db(request):
         backend.close()
 
 
+ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.I | re.M)
+
+
 def apply_migrations(db) -> None:
+    # As the Rust runner: an ADD COLUMN whose column exists is skipped
+    # (18.16 has no ADD COLUMN IF NOT EXISTS).
     for path in migration_files():
         for stmt in split_statements(path.read_text()):
+            added = ADD_COLUMN.search(stmt)
+            if added:
+                _, _, rows = db.query(
+                    "SELECT count() FROM system.columns WHERE database = currentDatabase() "
+                    f"AND table = '{added.group(1)}' AND name = '{added.group(2)}'"
+                )
+                if rows[0][0] > 0:
+                    continue
             db.execute(stmt)
 
 
@@ -191,25 +204,25 @@ FUNNEL_COLS = (
     "replied_le_1h, replied_le_24h, replied_gt_24h, sum_first_response_ms, "
     "outbound_in_free_window, outbound_after_free_window, "
     "over_messaged_conversations, qualified_leads, purchases, revenue, spend, "
-    "impressions, reported_conversations, version"
+    "impressions, reported_conversations, version, outbound_billable"
 )
 
 
 def funnel(account, ad, day, partition, version, *, clicks=0, inbound=0, started=0,
            messaged=0, replied=0, le_5m=0, le_1h=0, le_24h=0, gt_24h=0, sum_frm=0,
            out_in=0, out_after=0, over=0, qualified=0, purchases=0, revenue="0",
-           spend="0", impressions=0, reported=0) -> str:
+           spend="0", impressions=0, reported=0, billable=0) -> str:
     return (
         f"('{account}', '{ad}', '{day}', {partition}, {clicks}, {inbound}, {started}, "
         f"{messaged}, {replied}, {le_5m}, {le_1h}, {le_24h}, {gt_24h}, {sum_frm}, "
         f"{out_in}, {out_after}, {over}, {qualified}, {purchases}, {revenue}, {spend}, "
-        f"{impressions}, {reported}, {version})"
+        f"{impressions}, {reported}, {version}, {billable})"
     )
 
 
 CONTACTS_COLS = (
     "account_id, day, partition, unique_contacts, organic_inbound_messages, "
-    "organic_contacts, unattributed_leads, unattributed_purchases, version"
+    "organic_contacts, unattributed_leads, unattributed_purchases, version, messaging_contacts"
 )
 
 ADS_COLS = "account_id, ad_id, partition, campaign_id, adset_id, named_at, named_by, version"
@@ -242,10 +255,10 @@ def insert_fixture_rows(db) -> None:
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_1", "ad_1", D2, 0, 5, clicks=3, inbound=4, started=2, messaged=2,
         replied=2, le_5m=1, le_1h=1, sum_frm=300000 + 1800000, out_in=4, out_after=1,
-        over=0, qualified=1, purchases=1, revenue="49.9"))
+        over=0, qualified=1, purchases=1, revenue="49.9", billable=2))
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_1", "ad_1", D2, 0, 3, clicks=2, inbound=1, started=1, messaged=1,
-        replied=1, le_5m=1, sum_frm=300000, out_in=1))
+        replied=1, le_5m=1, sum_frm=300000, out_in=1, billable=9))
     # ad_1 / D2, partition 1: one more conversation (never messaged). The
     # spend columns of funnel_partial are not read: spend comes from the
     # snapshots below.
@@ -263,10 +276,11 @@ def insert_fixture_rows(db) -> None:
     # ad_3 / D5: two partitions, decimal truncation (0.0002 / 3 -> 0.0000).
     ins("funnel_partial", FUNNEL_COLS,
         funnel("act_1", "ad_3", D5, 0, 1, clicks=2, inbound=2, started=2, messaged=2,
-               replied=1, gt_24h=1, sum_frm=90000000, out_in=1, out_after=2, over=1),
+               replied=1, gt_24h=1, sum_frm=90000000, out_in=1, out_after=2, over=1,
+               billable=1),
         funnel("act_1", "ad_3", D5, 1, 1, clicks=1, inbound=3, started=1, messaged=1,
                replied=1, le_24h=1, sum_frm=7200000, out_in=5, purchases=2,
-               revenue="100.0001", qualified=1))
+               revenue="100.0001", qualified=1, billable=1))
     # act_2 / ad_9: an ad whose campaign and ad set were never named.
     ins("funnel_partial", FUNNEL_COLS, funnel(
         "act_2", "ad_9", D2, 0, 1, clicks=1, inbound=1, started=1, messaged=1))
@@ -288,12 +302,12 @@ def insert_fixture_rows(db) -> None:
     ins("ads", ADS_COLS, f"('act_1', 'ad_2', 0, 'cmp_1', 'as_2', {T0}, 'c-2', 1)")
 
     # ---- contacts_partial
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 2, 1, 1, 0, 0, 3)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 5, 5, 5, 5, 5, 1)")  # replay of v1
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 1, 1, 0, 0, 1, 2, 2)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5)")  # retraction
-    ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 2, 1, 1, 0, 0, 3, 2)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 5, 5, 5, 5, 5, 1, 5)")  # replay of v1
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 1, 1, 0, 0, 1, 2, 2, 1)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4, 1)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5, 0)")  # retraction
+    ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1, 0)")
 
     # ---- conversation_rows
     fi = T0 + 60000
@@ -384,6 +398,7 @@ FUNNEL_DAILY_COLUMNS = [
     ("cost_per_conversation", "Nullable(Decimal(18, 4))"),
     ("cost_per_messaged_conversation", "Nullable(Decimal(18, 4))"),
     ("click_to_message_rate", "Nullable(Float64)"),
+    ("outbound_billable", "Int64"),
 ]
 
 D = Decimal
@@ -391,23 +406,23 @@ FUNNEL_DAILY_ROWS = [
     # account, campaign, adset, ad, day,
     # clicks, inbound, started, messaged, ghost, replied, le_5m, le_1h, le_24h, gt_24h,
     # sum_frm, out_in, out_after, over, qualified, purchases, revenue, spend,
-    # impressions, reported, cost_per_conv, cost_per_messaged, rate
+    # impressions, reported, cost_per_conv, cost_per_messaged, rate, billable
     ("act_1", "cmp_2", "as_2", "ad_1", D2,
      4, 4, 3, 2, 1, 2, 1, 1, 0, 0,
      2100000, 4, 1, 0, 1, 1, D("49.9"), D("10"),
-     1000, 2, D("3.3333"), D("5"), 2 / 3),
+     1000, 2, D("3.3333"), D("5"), 2 / 3, 2),
     ("act_1", "cmp_2", "as_2", "ad_1", D4,
      0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
      0, 0, 0, 0, 0, 0, D("0"), D("0.0001"),
-     10, 0, None, None, None),
+     10, 0, None, None, None, 0),
     ("act_1", "cmp_1", "as_1", "ad_3", D5,
      3, 5, 3, 3, 0, 2, 0, 0, 1, 1,
      97200000, 6, 2, 1, 1, 2, D("100.0001"), D("0.0002"),
-     0, 0, D("0"), D("0"), 1.0),
+     0, 0, D("0"), D("0"), 1.0, 2),
     ("act_2", "", "", "ad_9", D2,
      1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
      0, 0, 0, 0, 0, 0, D("0"), D("0"),
-     0, 0, D("0"), D("0"), 1.0),
+     0, 0, D("0"), D("0"), 1.0, 0),
 ]
 
 CONTACTS_DAILY_COLUMNS = [
@@ -418,11 +433,12 @@ CONTACTS_DAILY_COLUMNS = [
     ("organic_contacts", "Int64"),
     ("unattributed_leads", "Int64"),
     ("unattributed_purchases", "Int64"),
+    ("messaging_contacts", "Int64"),
 ]
 
 CONTACTS_DAILY_ROWS = [
-    ("act_1", D2, 3, 1, 1, 1, 2),
-    ("act_2", D4, 0, 3, 2, 0, 0),
+    ("act_1", D2, 3, 1, 1, 1, 2, 3),
+    ("act_2", D4, 0, 3, 2, 0, 0, 0),
 ]
 
 CONVERSATIONS_COLUMNS = [
@@ -481,12 +497,13 @@ TABLE_COLUMNS = {
         "replied_gt_24h Int64, sum_first_response_ms Int64, outbound_in_free_window Int64, "
         "outbound_after_free_window Int64, over_messaged_conversations Int64, "
         "qualified_leads Int64, purchases Int64, revenue Decimal(18, 4), "
-        "spend Decimal(18, 4), impressions Int64, reported_conversations Int64, version UInt64"
+        "spend Decimal(18, 4), impressions Int64, reported_conversations Int64, version UInt64, "
+        "outbound_billable Int64"
     ),
     "contacts_partial": (
         "account_id String, day Date, partition UInt32, unique_contacts Int64, "
         "organic_inbound_messages Int64, organic_contacts Int64, unattributed_leads Int64, "
-        "unattributed_purchases Int64, version UInt64"
+        "unattributed_purchases Int64, version UInt64, messaging_contacts Int64"
     ),
     "ads": (
         "account_id String, ad_id String, partition UInt32, campaign_id String, "
@@ -683,6 +700,14 @@ def test_bi_queries(loaded):
         "GROUP BY response_bucket ORDER BY response_bucket"
     )
     assert rows == [("le_5m", 1), (None, 1)]
+
+    # People who messaged over a range (the marketer's "52"): distinct users
+    # of messaged conversations, never a sum of messaging_contacts over days.
+    _, _, rows = loaded.query(
+        "SELECT account_id, uniqExact(user_hash) AS people, sum(inbound_messages) AS messages "
+        "FROM conversations WHERE inbound_messages > 0 GROUP BY account_id"
+    )
+    assert rows == [("act_1", 1, 2)]
 
 
 def test_decimal_division_truncates_toward_zero(db):

@@ -448,6 +448,8 @@ fn from_value(value: Value) -> Result<RawEvent<'static>, Error> {
             "referral_ad_id" => raw.referral_ad_id = take_str(&name, value)?,
             "automated" => raw.automated = take_bool(&name, value)?,
             "template" => raw.template = take_bool(&name, value)?,
+            // Not in wafunnel's schema; read when a writer schema adds it.
+            "billable" => raw.billable = take_bool(&name, value)?,
             "value" => raw.value = take_str(&name, value)?,
             "currency" => raw.currency = take_str(&name, value)?,
             "order_id" => raw.order_id = take_str(&name, value)?,

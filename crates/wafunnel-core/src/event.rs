@@ -109,6 +109,7 @@ pub struct RawEvent<'a> {
     pub referral_ad_id: Option<Cow<'a, str>>,
     pub automated: Option<bool>,
     pub template: Option<bool>,
+    pub billable: Option<bool>,
     pub value: Option<Cow<'a, str>>,
     pub currency: Option<Cow<'a, str>>,
     pub order_id: Option<Cow<'a, str>>,
@@ -250,6 +251,9 @@ pub enum Body {
         user: UserKey,
         automated: bool,
         template: bool,
+        /// Meta charged for it (`pricing.billable`); absent when not known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        billable: Option<bool>,
     },
     Lead {
         user: UserKey,
@@ -442,6 +446,7 @@ impl RawEvent<'_> {
                 user: user()?,
                 automated: self.automated.unwrap_or(false),
                 template: self.template.unwrap_or(false),
+                billable: self.billable,
             },
             EventType::Lead => Body::Lead {
                 user: user()?,
@@ -596,6 +601,7 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
                 "referral_ad_id" => take!(raw.referral_ad_id, "referral_ad_id", Str<'de>),
                 "automated" => take!(raw.automated, "automated", bool),
                 "template" => take!(raw.template, "template", bool),
+                "billable" => take!(raw.billable, "billable", bool),
                 "value" => take!(raw.value, "value", Str<'de>),
                 "currency" => take!(raw.currency, "currency", Str<'de>),
                 "order_id" => take!(raw.order_id, "order_id", Str<'de>),
@@ -616,7 +622,7 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
 }
 
 /// The fields of the canonical JSON, each with its bit in the visitor's seen set.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 21] = [
     "event_id",
     "type",
     "account_id",
@@ -629,6 +635,7 @@ const FIELDS: [&str; 20] = [
     "referral_ad_id",
     "automated",
     "template",
+    "billable",
     "value",
     "currency",
     "order_id",

@@ -173,6 +173,8 @@ counters! {
         outbound_in_free_window: i64,
         /// Outbound messages after it.
         outbound_after_free_window: i64,
+        /// Outbound messages Meta charged for (`billable`).
+        outbound_billable: i64,
         /// Conversations with more than 2 follow-ups in the free window.
         over_messaged_conversations: i64,
         /// Conversations that became a qualified lead.
@@ -197,6 +199,9 @@ counters! {
         unattributed_leads: i64,
         /// Purchases attributed to no conversation.
         unattributed_purchases: i64,
+        /// Distinct contacts with a conversation started this day that has
+        /// an inbound message.
+        messaging_contacts: i64,
     }
 }
 

@@ -135,6 +135,7 @@ struct Conv {
     outbound: u32,
     out_free: u32,
     out_after: u32,
+    out_billable: u32,
     followups: u32,
     purchases: u32,
     awaiting_reply: bool,
@@ -158,6 +159,7 @@ impl Conv {
             outbound: 0,
             out_free: 0,
             out_after: 0,
+            out_billable: 0,
             followups: 0,
             purchases: 0,
             awaiting_reply: false,
@@ -171,6 +173,7 @@ impl Conv {
             conversations_messaged: i64::from(self.inbound > 0),
             outbound_in_free_window: i64::from(self.out_free),
             outbound_after_free_window: i64::from(self.out_after),
+            outbound_billable: i64::from(self.out_billable),
             over_messaged_conversations: i64::from(self.followups > MAX_FOLLOWUPS),
             qualified_leads: i64::from(self.qualified_at != NONE),
             purchases: i64::from(self.purchases),
@@ -199,6 +202,12 @@ struct ContactState {
     convs: SmallVec<[Conv; 1]>,
     last_start_day: i32,
     last_organic_day: i32,
+    /// Start days of messaged conversations already evicted, while a
+    /// conversation of the same day could still appear or become messaged,
+    /// so that each day counts the contact once among `messaging_contacts`.
+    /// Empty for almost every contact: a day is dropped once it is behind the
+    /// lateness horizon and no conversation of it is held.
+    evicted_messaged_days: Vec<i32>,
 }
 
 impl Default for ContactState {
@@ -207,6 +216,7 @@ impl Default for ContactState {
             convs: SmallVec::new(),
             last_start_day: NO_DAY,
             last_organic_day: NO_DAY,
+            evicted_messaged_days: Vec::new(),
         }
     }
 }
@@ -215,6 +225,7 @@ impl Default for ContactState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Step {
     time: i64,
+    /// A purchase's value in units; 1 for a billable `message_out`.
     value: i64,
     event_id: Box<str>,
     ad: u32,
@@ -256,6 +267,9 @@ struct FunnelEntry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ContactsEntry {
     counts: ContactsCounts,
+    /// Conversations held that started this day: one may still become
+    /// messaged (`messaging_contacts`), so the day is not evicted before them.
+    live_conversations: i64,
     #[serde(skip)]
     dirty: bool,
 }
@@ -337,6 +351,11 @@ impl Effects<'_> {
             entry.live_conversations += sign;
         }
         entry.counts.add_signed(&after, sign);
+        if before.is_none() {
+            // Not a change of the row: the entry is not marked dirty.
+            let key = (self.account, Day(conv.start_day));
+            self.contacts.entry(key).or_default().live_conversations += sign;
+        }
     }
 
     fn raw(&mut self, ad: u32, day: Day, apply: impl FnOnce(&mut FunnelCounts, i64)) {
@@ -436,9 +455,20 @@ impl Effects<'_> {
                     conv.first_inbound_at = t;
                 }
                 conv.awaiting_reply = true;
+                let first_inbound = conv.inbound == 1;
+                let start_day = conv.start_day;
                 let conv = &state.convs[i];
                 self.conv_changed(conv, Some(&before));
                 self.raw(ad, day, |c, s| c.inbound_messages += s);
+                let counted = state.evicted_messaged_days.contains(&start_day)
+                    || state
+                        .convs
+                        .iter()
+                        .enumerate()
+                        .any(|(j, c)| j != i && c.start_day == start_day && c.inbound > 0);
+                if first_inbound && !counted {
+                    self.account_level(Day(start_day), |c, s| c.messaging_contacts += s);
+                }
             }
             EventType::MessageOut => {
                 let Some(i) = self.most_recent(state, t, NO_AD, self.windows.gap_ms) else {
@@ -447,6 +477,9 @@ impl Effects<'_> {
                 let conv = &mut state.convs[i];
                 let before = conv.contribution();
                 conv.outbound += 1;
+                if step.value == 1 {
+                    conv.out_billable += 1;
+                }
                 let is_reply = std::mem::replace(&mut conv.awaiting_reply, false);
                 if conv.first_inbound_at != NONE {
                     if conv.first_reply_at == NONE {
@@ -721,7 +754,11 @@ impl Sessionizer {
                         let ad = referral_ad_id.as_deref().map_or(NO_AD, |a| self.ad(a));
                         (EventType::MessageIn, ad, 0)
                     }
-                    Body::MessageOut { .. } => (EventType::MessageOut, NO_AD, 0),
+                    Body::MessageOut { billable, .. } => (
+                        EventType::MessageOut,
+                        NO_AD,
+                        i64::from(*billable == Some(true)),
+                    ),
                     Body::Lead { ad_id, .. } => (
                         EventType::Lead,
                         ad_id.as_deref().map_or(NO_AD, |a| self.ad(a)),
@@ -953,9 +990,29 @@ impl Sessionizer {
                     {
                         entry.live_conversations -= 1;
                     }
+                    if let Some(entry) = self
+                        .contacts_daily
+                        .get_mut(&(key.account, Day(conv.start_day)))
+                    {
+                        entry.live_conversations -= 1;
+                    }
+                }
+                let state = &mut contact.state;
+                for conv in state.convs.iter().filter(|c| evictable(c)) {
+                    let day = conv.start_day;
+                    if conv.inbound > 0 && !state.evicted_messaged_days.contains(&day) {
+                        state.evicted_messaged_days.push(day);
+                    }
                 }
                 contact.state.convs.retain(|c| !evictable(c));
             }
+            // A day behind the horizon gets no new conversation, but one of
+            // its conversations still held may become messaged.
+            let state = &mut contact.state;
+            let convs = &state.convs;
+            state
+                .evicted_messaged_days
+                .retain(|d| *d >= horizon_day || convs.iter().any(|c| c.start_day == *d));
             let removable = contact.state.convs.is_empty()
                 && contact.state.last_organic_day < horizon_day
                 && contact.state.last_start_day < horizon_day;
@@ -1001,8 +1058,9 @@ impl Sessionizer {
         self.funnel.retain(|&(account, _, day), e| {
             e.dirty || e.live_conversations != 0 || day >= horizon_days[account as usize]
         });
-        self.contacts_daily
-            .retain(|&(account, day), e| e.dirty || day >= horizon_days[account as usize]);
+        self.contacts_daily.retain(|&(account, day), e| {
+            e.dirty || e.live_conversations != 0 || day >= horizon_days[account as usize]
+        });
         self.ads.retain(|_, d| d.dirty || d.named_at >= horizon);
         self.spend.retain(|_, s| s.dirty || s.event_time >= horizon);
     }

@@ -38,6 +38,7 @@ pub struct FunnelDailyRow {
     pub outbound_in_free_window: i64,
     pub outbound_after_free_window: i64,
     pub over_messaged_conversations: i64,
+    pub outbound_billable: i64,
     pub qualified_leads: i64,
     pub purchases: i64,
     pub revenue: Money,
@@ -60,6 +61,7 @@ pub struct ContactsDailyRow {
     pub organic_contacts: i64,
     pub unattributed_leads: i64,
     pub unattributed_purchases: i64,
+    pub messaging_contacts: i64,
 }
 
 type Partitioned<K> = (K, u32);
@@ -139,6 +141,7 @@ impl Tables {
                 organic_contacts: c.organic_contacts,
                 unattributed_leads: c.unattributed_leads,
                 unattributed_purchases: c.unattributed_purchases,
+                messaging_contacts: c.messaging_contacts,
             })
             .collect()
     }
@@ -199,6 +202,7 @@ impl Tables {
                     outbound_in_free_window: c.outbound_in_free_window,
                     outbound_after_free_window: c.outbound_after_free_window,
                     over_messaged_conversations: c.over_messaged_conversations,
+                    outbound_billable: c.outbound_billable,
                     qualified_leads: c.qualified_leads,
                     purchases: c.purchases,
                     revenue: Money(c.revenue),

@@ -223,6 +223,9 @@ pub fn normalize_webhook(
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 event.template = Some(TEMPLATE_CATEGORIES.contains(&category));
+                event.billable = pricing
+                    .and_then(|p| p.get("billable"))
+                    .and_then(Value::as_bool);
                 events.push(event);
             }
         }

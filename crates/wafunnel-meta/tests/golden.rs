@@ -26,6 +26,9 @@ fn render(event: &RawEvent<'_>) -> String {
     if let Some(t) = event.template {
         fields.push(format!("template={t}"));
     }
+    if let Some(b) = event.billable {
+        fields.push(format!("billable={b}"));
+    }
     fields.join(" ")
 }
 

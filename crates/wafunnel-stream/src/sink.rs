@@ -130,6 +130,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ignored_records",
         include_str!("../../../schemas/clickhouse/0005_ignored_records.sql"),
     ),
+    (
+        6,
+        "billable_and_messaging_contacts",
+        include_str!("../../../schemas/clickhouse/0006_billable_and_messaging_contacts.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -151,6 +156,32 @@ pub fn statements(sql: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// `(table, column)` of an `ALTER TABLE t ADD COLUMN c ...` statement.
+/// ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: the runner skips the
+/// statement when the column exists, so that a migration interrupted after
+/// it (and not yet recorded) applies again.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take(2).collect();
+    if !head
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ALTER", "TABLE"])
+    {
+        return None;
+    }
+    let table = words.next()?;
+    let add: Vec<String> = words
+        .by_ref()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if add != ["ADD", "COLUMN"] {
+        return None;
+    }
+    Some((table, words.next()?))
 }
 
 fn checksum(sql: &str) -> String {
@@ -213,6 +244,20 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<usize, SinkError> {
             continue;
         }
         for statement in statements(sql) {
+            if let Some((table, column)) = added_column(&statement) {
+                let present: u64 = db
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = currentDatabase() AND table = ? AND name = ?",
+                    )
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one()
+                    .await?;
+                if present > 0 {
+                    continue;
+                }
+            }
             db.query(&statement).execute().await?;
         }
         let mut insert = db.insert::<AppliedMigration>("schema_migrations").await?;
@@ -415,6 +460,7 @@ struct FunnelWrite {
     qualified_leads: i64,
     purchases: i64,
     revenue: i64,
+    outbound_billable: i64,
     version: u64,
 }
 
@@ -428,6 +474,7 @@ struct ContactsWrite {
     organic_contacts: i64,
     unattributed_leads: i64,
     unattributed_purchases: i64,
+    messaging_contacts: i64,
     version: u64,
 }
 
@@ -676,6 +723,7 @@ impl Sink {
                     qualified_leads: c.qualified_leads,
                     purchases: c.purchases,
                     revenue: c.revenue,
+                    outbound_billable: c.outbound_billable,
                     version,
                 });
             }
@@ -690,6 +738,7 @@ impl Sink {
                     organic_contacts: c.organic_contacts,
                     unattributed_leads: c.unattributed_leads,
                     unattributed_purchases: c.unattributed_purchases,
+                    messaging_contacts: c.messaging_contacts,
                     version,
                 });
             }
@@ -784,6 +833,26 @@ mod tests {
             .any(|s| s.starts_with("CREATE VIEW funnel_daily")));
         let numbers: Vec<u32> = MIGRATIONS.iter().map(|m| m.0).collect();
         assert_eq!(numbers, (1..=MIGRATIONS.len() as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn added_columns_are_recognized() {
+        assert_eq!(
+            added_column("ALTER TABLE funnel_partial ADD COLUMN outbound_billable Int64 DEFAULT 0"),
+            Some(("funnel_partial", "outbound_billable"))
+        );
+        assert_eq!(
+            added_column("alter table t\nadd column c String"),
+            Some(("t", "c"))
+        );
+        assert_eq!(added_column("ALTER TABLE t DROP COLUMN c"), None);
+        assert_eq!(added_column("CREATE VIEW v AS SELECT 1"), None);
+        let added = MIGRATIONS
+            .iter()
+            .flat_map(|m| statements(m.2))
+            .filter(|s| added_column(s).is_some())
+            .count();
+        assert_eq!(added, 2, "0006 adds two columns");
     }
 
     #[test]

@@ -307,6 +307,7 @@ struct FunnelDailyCh {
     cost_per_conversation: Option<i64>,
     cost_per_messaged_conversation: Option<i64>,
     click_to_message_rate: Option<f64>,
+    outbound_billable: i64,
 }
 
 #[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
@@ -318,6 +319,7 @@ struct ContactsDailyCh {
     organic_contacts: i64,
     unattributed_leads: i64,
     unattributed_purchases: i64,
+    messaging_contacts: i64,
 }
 
 fn expected_funnel(tables: &Tables) -> Vec<FunnelDailyCh> {
@@ -353,6 +355,7 @@ fn expected_funnel(tables: &Tables) -> Vec<FunnelDailyCh> {
             cost_per_conversation: r.cost_per_conversation.map(|m| m.0),
             cost_per_messaged_conversation: r.cost_per_messaged_conversation.map(|m| m.0),
             click_to_message_rate: r.click_to_message_rate,
+            outbound_billable: r.outbound_billable,
         })
         .collect()
 }
@@ -369,6 +372,7 @@ fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
             organic_contacts: r.organic_contacts,
             unattributed_leads: r.unattributed_leads,
             unattributed_purchases: r.unattributed_purchases,
+            messaging_contacts: r.messaging_contacts,
         })
         .collect()
 }

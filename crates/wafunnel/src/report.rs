@@ -20,11 +20,13 @@ struct Totals {
     clicks: i64,
     started: i64,
     messaged: i64,
+    inbound: i64,
     contacts: usize,
     replied: [i64; 4],
     sum_response_ms: i64,
     out_free: i64,
     out_after: i64,
+    billable: i64,
     over_messaged: i64,
     leads: i64,
     purchases: i64,
@@ -38,6 +40,7 @@ impl Totals {
         self.clicks += r.clicks;
         self.started += r.conversations_started;
         self.messaged += r.conversations_messaged;
+        self.inbound += r.inbound_messages;
         for (slot, v) in self.replied.iter_mut().zip([
             r.replied_le_5m,
             r.replied_le_1h,
@@ -49,6 +52,7 @@ impl Totals {
         self.sum_response_ms += r.sum_first_response_ms;
         self.out_free += r.outbound_in_free_window;
         self.out_after += r.outbound_after_free_window;
+        self.billable += r.outbound_billable;
         self.over_messaged += r.over_messaged_conversations;
         self.leads += r.qualified_leads;
         self.purchases += r.purchases;
@@ -115,7 +119,14 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
         );
     }
     let mut users: BTreeMap<AccountCampaign, BTreeSet<u128>> = BTreeMap::new();
+    let mut messaging: BTreeMap<Arc<str>, BTreeSet<u128>> = BTreeMap::new();
     for c in &conversations {
+        if c.inbound_messages > 0 {
+            messaging
+                .entry(c.account_id.clone())
+                .or_default()
+                .insert(c.user_hash.0);
+        }
         let campaign = campaign_of
             .get(&(c.account_id.clone(), c.ad_id.clone()))
             .cloned();
@@ -179,6 +190,8 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
                 (&mut total.clicks, t.clicks),
                 (&mut total.started, t.started),
                 (&mut total.messaged, t.messaged),
+                (&mut total.inbound, t.inbound),
+                (&mut total.billable, t.billable),
                 (&mut total.sum_response_ms, t.sum_response_ms),
                 (&mut total.out_free, t.out_free),
                 (&mut total.out_after, t.out_after),
@@ -195,6 +208,17 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
         }
         total.contacts = users.get(&(account.clone(), None)).map_or(0, BTreeSet::len);
         write_funnel_line(out, "all campaigns", &total, total.contacts)?;
+        // Meta counts a conversation started per person and ad, often at the
+        // click: each step below is a smaller, truer number.
+        writeln!(
+            out,
+            "  reconciliation: Meta says {} -> {} conversations started -> {} messaged ({} inbound messages) -> {} people who messaged",
+            total.reported,
+            total.started,
+            total.messaged,
+            total.inbound,
+            messaging.get(account).map_or(0, BTreeSet::len),
+        )?;
 
         writeln!(
             out,
@@ -218,8 +242,8 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
         )?;
         writeln!(
             out,
-            "  free 72h window: {} outbound inside, {} after it; {} conversations over-messaged (>2 follow-ups)",
-            total.out_free, total.out_after, total.over_messaged
+            "  free 72h window: {} outbound inside, {} after it; {} conversations over-messaged (>2 follow-ups); {} outbound billed by Meta",
+            total.out_free, total.out_after, total.over_messaged, total.billable
         )?;
         writeln!(
             out,

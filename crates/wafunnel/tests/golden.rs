@@ -66,6 +66,38 @@ fn every_golden_log_replays_to_its_expected_tables() {
 }
 
 #[test]
+fn the_report_reconciles_meta_with_the_messages() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
+        .args([
+            "replay",
+            "--now",
+            "2026-06-01T00:00:00Z",
+            "--user-hash-key",
+            "golden",
+        ])
+        .arg(golden_root().join("contract_example/events.ndjson"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run wafunnel");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    // Meta's 127, two conversations started (one a ghost click), one that
+    // messaged once, one person; the organic message is not in the chain.
+    assert!(
+        report.contains(
+            "reconciliation: Meta says 127 -> 2 conversations started -> 1 messaged (1 inbound messages) -> 1 people who messaged"
+        ),
+        "{report}"
+    );
+}
+
+#[test]
 fn demo_prints_the_report_and_writes_the_tables() {
     let out = tempfile::tempdir().expect("tempdir");
     let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))

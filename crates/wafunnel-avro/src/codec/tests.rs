@@ -45,6 +45,7 @@ fn as_avro_sees_it(raw: &RawEvent<'_>) -> RawEvent<'static> {
         referral_ad_id: own(&raw.referral_ad_id),
         automated: raw.automated,
         template: raw.template,
+        billable: raw.billable,
         value: own(&raw.value),
         currency: own(&raw.currency),
         order_id: own(&raw.order_id),
@@ -151,6 +152,8 @@ fn every_field_survives_and_absent_stays_absent() {
         referral_ad_id: Some("r".into()),
         automated: Some(false),
         template: Some(true),
+        // Not in wafunnel's schemas.
+        billable: None,
         value: Some("1.0001".into()),
         currency: Some("EUR".into()),
         order_id: Some("o".into()),

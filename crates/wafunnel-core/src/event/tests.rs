@@ -37,7 +37,8 @@ fn decodes_every_example_of_the_contract() {
         Body::MessageOut {
             user: hasher.hash("u1"),
             automated: false,
-            template: false
+            template: false,
+            billable: None,
         }
     );
     match &events[3].body {

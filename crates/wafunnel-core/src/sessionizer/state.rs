@@ -44,7 +44,10 @@ use crate::config::{Accounts, Windows};
 use crate::time::{Day, DayClock};
 
 /// The layout version written first in every snapshot.
-pub(super) const FORMAT_VERSION: u32 = 1;
+///
+/// 2: billable outbound messages per conversation, messaged start days per
+/// contact, and their totals (`outbound_billable`, `messaging_contacts`).
+pub(super) const FORMAT_VERSION: u32 = 2;
 
 /// Why a state could not be saved or loaded. Every variant is fatal for the
 /// snapshot at hand: none is worth retrying as is. A failed load means

@@ -49,6 +49,12 @@ fn msg_out(id: &str, user: &str, t: i64) -> Event {
     ))
 }
 
+fn msg_out_billable(id: &str, user: &str, t: i64, billable: bool) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"message_out","account_id":"act_1","user_id":"{user}","event_time":{t},"template":true,"billable":{billable}}}"#
+    ))
+}
+
 fn lead(id: &str, user: &str, t: i64, ad: Option<&str>) -> Event {
     let ad = ad.map_or(String::new(), |a| format!(r#","ad_id":"{a}""#));
     event(format!(
@@ -582,3 +588,104 @@ fn organic_contacts_are_distinct_per_day() {
 mod properties;
 mod reference;
 mod save_load;
+
+#[test]
+fn billable_outbound_messages_count_on_the_start_day() {
+    let t = run(&[
+        click("c", "u", T0, "ad_1"),
+        msg_in("m", "u", T0 + MIN, Some("ad_1")),
+        msg_out_billable("o1", "u", T0 + 2 * MIN, true),
+        msg_out_billable("o2", "u", T0 + DAY_MS, false),
+        msg_out("o3", "u", T0 + 2 * DAY_MS),
+        msg_out_billable("o4", "u", T0 + 4 * DAY_MS, true),
+    ]);
+    let rows = funnel(&t, "ad_1");
+    assert_eq!(rows.iter().map(|r| r.outbound_billable).sum::<i64>(), 2);
+    assert_eq!(
+        rows[0].outbound_billable, 2,
+        "on the conversation's start day"
+    );
+    assert_eq!(rows[0].outbound_in_free_window, 3);
+    assert_eq!(rows[0].outbound_after_free_window, 1);
+}
+
+#[test]
+fn a_contact_who_messaged_on_two_ads_is_one_messaging_contact() {
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        click("c2", "u", T0 + MIN, "ad_2"),
+        msg_in("m2", "u", T0 + 2 * MIN, Some("ad_2")),
+        msg_in("m1", "u", T0 + 3 * MIN, Some("ad_1")),
+        click("c3", "ghost", T0, "ad_1"),
+        msg_in("m3", "v", T0 + 5 * MIN, Some("ad_1")),
+        msg_in("m4", "v", T0 + 6 * MIN, Some("ad_1")),
+    ]);
+    let day = &t.contacts_daily()[0];
+    assert_eq!(
+        day.unique_contacts, 3,
+        "u, ghost and v started conversations"
+    );
+    assert_eq!(
+        day.messaging_contacts, 2,
+        "u once for two ads, v once for two messages"
+    );
+    let f: i64 = t
+        .funnel_daily()
+        .iter()
+        .map(|r| r.conversations_messaged)
+        .sum();
+    assert_eq!(f, 3);
+}
+
+#[test]
+fn a_conversation_messaged_a_day_later_counts_on_its_start_day() {
+    // Clicked on day 0, messaged on day 1; a second conversation of day 1
+    // messaged first does not hide it, and neither counts twice.
+    let t = run(&[
+        click("c1", "u", T0, "ad_1"),
+        click("c2", "u", T0 + DAY_MS, "ad_2"),
+        msg_in("m2", "u", T0 + DAY_MS + MIN, Some("ad_2")),
+        msg_in("m1", "u", T0 + DAY_MS + 2 * MIN, Some("ad_1")),
+        click("c3", "u", T0 + DAY_MS + 3 * MIN, "ad_3"),
+        msg_in("m3", "u", T0 + DAY_MS + 4 * MIN, Some("ad_3")),
+    ]);
+    let days = t.contacts_daily();
+    assert_eq!(
+        days.iter()
+            .map(|d| d.messaging_contacts)
+            .collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+}
+
+#[test]
+fn a_conversation_messaged_after_its_day_left_the_horizon_keeps_that_days_row() {
+    // A click just before midnight, kept alive by clicks until long after the
+    // lateness horizon passed that day, then the first message: the start
+    // day's contacts row gains the person and keeps its other counts.
+    let windows = Windows {
+        gap_ms: 20 * MIN,
+        lateness_ms: 45 * MIN,
+        attribution_window_ms: 40 * MIN,
+    };
+    let midnight = T0 + DAY_MS; // 2026-03-03T00:00Z
+    let mut events = vec![click("c0", "u", midnight - 10 * MIN, "ad_1")];
+    for i in 1..=12 {
+        events.push(click(
+            &format!("c{i}"),
+            "u",
+            midnight - 10 * MIN + i * 15 * MIN,
+            "ad_1",
+        ));
+    }
+    events.push(msg_in("m", "u", midnight + 3 * HOUR_MS, Some("ad_1")));
+    let (tables, _) = run_with(windows, &events);
+    let days = tables.contacts_daily();
+    assert_eq!(days.len(), 1, "{days:?}");
+    assert_eq!(
+        (days[0].unique_contacts, days[0].messaging_contacts),
+        (1, 1)
+    );
+    let (_, _, reference) = reference::reference(&events, windows, &accounts());
+    assert_eq!(days, reference);
+}

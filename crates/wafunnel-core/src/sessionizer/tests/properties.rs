@@ -41,7 +41,8 @@ fn to_events(gens: &[Gen]) -> Vec<Event> {
             match g.kind {
                 0 => click(&id, &user, t, &ad),
                 1 => msg_in(&id, &user, t, g.flag.then_some(ad.as_str())),
-                2 | 3 => msg_out(&id, &user, t),
+                2 => msg_out(&id, &user, t),
+                3 => msg_out_billable(&id, &user, t, g.flag),
                 4 => lead(&id, &user, t, g.flag.then_some(ad.as_str())),
                 5 => purchase(&id, &user, t, if g.flag { "10.5" } else { "0.0001" }),
                 _ => spend(

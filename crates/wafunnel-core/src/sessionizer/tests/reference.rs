@@ -23,6 +23,7 @@ struct RConv {
     first_reply: Option<i64>,
     out_free: u32,
     out_after: u32,
+    out_billable: u32,
     followups: u32,
     inbound_since_outbound: bool,
     qualified: Option<i64>,
@@ -177,10 +178,11 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                         }
                     }
                 }
-                Body::MessageOut { .. } => {
+                Body::MessageOut { billable, .. } => {
                     if let Some(i) = pick(&convs, t, None, windows.gap_ms) {
                         let c = &mut convs[i];
                         c.outbound += 1;
+                        c.out_billable += u32::from(*billable == Some(true));
                         let reply = std::mem::take(&mut c.inbound_since_outbound);
                         if let Some(first_in) = c.first_in {
                             c.first_reply.get_or_insert(t);
@@ -225,6 +227,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
             }
         }
         let mut start_days = BTreeSet::new();
+        let mut messaged_days = BTreeSet::new();
         for c in convs {
             let day = day_of(accounts, &account, c.started);
             if start_days.insert(day) {
@@ -232,6 +235,12 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                     .entry((account.clone(), day))
                     .or_default()
                     .unique_contacts += 1;
+            }
+            if c.inbound > 0 && messaged_days.insert(day) {
+                contacts
+                    .entry((account.clone(), day))
+                    .or_default()
+                    .messaging_contacts += 1;
             }
             let f = funnel
                 .entry((account.clone(), c.ad.clone(), day))
@@ -255,6 +264,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
             f.outbound_in_free_window += i64::from(c.out_free);
             f.outbound_after_free_window += i64::from(c.out_after);
             f.over_messaged_conversations += i64::from(c.followups > 2);
+            f.outbound_billable += i64::from(c.out_billable);
             f.qualified_leads += i64::from(c.qualified.is_some());
             f.purchases += i64::from(c.purchases);
             f.revenue += c.revenue;
@@ -337,6 +347,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                 outbound_in_free_window: c.outbound_in_free_window,
                 outbound_after_free_window: c.outbound_after_free_window,
                 over_messaged_conversations: c.over_messaged_conversations,
+                outbound_billable: c.outbound_billable,
                 qualified_leads: c.qualified_leads,
                 purchases: c.purchases,
                 revenue: Money(c.revenue),
@@ -372,6 +383,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
             organic_contacts: c.organic_contacts,
             unattributed_leads: c.unattributed_leads,
             unattributed_purchases: c.unattributed_purchases,
+            messaging_contacts: c.messaging_contacts,
         })
         .collect();
     (rows, funnel_rows, contact_rows)
