@@ -460,13 +460,17 @@ impl Effects<'_> {
                 let conv = &state.convs[i];
                 self.conv_changed(conv, Some(&before));
                 self.raw(ad, day, |c, s| c.inbound_messages += s);
-                let counted = state.evicted_messaged_days.contains(&start_day)
-                    || state
-                        .convs
-                        .iter()
-                        .enumerate()
-                        .any(|(j, c)| j != i && c.start_day == start_day && c.inbound > 0);
-                if first_inbound && !counted {
+                // Only a first message can make a contact messaging: the
+                // other conversations are not scanned on every message.
+                let counted = || {
+                    state.evicted_messaged_days.contains(&start_day)
+                        || state
+                            .convs
+                            .iter()
+                            .enumerate()
+                            .any(|(j, c)| j != i && c.start_day == start_day && c.inbound > 0)
+                };
+                if first_inbound && !counted() {
                     self.account_level(Day(start_day), |c, s| c.messaging_contacts += s);
                 }
             }

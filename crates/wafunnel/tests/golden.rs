@@ -15,6 +15,30 @@ fn rows(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Replays a golden log with the settings of tests/golden/README.md; it must succeed.
+fn replay_golden(events: &Path, out: &Path) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
+        .args([
+            "replay",
+            "--now",
+            "2026-06-01T00:00:00Z",
+            "--user-hash-key",
+            "golden",
+        ])
+        .args(["--account", "act_br=BRL/America/Sao_Paulo"])
+        .arg(events)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run wafunnel");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 #[test]
 fn every_golden_log_replays_to_its_expected_tables() {
     let mut cases = 0;
@@ -24,25 +48,7 @@ fn every_golden_log_replays_to_its_expected_tables() {
             continue;
         }
         let out = tempfile::tempdir().expect("tempdir");
-        let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
-            .args([
-                "replay",
-                "--now",
-                "2026-06-01T00:00:00Z",
-                "--user-hash-key",
-                "golden",
-            ])
-            .args(["--account", "act_br=BRL/America/Sao_Paulo"])
-            .arg(case.join("events.ndjson"))
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .expect("run wafunnel");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = replay_golden(&case.join("events.ndjson"), out.path());
         for table in ["funnel_daily", "contacts_daily", "conversations"] {
             let file = format!("{table}.ndjson");
             assert_eq!(
@@ -68,23 +74,9 @@ fn every_golden_log_replays_to_its_expected_tables() {
 #[test]
 fn the_report_reconciles_meta_with_the_messages() {
     let out = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
-        .args([
-            "replay",
-            "--now",
-            "2026-06-01T00:00:00Z",
-            "--user-hash-key",
-            "golden",
-        ])
-        .arg(golden_root().join("contract_example/events.ndjson"))
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("run wafunnel");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = replay_golden(
+        &golden_root().join("contract_example/events.ndjson"),
+        out.path(),
     );
     let report = String::from_utf8_lossy(&output.stdout);
     // Meta's 127, two conversations started (one a ghost click), one that
