@@ -433,6 +433,18 @@ upsert_scram_user() {
   return "$rc"
 }
 
+# port_released PORT: true once nothing listens on PORT, waiting up to 20 s.
+# A broker just killed can still hold its sockets for a moment: its main
+# thread is already a zombie while the other threads are being torn down.
+port_released() {
+  local waited=0
+  while tcp_open 127.0.0.1 "$1"; do
+    ((waited < 200)) || return 1
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+}
+
 start() {
   need_cmd java openssl
   take_lock "$KDIR/.lock"
@@ -451,15 +463,10 @@ start() {
     fi
   else
     rm -f "$PIDFILE"
-    if tcp_open 127.0.0.1 "$KAFKA_PORT"; then
-      die "port $KAFKA_PORT is already in use by another process (set KAFKA_PORT)"
-    fi
-    if tcp_open 127.0.0.1 "$KAFKA_SASL_PORT"; then
-      die "port $KAFKA_SASL_PORT is already in use by another process (set KAFKA_SASL_PORT)"
-    fi
-    if tcp_open 127.0.0.1 "$KAFKA_CONTROLLER_PORT"; then
-      die "port $KAFKA_CONTROLLER_PORT is already in use by another process (set KAFKA_CONTROLLER_PORT)"
-    fi
+    local var
+    for var in KAFKA_PORT KAFKA_SASL_PORT KAFKA_CONTROLLER_PORT; do
+      port_released "${!var}" || die "port ${!var} is already in use by another process (set $var)"
+    done
     write_configs
     format_storage
     : >"$LOGS/stdout.log"
