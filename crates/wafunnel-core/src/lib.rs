@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod event;
+pub mod export;
 pub mod money;
 pub mod rows;
 pub mod sessionizer;
