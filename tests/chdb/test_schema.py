@@ -232,7 +232,8 @@ CONV_COLS = (
     "inbound_messages, first_inbound_at, outbound_messages, first_reply_at, "
     "first_response_ms, response_bucket, free_window_ends_at, outbound_in_free_window, "
     "outbound_after_free_window, followups_in_free_window, over_messaged, qualified_at, "
-    "purchases, revenue, first_purchase_at, time_to_close_ms, partition, version, is_deleted"
+    "purchases, revenue, first_purchase_at, time_to_close_ms, partition, version, is_deleted, "
+    "click_id"
 )
 
 H72 = 72 * 3600 * 1000
@@ -313,22 +314,22 @@ def insert_fixture_rows(db) -> None:
     fi = T0 + 60000
     conv_a_v1 = (
         f"('act_1', 'ad_1', 'uh_a', {T0}, {fi}, 1, {T0}, 1, {fi}, 0, NULL, NULL, 'none', "
-        f"{fi + H72}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0)"
+        f"{fi + H72}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, 'ARAkx')"
     )
     conv_a_v2 = (
         f"('act_1', 'ad_1', 'uh_a', {T0}, {fi + 600000}, 1, {T0}, 2, {fi}, 5, {fi + 120000}, "
         f"120000, 'le_5m', {fi + H72}, 4, 1, 3, 1, {T0 + 7200000}, 1, 49.9, "
-        f"{T0 + 86400000}, 86400000, 0, 4, 0)"
+        f"{T0 + 86400000}, 86400000, 0, 4, 0, 'ARAkx')"
     )
     conv_b = (
         f"('act_1', 'ad_1', 'uh_b', {T0 + 5000}, {T0 + 5000}, 1, {T0 + 5000}, 0, NULL, 0, "
-        f"NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 1, 2, 0)"
+        f"NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 1, 2, 0, NULL)"
     )
     conv_c_live = (
         f"('act_1', 'ad_2', 'uh_c', {T0}, {T0}, 1, {T0}, 0, NULL, 0, NULL, NULL, NULL, NULL, "
-        f"0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0)"
+        f"0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, NULL)"
     )
-    conv_c_deleted = conv_c_live.replace(", 0, 1, 0)", ", 0, 2, 1)")
+    conv_c_deleted = conv_c_live.replace(", 0, 1, 0, NULL)", ", 0, 2, 1, NULL)")
     assert conv_c_deleted != conv_c_live
     ins("conversation_rows", CONV_COLS, conv_a_v2)
     ins("conversation_rows", CONV_COLS, conv_a_v1)  # replayed older version
@@ -465,15 +466,16 @@ CONVERSATIONS_COLUMNS = [
     ("revenue", "Decimal(18, 4)"),
     ("first_purchase_at", "Nullable(Int64)"),
     ("time_to_close_ms", "Nullable(Int64)"),
+    ("click_id", "Nullable(String)"),
 ]
 
 _FI = T0 + 60000
 CONVERSATIONS_ROWS = [
     ("act_1", "ad_1", "uh_a", T0, _FI + 600000, 1, T0, 2, _FI, 5, _FI + 120000,
      120000, "le_5m", _FI + H72, 4, 1, 3, 1, T0 + 7200000, 1, D("49.9"),
-     T0 + 86400000, 86400000),
+     T0 + 86400000, 86400000, "ARAkx"),
     ("act_1", "ad_1", "uh_b", T0 + 5000, T0 + 5000, 1, T0 + 5000, 0, None, 0, None,
-     None, None, None, 0, 0, 0, 0, None, 0, D("0"), None, None),
+     None, None, None, 0, 0, 0, 0, None, 0, D("0"), None, None, None),
 ]
 
 # The tables' columns: the contract with the Rust writer.
@@ -488,7 +490,8 @@ TABLE_COLUMNS = {
         "outbound_in_free_window UInt32, outbound_after_free_window UInt32, "
         "followups_in_free_window UInt32, over_messaged UInt8, qualified_at Nullable(Int64), "
         "purchases UInt32, revenue Decimal(18, 4), first_purchase_at Nullable(Int64), "
-        "time_to_close_ms Nullable(Int64), partition UInt32, version UInt64, is_deleted UInt8"
+        "time_to_close_ms Nullable(Int64), partition UInt32, version UInt64, is_deleted UInt8, "
+        "click_id Nullable(String)"
     ),
     "funnel_partial": (
         "account_id String, ad_id String, day Date, partition UInt32, clicks Int64, "

@@ -17,6 +17,9 @@ pub struct Windows {
     pub lateness_ms: i64,
     /// `W`: how long after a conversation's last activity a lead or purchase is attributed to it (28 days).
     pub attribution_window_ms: i64,
+    /// `capi.delay`: how far behind the partition watermark a lead or
+    /// purchase must be before its Conversions API export is emitted (1 hour).
+    pub capi_delay_ms: i64,
 }
 
 impl Default for Windows {
@@ -25,6 +28,7 @@ impl Default for Windows {
             gap_ms: 7 * DAY_MS,
             lateness_ms: 24 * HOUR_MS,
             attribution_window_ms: 28 * DAY_MS,
+            capi_delay_ms: HOUR_MS,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::UserKey;
+use crate::export::ConversionExport;
 use crate::money::{Currency, Money};
 use crate::time::{Day, HOUR_MS};
 
@@ -96,6 +97,8 @@ pub struct ConversationRow {
     pub followups_in_free_window: u32,
     pub over_messaged: bool,
     pub qualified_at: Option<i64>,
+    /// Meta's `ctwa_clid` of its first activity event that carried one.
+    pub click_id: Option<Arc<str>>,
     pub purchases: u32,
     pub revenue: Money,
     pub first_purchase_at: Option<i64>,
@@ -271,6 +274,8 @@ pub struct Changes {
     pub ads: Vec<AdRow>,
     /// Spend snapshots that won.
     pub spend: Vec<SpendRow>,
+    /// Conversions API exports emitted ([`crate::export`]).
+    pub exports: Vec<ConversionExport>,
 }
 
 impl Changes {
@@ -281,6 +286,7 @@ impl Changes {
             && self.contacts.is_empty()
             && self.ads.is_empty()
             && self.spend.is_empty()
+            && self.exports.is_empty()
     }
 
     /// Number of rows.
@@ -290,6 +296,7 @@ impl Changes {
             + self.contacts.len()
             + self.ads.len()
             + self.spend.len()
+            + self.exports.len()
     }
 }
 

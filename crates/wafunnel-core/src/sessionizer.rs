@@ -30,6 +30,7 @@
 //! ([`Sessionizer::save`], [`Sessionizer::load`]), so that a service restores
 //! a partition instead of replaying it from the beginning.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
@@ -38,6 +39,7 @@ use smallvec::SmallVec;
 
 use crate::config::{AccountSettings, Accounts, UserKey, Windows};
 use crate::event::{Body, Event, EventType};
+use crate::export::{export_id, ConversionExport, ConversionName, ExportDecision, CLICK_WINDOW_MS};
 use crate::money::{Currency, Money};
 use crate::rows::{
     AdRow, Changes, ContactsCounts, ContactsPartialRow, ConversationChange, ConversationKey,
@@ -139,6 +141,11 @@ struct Conv {
     followups: u32,
     purchases: u32,
     awaiting_reply: bool,
+    /// The `click_id` of its first activity event that carried one.
+    click_id: Option<Arc<str>>,
+    /// The time of that event.
+    #[serde(with = "state::opt_time")]
+    click_at: i64,
 }
 
 impl Conv {
@@ -163,6 +170,16 @@ impl Conv {
             followups: 0,
             purchases: 0,
             awaiting_reply: false,
+            click_id: None,
+            click_at: NONE,
+        }
+    }
+
+    /// Records the click id of an activity event, if it is the first one.
+    fn take_click(&mut self, step: &Step) {
+        if self.click_id.is_none() && step.click_id.is_some() {
+            self.click_id = step.click_id.clone();
+            self.click_at = step.time;
         }
     }
 
@@ -230,6 +247,8 @@ struct Step {
     event_id: Box<str>,
     ad: u32,
     kind: EventType,
+    /// The `click_id` of an activity event.
+    click_id: Option<Arc<str>>,
 }
 
 impl Step {
@@ -298,6 +317,35 @@ struct Snapshot {
     dirty: bool,
 }
 
+/// Identifies a Conversions API export in time order: its source event's
+/// time, account and `event_id`.
+type ExportKey = (i64, u32, Box<str>);
+
+/// A lead or purchase that will be exported once it is `capi_delay_ms`
+/// behind the watermark, with the attribution its last fold gave it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Candidate {
+    lead: bool,
+    /// A purchase's value in units.
+    value: i64,
+    /// The attached conversation's click id and the time of the event that
+    /// carried it.
+    click: Option<(Arc<str>, i64)>,
+}
+
+/// The Conversions API exports of docs/SEMANTICS.md section 7.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Exports {
+    /// Not emitted yet; folds insert (sign +1) and retract (sign -1) them.
+    pending: BTreeMap<ExportKey, Candidate>,
+    /// Emitted, while their event could still be folded again: a fold never
+    /// makes them pending again, so an export is emitted once.
+    emitted: BTreeSet<ExportKey>,
+    /// Emitted since the last drain (never saved: a state is saved drained).
+    #[serde(skip)]
+    out: Vec<ConversionExport>,
+}
+
 #[derive(Debug)]
 struct AccountState {
     id: Arc<str>,
@@ -315,6 +363,7 @@ struct Effects<'a> {
     funnel_dirty: &'a mut Vec<(u32, u32, Day)>,
     contacts: &'a mut HashMap<(u32, Day), ContactsEntry>,
     contacts_dirty: &'a mut Vec<(u32, Day)>,
+    exports: &'a mut Exports,
 }
 
 impl Effects<'_> {
@@ -362,6 +411,26 @@ impl Effects<'_> {
         if self.sign != 0 {
             let sign = self.sign;
             apply(&mut self.funnel_entry(ad, day).counts, sign);
+        }
+    }
+
+    /// A lead or purchase to export, attached to a conversation with this
+    /// click (id and time), or to none.
+    fn export(&mut self, step: &Step, click: Option<(Arc<str>, i64)>) {
+        let key = (step.time, self.account, step.event_id.clone());
+        match self.sign {
+            1 if !self.exports.emitted.contains(&key) => {
+                let candidate = Candidate {
+                    lead: step.kind == EventType::Lead,
+                    value: step.value,
+                    click,
+                };
+                self.exports.pending.insert(key, candidate);
+            }
+            -1 => {
+                self.exports.pending.remove(&key);
+            }
+            _ => {}
         }
     }
 
@@ -423,6 +492,7 @@ impl Effects<'_> {
             EventType::AdClick => {
                 let i = self.activity(state, step.ad, t, day);
                 let conv = &mut state.convs[i];
+                conv.take_click(step);
                 conv.clicks += 1;
                 if conv.first_click_at == NONE {
                     conv.first_click_at = t;
@@ -450,6 +520,7 @@ impl Effects<'_> {
                 let i = self.activity(state, ad, t, day);
                 let conv = &mut state.convs[i];
                 let before = conv.contribution();
+                conv.take_click(step);
                 conv.inbound += 1;
                 if conv.first_inbound_at == NONE {
                     conv.first_inbound_at = t;
@@ -513,6 +584,7 @@ impl Effects<'_> {
                             c.unattributed_purchases += s;
                         }
                     });
+                    self.export(step, None);
                     return;
                 };
                 let conv = &mut state.convs[i];
@@ -531,6 +603,8 @@ impl Effects<'_> {
                 }
                 let conv = &state.convs[i];
                 self.conv_changed(conv, Some(&before));
+                let click = conv.click_id.clone().map(|id| (id, conv.click_at));
+                self.export(step, click);
             }
             EventType::AdSpend => {}
         }
@@ -551,9 +625,9 @@ pub struct Sessionizer {
     dirty_contacts: Vec<ContactKey>,
     pending_deletes: HashMap<ContactKey, Vec<(u32, i64)>>,
     pending_rows: Vec<ConversationChange>,
-    schedule: std::collections::BTreeMap<i64, Vec<ContactKey>>,
+    schedule: BTreeMap<i64, Vec<ContactKey>>,
     seen: HashSet<u128>,
-    seen_by_hour: std::collections::BTreeMap<i64, Vec<u128>>,
+    seen_by_hour: BTreeMap<i64, Vec<u128>>,
     watermark: i64,
     maintained_hour: i64,
     funnel: HashMap<(u32, u32, Day), FunnelEntry>,
@@ -564,6 +638,7 @@ pub struct Sessionizer {
     ads_dirty: Vec<(u32, u32)>,
     spend: HashMap<(u32, u32, Day), Snapshot>,
     spend_dirty: Vec<(u32, u32, Day)>,
+    exports: Exports,
     counts: OutcomeCounts,
 }
 
@@ -595,6 +670,7 @@ impl Sessionizer {
             ads_dirty: Vec::new(),
             spend: HashMap::new(),
             spend_dirty: Vec::new(),
+            exports: Exports::default(),
             counts: OutcomeCounts::default(),
         }
     }
@@ -737,13 +813,16 @@ impl Sessionizer {
             }
             body => {
                 let user = event.user().unwrap_or(UserKey(0));
+                let mut click = None;
                 let (kind, ad, value) = match body {
                     Body::AdClick {
                         ad_id,
                         adset_id,
                         campaign_id,
+                        click_id,
                         ..
                     } => {
+                        click = click_id.as_deref().map(Arc::from);
                         let ad = self.ad(ad_id);
                         self.name_ad(
                             account,
@@ -754,7 +833,12 @@ impl Sessionizer {
                         );
                         (EventType::AdClick, ad, 0)
                     }
-                    Body::MessageIn { referral_ad_id, .. } => {
+                    Body::MessageIn {
+                        referral_ad_id,
+                        click_id,
+                        ..
+                    } => {
+                        click = click_id.as_deref().map(Arc::from);
                         let ad = referral_ad_id.as_deref().map_or(NO_AD, |a| self.ad(a));
                         (EventType::MessageIn, ad, 0)
                     }
@@ -781,6 +865,7 @@ impl Sessionizer {
                     event_id: event.event_id.as_str().into(),
                     ad,
                     kind,
+                    click_id: click,
                 };
                 let key = ContactKey {
                     account,
@@ -789,7 +874,48 @@ impl Sessionizer {
                 self.apply_step(key, step);
             }
         }
+        self.emit_exports(self.watermark.saturating_sub(self.windows.capi_delay_ms));
         Outcome::Applied
+    }
+
+    /// Emits every pending export whose event is at or before `until`.
+    fn emit_exports(&mut self, until: i64) {
+        while let Some(entry) = self.exports.pending.first_entry() {
+            if entry.key().0 > until {
+                break;
+            }
+            let (key, candidate) = entry.remove_entry();
+            let (time, account, event_id) = &key;
+            let account = &mut self.accounts[*account as usize];
+            let decision = match &candidate.click {
+                None => ExportDecision::NoClickId,
+                Some((_, at)) if time - at <= CLICK_WINDOW_MS => ExportDecision::Send,
+                Some(_) => ExportDecision::OutsideWindow,
+            };
+            let purchase = !candidate.lead;
+            self.exports.out.push(ConversionExport {
+                export_id: export_id(&account.id, event_id),
+                account_id: account.id.clone(),
+                event_name: if purchase {
+                    ConversionName::Purchase
+                } else {
+                    ConversionName::LeadSubmitted
+                },
+                event_time: *time,
+                day: account.clock.day_of(*time),
+                click_id: candidate.click.map(|(id, _)| id),
+                value: purchase.then_some(Money(candidate.value)),
+                currency: purchase.then(|| self.settings.get(&account.id).currency),
+                decision,
+            });
+            self.exports.emitted.insert(key);
+        }
+    }
+
+    /// The end of a finite input (a file replayed offline): the watermark
+    /// moves past every event, so every pending export is emitted.
+    pub fn finish(&mut self) {
+        self.emit_exports(i64::MAX);
     }
 
     fn name_ad(
@@ -838,6 +964,7 @@ impl Sessionizer {
             dirty_contacts,
             pending_deletes,
             schedule,
+            exports,
             ..
         } = self;
         let mut fx = Effects {
@@ -850,6 +977,7 @@ impl Sessionizer {
             funnel_dirty,
             contacts: contacts_daily,
             contacts_dirty,
+            exports,
         };
         let contact = contacts.entry(key).or_insert_with(|| Contact {
             state: ContactState::default(),
@@ -930,6 +1058,16 @@ impl Sessionizer {
                 self.seen.remove(&id);
             }
         }
+        // An emitted export's event can be folded again only while it is
+        // not behind the horizon.
+        while self
+            .exports
+            .emitted
+            .first()
+            .is_some_and(|(time, _, _)| *time < horizon)
+        {
+            self.exports.emitted.pop_first();
+        }
         while let Some(entry) = self.schedule.first_entry() {
             if *entry.key() > self.watermark {
                 break;
@@ -963,6 +1101,7 @@ impl Sessionizer {
             funnel_dirty: &mut self.funnel_dirty,
             contacts: &mut self.contacts_daily,
             contacts_dirty: &mut self.contacts_dirty,
+            exports: &mut self.exports,
         };
         if let Some(tail) = contact.tail.as_mut() {
             compact(tail, horizon, &mut fx);
@@ -1073,6 +1212,7 @@ impl Sessionizer {
     pub fn drain(&mut self) -> Changes {
         let mut changes = Changes {
             conversations: std::mem::take(&mut self.pending_rows),
+            exports: std::mem::take(&mut self.exports.out),
             ..Changes::default()
         };
         for key in std::mem::take(&mut self.dirty_contacts) {
@@ -1175,7 +1315,7 @@ fn compact(tail: &mut Tail, horizon: i64, fx: &mut Effects<'_>) {
 }
 
 fn schedule_at(
-    schedule: &mut std::collections::BTreeMap<i64, Vec<ContactKey>>,
+    schedule: &mut BTreeMap<i64, Vec<ContactKey>>,
     contact: &mut Contact,
     key: ContactKey,
     due: i64,
@@ -1268,6 +1408,7 @@ fn conversation_row(
         followups_in_free_window: conv.followups,
         over_messaged: conv.followups > MAX_FOLLOWUPS,
         qualified_at: opt(conv.qualified_at),
+        click_id: conv.click_id.clone(),
         purchases: conv.purchases,
         revenue: Money(conv.revenue),
         first_purchase_at,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::export::ConversionExport;
 use crate::money::Money;
 use crate::rows::{
     AdRow, Changes, ContactsCounts, ConversationChange, ConversationKey, ConversationRow,
@@ -78,6 +79,8 @@ pub struct Tables {
     contacts: HashMap<Partitioned<(Arc<str>, Day)>, ContactsCounts>,
     ads: HashMap<Partitioned<AdKey>, AdRow>,
     spend: HashMap<Partitioned<AdDay>, SpendRow>,
+    /// By export id: an export emitted again (a replay) is the same one.
+    exports: HashMap<String, ConversionExport>,
 }
 
 impl Tables {
@@ -118,6 +121,22 @@ impl Tables {
                 row,
             );
         }
+        for export in changes.exports {
+            self.exports.insert(export.export_id.clone(), export);
+        }
+    }
+
+    /// The Conversions API exports, ordered by (account, event time, export id).
+    pub fn exports(&self) -> Vec<ConversionExport> {
+        let mut exports: Vec<ConversionExport> = self.exports.values().cloned().collect();
+        exports.sort_by(|a, b| {
+            (&a.account_id, a.event_time, &a.export_id).cmp(&(
+                &b.account_id,
+                b.event_time,
+                &b.export_id,
+            ))
+        });
+        exports
     }
 
     /// `conversations`, ordered by key.

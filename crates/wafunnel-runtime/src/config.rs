@@ -1024,6 +1024,7 @@ impl Config {
                 "windows.attribution",
                 &self.windows.attribution,
             )?,
+            capi_delay_ms: self.capi_delay_ms()?,
         })
     }
 

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub clickhouse_write_retries: Counter,
     /// Attempts to reach the Kafka brokers that failed and were retried.
     pub kafka_connect_retries: Counter,
+    /// Deliveries of Conversions API exports to the capi topic retried.
+    pub capi_export_retries: Counter,
     /// Raw partitions paused because they ran ahead in event time.
     pub paused_partitions: Gauge,
     /// Conversations held in memory over all partitions.
@@ -195,6 +197,7 @@ impl Metrics {
             kafka_transaction_retries: retry("kafka_transaction"),
             clickhouse_write_retries: retry("clickhouse_write"),
             kafka_connect_retries: retry("kafka_connect"),
+            capi_export_retries: retry("capi_export"),
             snapshot_bytes,
             paused_partitions: gauge(
                 &mut registry,

@@ -23,6 +23,7 @@
 
 pub mod check;
 pub mod dead_letter;
+pub mod exports;
 pub mod ingest;
 pub mod sessionize;
 pub mod sink;

@@ -48,6 +48,7 @@ use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 
 use crate::check::CANARY_ACCOUNT;
+use crate::exports::{ExportError, ExportProducer};
 use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
 use wafunnel_runtime::config::Config;
@@ -72,6 +73,9 @@ pub enum SessionizeError {
     /// The state store could not be set up.
     #[error("state: {0}")]
     State(#[from] SnapshotError),
+    /// Conversions API exports could not be delivered to their topic.
+    #[error(transparent)]
+    Exports(#[from] ExportError),
     /// Bad configuration or topics.
     #[error("{0}")]
     Config(String),
@@ -84,6 +88,7 @@ impl Classify for SessionizeError {
             SessionizeError::Connect(e) => e.fault(),
             SessionizeError::Sink(e) => e.fault(),
             SessionizeError::State(_) => Fault::External,
+            SessionizeError::Exports(e) => e.fault(),
         }
     }
 
@@ -148,7 +153,7 @@ struct SessionizeContext {
     internal: String,
     dead: String,
     store: Arc<StateStore>,
-    sink: Sink,
+    outputs: Outputs,
     windows: Windows,
     accounts: Accounts,
     owned: Mutex<Partitions>,
@@ -322,7 +327,7 @@ impl SessionizeContext {
             || tokio::task::block_in_place(|| {
                 handle.block_on(tokio::time::timeout(
                     HAND_OVER_WAIT,
-                    self.sink.write_with_retry(&batch, &self.shutdown),
+                    self.outputs.deliver(&batch, &self.shutdown),
                 ))
             })
             .is_ok_and(|r| r.is_ok());
@@ -550,12 +555,15 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
         }
     }
     let store = Arc::new(StateStore::new(cfg, partitions[cfg.topics.state.as_str()])?);
-    let sink = Sink::new(&cfg.clickhouse);
+    let outputs = Outputs {
+        sink: Sink::new(&cfg.clickhouse),
+        exports: Arc::new(ExportProducer::new(cfg)?),
+    };
     let context = SessionizeContext {
         internal: internal.clone(),
         dead: dead.clone(),
         store: Arc::clone(&store),
-        sink: sink.clone(),
+        outputs: outputs.clone(),
         windows,
         accounts,
         owned: Mutex::new(Partitions::default()),
@@ -602,7 +610,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
         if let Some(message) = fatal {
             return Err(SessionizeError::Config(message));
         }
-        restore_dead_letter_counts(&consumer, &sink, &dead).await?;
+        restore_dead_letter_counts(&consumer, &outputs.sink, &dead).await?;
         let deadline = Instant::now() + flush_interval;
         let mut in_batch = 0usize;
         while in_batch < cfg.batch.max_records {
@@ -714,7 +722,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                 .or_default() += 1;
         }
         let stopping = shutdown.is_stopping();
-        flush(&sink, &consumer, &internal, &dead, &shutdown).await?;
+        flush(&outputs, &consumer, &internal, &dead, &shutdown).await?;
         let mut deletable = TopicPartitionList::new();
         {
             let mut owned = consumer.context().lock();
@@ -887,9 +895,27 @@ fn update_gauges(
     metrics().consumer_lag.set(lag);
 }
 
+/// Where a batch goes before its offsets are committed: the rows to
+/// ClickHouse, the Conversions API exports to their topic.
+#[derive(Clone, Debug)]
+struct Outputs {
+    sink: Sink,
+    exports: Arc<ExportProducer>,
+}
+
+impl Outputs {
+    /// Writes the rows, then produces the exports, each retried until
+    /// acknowledged or the stop is abandoned.
+    async fn deliver(&self, batch: &Batch, shutdown: &Shutdown) -> Result<(), SessionizeError> {
+        self.sink.write_with_retry(batch, shutdown).await?;
+        self.exports.deliver(batch, shutdown).await?;
+        Ok(())
+    }
+}
+
 /// Writes everything changed since the last flush, then commits the offsets.
 async fn flush(
-    sink: &Sink,
+    outputs: &Outputs,
     consumer: &StreamConsumer<SessionizeContext>,
     internal: &str,
     dead: &str,
@@ -900,7 +926,7 @@ async fn flush(
         return Ok(());
     }
     let started = Instant::now();
-    sink.write_with_retry(&batch, shutdown).await?;
+    outputs.deliver(&batch, shutdown).await?;
     tracing::debug!(
         rows = batch.outcomes.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

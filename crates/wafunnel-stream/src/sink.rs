@@ -135,6 +135,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "billable_and_messaging_contacts",
         include_str!("../../../schemas/clickhouse/0006_billable_and_messaging_contacts.sql"),
     ),
+    (
+        8,
+        "conversation_click_id",
+        include_str!("../../../schemas/clickhouse/0008_conversation_click_id.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -343,6 +348,7 @@ pub struct ConversationCh {
     pub revenue: i64,
     pub first_purchase_at: Option<i64>,
     pub time_to_close_ms: Option<i64>,
+    pub click_id: Option<String>,
 }
 
 impl From<&ConversationRow> for ConversationCh {
@@ -371,6 +377,7 @@ impl From<&ConversationRow> for ConversationCh {
             revenue: r.revenue.0,
             first_purchase_at: r.first_purchase_at,
             time_to_close_ms: r.time_to_close_ms,
+            click_id: r.click_id.as_deref().map(str::to_owned),
         }
     }
 }
@@ -400,6 +407,7 @@ struct ConversationWrite {
     revenue: i64,
     first_purchase_at: Option<i64>,
     time_to_close_ms: Option<i64>,
+    click_id: Option<String>,
     partition: u32,
     version: u64,
     is_deleted: u8,
@@ -431,6 +439,7 @@ impl ConversationWrite {
             revenue: r.revenue,
             first_purchase_at: r.first_purchase_at,
             time_to_close_ms: r.time_to_close_ms,
+            click_id: r.click_id,
             partition,
             version,
             is_deleted,
@@ -694,6 +703,7 @@ impl Sink {
                             revenue: 0,
                             first_purchase_at: None,
                             time_to_close_ms: None,
+                            click_id: None,
                         },
                         1,
                     ),

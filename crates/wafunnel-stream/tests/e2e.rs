@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use wafunnel_core::config::UserHasher;
 use wafunnel_core::event::parse_json_event;
+use wafunnel_core::export::{ConversionExport, ExportDecision};
 use wafunnel_core::sessionizer::{OutcomeCounts, Sessionizer};
 use wafunnel_core::tables::Tables;
 use wafunnel_runtime::config::Config;
@@ -68,6 +69,7 @@ raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro
 internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
 state = "state-{suffix}"
+capi = "capi-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
@@ -86,6 +88,10 @@ phone_number_ids = ["206540352242922"]
 id = "act_3003"
 currency = "EUR"
 time_zone = "Europe/Madrid"
+[capi]
+# The lateness: every export is emitted with its total-order attribution,
+# so the pipeline's equal the in-process engine's.
+delay = "24h"
 [batch]
 max_records = 20000
 flush_interval_ms = 300
@@ -109,6 +115,7 @@ snapshot_interval_ms = 1000
                 (&insights, 1),
                 (&cfg.topics.internal, internal_partitions),
                 (&cfg.topics.dead_letter, 1),
+                (&cfg.topics.capi, 1),
             ],
         )
         .await
@@ -445,6 +452,94 @@ async fn a_generated_log_gives_the_in_process_tables_exactly() {
     );
 
     assert_views_equal(&env, &tables).await;
+    assert_exports_emitted(&env, &tables).await;
+}
+
+/// The exports on the capi topic agree with the in-process engine's: an
+/// export id seen there (once or more) carries exactly the in-process
+/// export, and every in-process export whose event is well behind the end
+/// of the log (its partition's watermark moved `capi.delay` past it) is
+/// there.
+async fn assert_exports_emitted(env: &Env, tables: &Tables) {
+    let expected: std::collections::BTreeMap<String, ConversionExport> = tables
+        .exports()
+        .into_iter()
+        .map(|x| (x.export_id.clone(), x))
+        .collect();
+    assert!(
+        expected
+            .values()
+            .any(|x| x.decision == ExportDecision::Send),
+        "the log has conversions to send"
+    );
+    let consumer: StreamConsumer<LogContext> = kafka::client_config(&env.cfg.kafka)
+        .set("group.id", format!("capi-reader-{}", std::process::id()))
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&env.cfg.topics.capi, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    let mut seen = std::collections::BTreeMap::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+        let message = message.expect("consume");
+        let export: ConversionExport =
+            serde_json::from_slice(message.payload().expect("payload")).expect("an export");
+        assert_eq!(
+            message.key(),
+            Some(export.export_id.as_bytes()),
+            "keyed by export id"
+        );
+        assert_eq!(
+            expected.get(&export.export_id),
+            Some(&export),
+            "as in process"
+        );
+        seen.insert(export.export_id.clone(), export);
+    }
+    // Every partition's watermark is at least the latest event time left on
+    // it (older records may be deleted): what is `capi.delay` behind the
+    // lowest of them is due everywhere.
+    let internal: StreamConsumer<LogContext> = kafka::client_config(&env.cfg.kafka)
+        .set(
+            "group.id",
+            format!("internal-reader-{}", std::process::id()),
+        )
+        .set("isolation.level", "read_committed")
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    let partitions = env.cfg.topics.internal_partitions;
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(&env.cfg.topics.internal, p, Offset::Beginning)
+            .expect("partition");
+    }
+    internal.assign(&assignment).expect("assign");
+    let mut latest = vec![i64::MIN; partitions as usize];
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(5), internal.recv()).await {
+        let message = message.expect("consume");
+        if let Ok(event) = serde_json::from_slice::<wafunnel_core::event::Event>(
+            message.payload().unwrap_or_default(),
+        ) {
+            let slot = &mut latest[message.partition() as usize];
+            *slot = (*slot).max(event.time);
+        }
+    }
+    let windows = env.cfg.windows().expect("windows");
+    let settled = latest.iter().min().expect("partitions") - windows.capi_delay_ms;
+    let missing: Vec<&ConversionExport> = expected
+        .values()
+        .filter(|x| x.event_time <= settled && !seen.contains_key(&x.export_id))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+    assert!(
+        seen.len() * 2 > expected.len(),
+        "{} of {}",
+        seen.len(),
+        expected.len()
+    );
 }
 
 /// One record of the dead-letter topic.
@@ -634,6 +729,9 @@ fn reference(env: &Env, lines: &[Vec<u8>]) -> (Tables, OutcomeCounts) {
             parse_json_event(line, &accounts, &hasher, now).expect("generated lines are valid");
         reference.apply(&event);
     }
+    // Every export, as at the end of a finite input: the pipeline's are a
+    // prefix of them in time.
+    reference.finish();
     let mut tables = Tables::default();
     tables.apply(reference.drain());
     (tables, reference.outcome_counts())

@@ -165,6 +165,8 @@ impl Engine {
     }
 
     fn finish(mut self, source: String) -> RunResult {
+        // The end of the input moves the watermark past every event.
+        self.sessionizer.finish();
         self.tables.apply(self.sessionizer.drain());
         RunResult {
             tables: self.tables,
@@ -309,10 +311,13 @@ fn write_ndjson<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes `funnel_daily.ndjson`, `contacts_daily.ndjson` and `conversations.ndjson`.
+/// Writes `funnel_daily.ndjson`, `contacts_daily.ndjson`,
+/// `conversations.ndjson` and the Conversions API exports the engine
+/// decided, `capi_exports.ndjson`.
 pub(crate) fn write_tables(tables: &Tables, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_ndjson(&dir.join("funnel_daily.ndjson"), &tables.funnel_daily())?;
     write_ndjson(&dir.join("contacts_daily.ndjson"), &tables.contacts_daily())?;
-    write_ndjson(&dir.join("conversations.ndjson"), &tables.conversations())
+    write_ndjson(&dir.join("conversations.ndjson"), &tables.conversations())?;
+    write_ndjson(&dir.join("capi_exports.ndjson"), &tables.exports())
 }

@@ -49,7 +49,12 @@ fn every_golden_log_replays_to_its_expected_tables() {
         }
         let out = tempfile::tempdir().expect("tempdir");
         let output = replay_golden(&case.join("events.ndjson"), out.path());
-        for table in ["funnel_daily", "contacts_daily", "conversations"] {
+        for table in [
+            "funnel_daily",
+            "contacts_daily",
+            "conversations",
+            "capi_exports",
+        ] {
             let file = format!("{table}.ndjson");
             assert_eq!(
                 rows(&out.path().join(&file)),

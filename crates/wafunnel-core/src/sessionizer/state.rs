@@ -37,7 +37,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use super::{
-    AccountState, AdDim, Contact, ContactKey, ContactsEntry, FunnelEntry, OutcomeCounts,
+    AccountState, AdDim, Contact, ContactKey, ContactsEntry, Exports, FunnelEntry, OutcomeCounts,
     Sessionizer, Snapshot,
 };
 use crate::config::{Accounts, Windows};
@@ -47,7 +47,9 @@ use crate::time::{Day, DayClock};
 ///
 /// 2: billable outbound messages per conversation, messaged start days per
 /// contact, and their totals (`outbound_billable`, `messaging_contacts`).
-pub(super) const FORMAT_VERSION: u32 = 2;
+/// 3: click ids of conversations and kept events, Conversions API exports
+/// pending and emitted.
+pub(super) const FORMAT_VERSION: u32 = 3;
 
 /// Why a state could not be saved or loaded. Every variant is fatal for the
 /// snapshot at hand: none is worth retrying as is. A failed load means
@@ -92,7 +94,8 @@ impl Sessionizer {
             && self.funnel_dirty.is_empty()
             && self.contacts_dirty.is_empty()
             && self.ads_dirty.is_empty()
-            && self.spend_dirty.is_empty();
+            && self.spend_dirty.is_empty()
+            && self.exports.out.is_empty();
         if !drained {
             return Err(StateError::Undrained);
         }
@@ -115,6 +118,7 @@ impl Sessionizer {
             contacts_daily: Sorted::new(&self.contacts_daily, |(account, day)| (account, day.0)),
             ads: Sorted::new(&self.ads, |k| k),
             spend: Sorted::new(&self.spend, |(account, ad, day)| (account, ad, day.0)),
+            exports: &self.exports,
         };
         // Buffered before the sink, so that it hashes large chunks rather
         // than every field.
@@ -218,6 +222,7 @@ impl Sessionizer {
             .into_iter()
             .map(|((account, ad, day), e)| ((account, ad, Day(day)), e))
             .collect();
+        s.exports = state.exports;
         Ok(s)
     }
 }
@@ -241,6 +246,7 @@ struct StateRef<'a> {
     contacts_daily: Sorted<'a, (u32, i32), ContactsEntry>,
     ads: Sorted<'a, (u32, u32), AdDim>,
     spend: Sorted<'a, (u32, u32, i32), Snapshot>,
+    exports: &'a Exports,
 }
 
 /// The saved layout, owned. Days are plain numbers here: [`Day`]'s own
@@ -260,6 +266,7 @@ struct State {
     contacts_daily: HashMap<(u32, i32), ContactsEntry>,
     ads: HashMap<(u32, u32), AdDim>,
     spend: HashMap<(u32, u32, i32), Snapshot>,
+    exports: Exports,
 }
 
 /// A hash map's entries in key order, with the key in its saved form.

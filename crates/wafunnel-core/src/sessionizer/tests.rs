@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::{AccountSettings, UserHasher};
 use crate::event::parse_json_event;
+use crate::export::{ConversionExport, ConversionName, ExportDecision};
 use crate::rows::ResponseBucket;
 use crate::tables::{ContactsDailyRow, FunnelDailyRow, Tables};
 use crate::time::{parse_rfc3339_ms, DAY_MS};
@@ -33,6 +34,18 @@ fn event(json: String) -> Event {
 fn click(id: &str, user: &str, t: i64, ad: &str) -> Event {
     event(format!(
         r#"{{"event_id":"{id}","type":"ad_click","account_id":"act_1","user_id":"{user}","event_time":{t},"ad_id":"{ad}","campaign_id":"cmp_{ad}","adset_id":"as_{ad}"}}"#
+    ))
+}
+
+fn click_with_id(id: &str, user: &str, t: i64, ad: &str, click_id: &str) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"ad_click","account_id":"act_1","user_id":"{user}","event_time":{t},"ad_id":"{ad}","campaign_id":"cmp_{ad}","adset_id":"as_{ad}","click_id":"{click_id}"}}"#
+    ))
+}
+
+fn msg_in_with_id(id: &str, user: &str, t: i64, ad: &str, click_id: &str) -> Event {
+    event(format!(
+        r#"{{"event_id":"{id}","type":"message_in","account_id":"act_1","user_id":"{user}","event_time":{t},"referral_ad_id":"{ad}","click_id":"{click_id}"}}"#
     ))
 }
 
@@ -482,6 +495,7 @@ fn small_windows() -> Windows {
         gap_ms: HOUR_MS,
         lateness_ms: 24 * HOUR_MS,
         attribution_window_ms: 3 * HOUR_MS,
+        capi_delay_ms: HOUR_MS,
     }
 }
 
@@ -667,6 +681,7 @@ fn a_conversation_messaged_after_its_day_left_the_horizon_keeps_that_days_row() 
         gap_ms: 20 * MIN,
         lateness_ms: 45 * MIN,
         attribution_window_ms: 40 * MIN,
+        capi_delay_ms: 0,
     };
     let midnight = T0 + DAY_MS; // 2026-03-03T00:00Z
     let mut events = vec![click("c0", "u", midnight - 10 * MIN, "ad_1")];
@@ -686,6 +701,186 @@ fn a_conversation_messaged_after_its_day_left_the_horizon_keeps_that_days_row() 
         (days[0].unique_contacts, days[0].messaging_contacts),
         (1, 1)
     );
-    let (_, _, reference) = reference::reference(&events, windows, &accounts());
+    let (_, _, reference, _) = reference::reference(&events, windows, &accounts());
     assert_eq!(days, reference);
+}
+
+/// Applies events one by one, drains after each, and returns the exports
+/// emitted so far (`finish`: the input ends after them).
+fn exports_of(windows: Windows, events: &[Event], finish: bool) -> Vec<ConversionExport> {
+    let mut s = Sessionizer::new(0, windows, accounts());
+    let mut out = Vec::new();
+    for e in events {
+        s.apply(e);
+        out.extend(s.drain().exports);
+    }
+    if finish {
+        s.finish();
+        out.extend(s.drain().exports);
+    }
+    out
+}
+
+fn decisions(exports: &[ConversionExport]) -> Vec<(&str, ConversionName, ExportDecision)> {
+    let mut ids: Vec<_> = exports
+        .iter()
+        .map(|x| (x.account_id.as_ref(), x.event_name, x.decision))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_purchase_after_a_click_is_exported_with_its_click_id() {
+    let exports = exports_of(
+        Windows::default(),
+        &[
+            click_with_id("c1", "u1", T0, "ad_1", "ARAkx"),
+            msg_in("m1", "u1", T0 + MIN, Some("ad_1")),
+            purchase("p1", "u1", T0 + DAY_MS, "49.90"),
+        ],
+        true,
+    );
+    assert_eq!(
+        exports,
+        vec![ConversionExport {
+            export_id: export_id("act_1", "p1"),
+            account_id: Arc::from("act_1"),
+            event_name: ConversionName::Purchase,
+            event_time: T0 + DAY_MS,
+            day: Day::parse("2026-03-03").expect("day"),
+            click_id: Some(Arc::from("ARAkx")),
+            value: Some(Money::parse("49.90").expect("money")),
+            currency: Some(Currency::USD),
+            decision: ExportDecision::Send,
+        }]
+    );
+}
+
+#[test]
+fn the_click_window_ends_seven_days_after_the_click_inclusive() {
+    // The conversation stays open through messages; only the click's time counts.
+    let events = |purchase_at: i64| {
+        vec![
+            click_with_id("c1", "u1", T0, "ad_1", "clid"),
+            msg_in("m1", "u1", T0 + 6 * DAY_MS, Some("ad_1")),
+            purchase("p1", "u1", purchase_at, "10"),
+        ]
+    };
+    let at_edge = exports_of(Windows::default(), &events(T0 + 7 * DAY_MS), true);
+    assert_eq!(at_edge[0].decision, ExportDecision::Send);
+    let past = exports_of(Windows::default(), &events(T0 + 7 * DAY_MS + 1), true);
+    assert_eq!(past[0].decision, ExportDecision::OutsideWindow);
+    assert_eq!(past[0].click_id.as_deref(), Some("clid"));
+}
+
+#[test]
+fn only_the_first_lead_of_a_conversation_is_exported() {
+    let exports = exports_of(
+        Windows::default(),
+        &[
+            click_with_id("c1", "u1", T0, "ad_1", "clid"),
+            lead("l1", "u1", T0 + MIN, None),
+            lead("l2", "u1", T0 + 2 * MIN, None),
+            purchase("p1", "u1", T0 + 3 * MIN, "5"),
+            purchase("p2", "u1", T0 + 4 * MIN, "6"),
+        ],
+        true,
+    );
+    assert_eq!(
+        decisions(&exports),
+        vec![
+            ("act_1", ConversionName::LeadSubmitted, ExportDecision::Send),
+            ("act_1", ConversionName::Purchase, ExportDecision::Send),
+            ("act_1", ConversionName::Purchase, ExportDecision::Send),
+        ]
+    );
+    assert_eq!(exports[0].export_id, export_id("act_1", "l1"));
+    assert_eq!((exports[0].value, exports[0].currency), (None, None));
+}
+
+#[test]
+fn conversions_without_a_click_id_are_exported_as_no_click_id() {
+    let exports = exports_of(
+        Windows::default(),
+        &[
+            // A conversation whose click carried no click id.
+            click("c1", "u1", T0, "ad_1"),
+            purchase("p1", "u1", T0 + MIN, "5"),
+            // A lead and a purchase attached to no conversation.
+            lead("l2", "u2", T0 + MIN, None),
+            purchase("p2", "u2", T0 + 2 * MIN, "7"),
+        ],
+        true,
+    );
+    assert_eq!(
+        decisions(&exports),
+        vec![
+            (
+                "act_1",
+                ConversionName::LeadSubmitted,
+                ExportDecision::NoClickId
+            ),
+            ("act_1", ConversionName::Purchase, ExportDecision::NoClickId),
+            ("act_1", ConversionName::Purchase, ExportDecision::NoClickId),
+        ]
+    );
+}
+
+#[test]
+fn a_click_id_arriving_after_the_conversion_does_not_count() {
+    // The click id comes with a later message: at the purchase's time the
+    // conversation had none.
+    let exports = exports_of(
+        Windows::default(),
+        &[
+            click("c1", "u1", T0, "ad_1"),
+            purchase("p1", "u1", T0 + MIN, "5"),
+            msg_in_with_id("m1", "u1", T0 + 2 * MIN, "ad_1", "late_clid"),
+        ],
+        true,
+    );
+    assert_eq!(exports[0].decision, ExportDecision::NoClickId);
+}
+
+#[test]
+fn an_export_waits_for_the_delay_and_is_never_emitted_again() {
+    let windows = Windows {
+        capi_delay_ms: HOUR_MS,
+        ..Windows::default()
+    };
+    let mut s = Sessionizer::new(0, windows, accounts());
+    s.apply(&click_with_id("c1", "u1", T0, "ad_1", "first"));
+    s.apply(&purchase("p1", "u1", T0 + MIN, "5"));
+    s.apply(&click("c2", "u9", T0 + HOUR_MS, "ad_1"));
+    assert!(s.drain().exports.is_empty(), "not yet an hour behind");
+    s.apply(&click("c3", "u9", T0 + MIN + HOUR_MS, "ad_1"));
+    let first = s.drain().exports;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].click_id.as_deref(), Some("first"));
+    // An earlier click of another ad arrives within the lateness: the
+    // purchase now belongs to the other conversation, but its export stays
+    // as emitted.
+    s.apply(&click_with_id("c0", "u1", T0 + MIN - 1, "ad_2", "other"));
+    let convs = s.drain();
+    assert!(convs.exports.is_empty());
+    s.finish();
+    assert!(s.drain().exports.is_empty());
+}
+
+#[test]
+fn a_zero_delay_exports_with_the_event() {
+    let windows = Windows {
+        capi_delay_ms: 0,
+        ..Windows::default()
+    };
+    let exports = exports_of(
+        windows,
+        &[
+            click_with_id("c1", "u1", T0, "ad_1", "clid"),
+            purchase("p1", "u1", T0 + MIN, "5"),
+        ],
+        false,
+    );
+    assert_eq!(exports.len(), 1);
 }

@@ -38,8 +38,12 @@ fn to_events(gens: &[Gen]) -> Vec<Event> {
             let ad = format!("ad_{}", g.ad);
             // Whole minutes plus a little jitter make same-millisecond ties common.
             let t = T0 + g.minute * MIN / 4;
+            // Clicks and ad messages carry a click id when `flag` is set.
+            let clid = format!("clid_{i}");
             match g.kind {
+                0 if g.flag => click_with_id(&id, &user, t, &ad, &clid),
                 0 => click(&id, &user, t, &ad),
+                1 if g.flag && g.ad == 0 => msg_in_with_id(&id, &user, t, &ad, &clid),
                 1 => msg_in(&id, &user, t, g.flag.then_some(ad.as_str())),
                 2 => msg_out(&id, &user, t),
                 3 => msg_out_billable(&id, &user, t, g.flag),
@@ -78,6 +82,7 @@ fn windows() -> Windows {
         gap_ms: 20 * MIN,
         lateness_ms: 45 * MIN,
         attribution_window_ms: 40 * MIN,
+        capi_delay_ms: 45 * MIN,
     }
 }
 
@@ -113,8 +118,14 @@ fn snapshot(
     Vec<ConversationRow>,
     Vec<FunnelDailyRow>,
     Vec<ContactsDailyRow>,
+    Vec<ConversionExport>,
 ) {
-    (t.conversations(), t.funnel_daily(), t.contacts_daily())
+    (
+        t.conversations(),
+        t.funnel_daily(),
+        t.contacts_daily(),
+        t.exports(),
+    )
 }
 
 fn run_drained_every(events: &[Event], every: usize) -> Tables {
@@ -132,6 +143,7 @@ fn run_drained_every(events: &[Event], every: usize) -> Tables {
             tables.apply(s.drain());
         }
     }
+    s.finish();
     tables.apply(s.drain());
     tables
 }
@@ -183,6 +195,7 @@ proptest! {
         }
         let mut tables = Tables::default();
         for p in &mut parts {
+            p.finish();
             tables.apply(p.drain());
         }
         prop_assert_eq!(snapshot(&tables), expected);

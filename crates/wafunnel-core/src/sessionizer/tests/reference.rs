@@ -30,6 +30,7 @@ struct RConv {
     purchases: u32,
     revenue: i64,
     first_purchase: Option<i64>,
+    click: Option<(Arc<str>, i64)>,
 }
 
 fn day_of(accounts: &Accounts, account: &str, t: i64) -> Day {
@@ -58,7 +59,44 @@ type Out = (
     Vec<ConversationRow>,
     Vec<FunnelDailyRow>,
     Vec<ContactsDailyRow>,
+    Vec<ConversionExport>,
 );
+
+fn take_click(conv: &mut RConv, click_id: &Option<String>, t: i64) {
+    if conv.click.is_none() {
+        conv.click = click_id.as_deref().map(|c| (Arc::from(c), t));
+    }
+}
+
+/// The export of section 7 for a lead or purchase at `t`.
+fn export(
+    accounts: &Accounts,
+    account: &str,
+    e: &Event,
+    click: Option<(Arc<str>, i64)>,
+    value: Option<Money>,
+) -> ConversionExport {
+    let decision = match &click {
+        None => ExportDecision::NoClickId,
+        Some((_, at)) if e.time - at <= 7 * 24 * HOUR_MS => ExportDecision::Send,
+        Some(_) => ExportDecision::OutsideWindow,
+    };
+    ConversionExport {
+        export_id: export_id(account, &e.event_id),
+        account_id: Arc::from(account),
+        event_name: if value.is_some() {
+            ConversionName::Purchase
+        } else {
+            ConversionName::LeadSubmitted
+        },
+        event_time: e.time,
+        day: day_of(accounts, account, e.time),
+        click_id: click.map(|(id, _)| id),
+        value,
+        currency: value.map(|_| accounts.get(account).currency),
+        decision,
+    }
+}
 
 pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts) -> Out {
     let mut seen = HashSet::new();
@@ -118,6 +156,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
     }
 
     let mut rows = Vec::new();
+    let mut exports = Vec::new();
     for ((account, user), mut evs) in by_contact {
         evs.sort_by(|a, b| {
             (a.time, a.event_type(), &a.event_id).cmp(&(b.time, b.event_type(), &b.event_id))
@@ -145,8 +184,11 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                 }
             };
             match &e.body {
-                Body::AdClick { ad_id, .. } => {
+                Body::AdClick {
+                    ad_id, click_id, ..
+                } => {
                     let i = activity(&mut convs, ad_id);
+                    take_click(&mut convs[i], click_id, t);
                     convs[i].clicks += 1;
                     convs[i].first_click.get_or_insert(t);
                     funnel
@@ -154,13 +196,18 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                         .or_default()
                         .clicks += 1;
                 }
-                Body::MessageIn { referral_ad_id, .. } => {
+                Body::MessageIn {
+                    referral_ad_id,
+                    click_id,
+                    ..
+                } => {
                     let ad = referral_ad_id.clone().or_else(|| {
                         pick(&convs, t, None, windows.gap_ms).map(|i| convs[i].ad.clone())
                     });
                     match ad {
                         Some(ad) => {
                             let i = activity(&mut convs, &ad);
+                            take_click(&mut convs[i], click_id, t);
                             convs[i].inbound += 1;
                             convs[i].first_in.get_or_insert(t);
                             convs[i].inbound_since_outbound = true;
@@ -198,13 +245,18 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                 Body::Lead { ad_id, .. } => {
                     match pick(&convs, t, ad_id.as_deref(), windows.attribution_window_ms) {
                         Some(i) => {
-                            convs[i].qualified.get_or_insert(t);
+                            if convs[i].qualified.is_none() {
+                                convs[i].qualified = Some(t);
+                                let click = convs[i].click.clone();
+                                exports.push(export(accounts, &account, e, click, None));
+                            }
                         }
                         None => {
                             contacts
                                 .entry((account.clone(), day))
                                 .or_default()
-                                .unattributed_leads += 1
+                                .unattributed_leads += 1;
+                            exports.push(export(accounts, &account, e, None, None));
                         }
                     }
                 }
@@ -214,12 +266,15 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                             convs[i].purchases += 1;
                             convs[i].revenue += value.0;
                             convs[i].first_purchase.get_or_insert(t);
+                            let click = convs[i].click.clone();
+                            exports.push(export(accounts, &account, e, click, Some(*value)));
                         }
                         None => {
                             contacts
                                 .entry((account.clone(), day))
                                 .or_default()
-                                .unattributed_purchases += 1
+                                .unattributed_purchases += 1;
+                            exports.push(export(accounts, &account, e, None, Some(*value)));
                         }
                     }
                 }
@@ -292,6 +347,7 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                 followups_in_free_window: c.followups,
                 over_messaged: c.followups > 2,
                 qualified_at: c.qualified,
+                click_id: c.click.map(|(id, _)| id),
                 purchases: c.purchases,
                 revenue: Money(c.revenue),
                 first_purchase_at: c.first_purchase,
@@ -386,5 +442,12 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
             messaging_contacts: c.messaging_contacts,
         })
         .collect();
-    (rows, funnel_rows, contact_rows)
+    exports.sort_by(|a, b| {
+        (&a.account_id, a.event_time, &a.export_id).cmp(&(
+            &b.account_id,
+            b.event_time,
+            &b.export_id,
+        ))
+    });
+    (rows, funnel_rows, contact_rows, exports)
 }
