@@ -86,6 +86,7 @@ phone_number_ids = ["206540352242922"]
 id = "act_3003"
 currency = "EUR"
 time_zone = "Europe/Madrid"
+phone_number_ids = ["306540352242922"]
 [batch]
 max_records = 20000
 flush_interval_ms = 300
