@@ -3,7 +3,10 @@
 # -> rows queryable in ClickHouse, on the local services (deploy/local).
 #
 #   scripts/bench-e2e.sh [EVENTS]        default 1000000 valid events
-#   FORMATS="json avro-single-object"    formats to measure (default both)
+#   FORMATS="json avro-single-object"    formats to measure (default both);
+#                                        `meta` sends the campaign as Meta does:
+#                                        webhook bodies and insights rows on their
+#                                        own raw topics, the rest as JSON
 #   PARTITIONS=4                         partitions of the raw and internal topics
 #   SKEW=6h                              windows.max_partition_skew (default: the config's)
 #   TIMEOUT=900                          seconds to wait for one format before failing
@@ -12,7 +15,8 @@
 # 2 % duplicates and up to 2 h of disorder) is produced to a fresh raw topic
 # first; then `wafunnel ingest` and `wafunnel sessionize` start as separate
 # processes and the clock runs until `input_accounting` in ClickHouse counts
-# every record (so every row they produced is written and queryable). CPU is
+# every record (so every row they produced is written and queryable; for
+# `meta`, every event of every body, as input_accounting counts them). CPU is
 # read from /proc/<pid>/stat (utime+stime) of each stage, of the Kafka
 # broker and of the ClickHouse server, as deltas over the run.
 # Prints one result line per format; the services are left running
@@ -56,17 +60,33 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+numbers() { # the phone_number_ids of account $1 that bench_produce printed in $out
+  case "$out" in
+  *phone_numbers=*) tr ',' '\n' <<<"${out##*phone_numbers=}" | awk -F= -v a="$1" '$2 == a { printf "\"%s\"", $1 }' ;;
+  esac
+}
 
 for format in $formats; do
   suffix="bench-$$-${format%%-*}"
   raw="raw-$suffix"
   database="wafunnel_${suffix//-/_}"
-  for t in "$raw:$partitions" "events-$suffix:$partitions" "dead-$suffix:1"; do
+  raw_topics="{ name = \"$raw\", format = \"$format\" }"
+  extra_topics=()
+  if [ "$format" = meta ]; then
+    raw_topics="{ name = \"$raw\", format = \"json\" }, { name = \"$raw-webhook\", format = \"whatsapp-webhook\" }, { name = \"$raw-insights\", format = \"meta-insights\" }"
+    extra_topics=("$raw-webhook:$partitions" "$raw-insights:$partitions")
+  fi
+  for t in "$raw:$partitions" ${extra_topics[@]+"${extra_topics[@]}"} "events-$suffix:$partitions" "dead-$suffix:1"; do
     deploy/local/kafka-topics.sh --create --if-not-exists --topic "${t%%:*}" \
       --partitions "${t##*:}" --replication-factor 1 >/dev/null
   done
   deploy/local/kafka-topics.sh --create --if-not-exists --topic "state-$suffix" \
     --partitions "$partitions" --replication-factor 1 --config cleanup.policy=compact >/dev/null
+  out=$("$produce" "$KAFKA_BOOTSTRAP" "$raw" "$partitions" "$format" "$events")
+  # Outcomes, not records: a webhook body's events are counted one by one.
+  records=${out#*outcomes=}
+  records=${records%% *}
+  echo "== $format: produced $out" >&2
   cfg="$work/$suffix.toml"
   cat >"$cfg" <<EOF
 user_hash_key = "bench-user-hash-key-0123456789"
@@ -75,7 +95,7 @@ bootstrap = "$KAFKA_BOOTSTRAP"
 ingest_group = "ingest-$suffix"
 sessionize_group = "sessionize-$suffix"
 [topics]
-raw = [{ name = "$raw", format = "$format" }]
+raw = [$raw_topics]
 internal = "events-$suffix"
 dead_letter = "dead-$suffix"
 state = "state-$suffix"
@@ -88,19 +108,18 @@ max_partition_skew = \"$SKEW\"}
 id = "act_1001"
 currency = "USD"
 time_zone = "UTC"
+phone_number_ids = [$(numbers act_1001)]
 [[accounts]]
 id = "act_2002"
 currency = "BRL"
 time_zone = "America/Sao_Paulo"
+phone_number_ids = [$(numbers act_2002)]
 [[accounts]]
 id = "act_3003"
 currency = "EUR"
 time_zone = "Europe/Madrid"
+phone_number_ids = [$(numbers act_3003)]
 EOF
-  out=$("$produce" "$KAFKA_BOOTSTRAP" "$raw" "$partitions" "$format" "$events")
-  records=${out#records=}
-  records=${records%% *}
-  echo "== $format: produced $out" >&2
   RUST_LOG=warn "$bin" --config "$cfg" migrate >/dev/null
 
   k0=$(cpu_ticks "$kafka_pid")

@@ -40,6 +40,27 @@
 //!   `event_time` as RFC 3339 text (UTC or the account's offset) or epoch
 //!   millis; clicks and their message in the same millisecond.
 //!   [`GenStats`] counts what was generated.
+//! - **Meta mode.** With [`GenConfig::meta`], [`meta_stream`] renders the
+//!   same records as Meta sends them (docs/SEMANTICS.md section 6):
+//!   `message_in` and `message_out` as WhatsApp webhook bodies of the
+//!   account's [`GenAccount::phone_number_id`] (a referral of `source_type`
+//!   `ad` with the click id as `ctwa_clid`; statuses `sent` with a
+//!   `pricing` block when the message is a billable template; two adjacent
+//!   originals of one account in one body), `ad_spend` as insights rows
+//!   with `fetched_at` and the conversations-started action, while clicks,
+//!   leads, purchases and every invalid line stay canonical JSON (they come
+//!   from the click tracking and the CRM). Normalizing a payload gives
+//!   exactly the events of its canonical lines. For that, Meta mode
+//!   generates only what the payloads express: every event time is a whole
+//!   second (webhook timestamps are Unix seconds), no `automated` flag (a
+//!   status does not say who sent the message), `billable` on template
+//!   messages, spend ids `insights:<ad_id>:<date>:<event_time>` (an insights
+//!   row's id follows from its fetch time, so a revision is always a later
+//!   fetch, never one at the same time) and account ids beginning with
+//!   `act_`. A duplicate is a redelivery of the same event: the same body
+//!   (Meta's retry), or a body of its own when its first delivery was
+//!   batched. The canonical records of a Meta-mode configuration are
+//!   another campaign than those of the same configuration without it.
 //! - **Memory.** [`stream`] keeps only the events still to come of the
 //!   contacts already started and the records inside the disorder window,
 //!   roughly 100 bytes per pending event: a few hundred MB at 10 M events.
@@ -70,10 +91,12 @@ use wafunnel_core::config::{AccountSettings, Accounts};
 use wafunnel_core::money::Currency;
 use wafunnel_core::time::{DAY_MS, HOUR_MS};
 
+mod meta;
 mod model;
 mod render;
 mod stream;
 
+pub use meta::{meta_stream, MetaRecord, MetaStream, PayloadFormat};
 pub use stream::GenStream;
 
 /// 2026-03-02T00:00:00Z, the start of the demo traffic.
@@ -107,6 +130,9 @@ pub struct GenAccount {
     /// Ads in the even-numbered ad sets; the odd-numbered ones have one fewer
     /// (at least one).
     pub ads_per_adset: u32,
+    /// The WhatsApp `phone_number_id` of its business number, named in the
+    /// `metadata` of its webhook bodies (see [`GenConfig::phone_numbers`]).
+    pub phone_number_id: String,
 }
 
 impl GenAccount {
@@ -119,6 +145,7 @@ impl GenAccount {
             campaigns: 2,
             adsets_per_campaign: 2,
             ads_per_adset: 3,
+            phone_number_id: meta::derived_phone_number_id(account_id),
         }
     }
 
@@ -184,6 +211,10 @@ pub struct GenConfig {
     /// Fraction of events followed by an extra malformed or invalid line
     /// derived from them. Default 0.
     pub invalid_rate: f64,
+    /// Meta mode: only events that Meta's payloads can express (see the
+    /// crate docs), so that [`meta_stream`] can render them as webhook
+    /// bodies and insights rows. Default false.
+    pub meta: bool,
 }
 
 impl Default for GenConfig {
@@ -212,6 +243,7 @@ impl GenConfig {
             disorder_ms: 2 * HOUR_MS,
             late_rate: 0.0,
             invalid_rate: 0.0,
+            meta: false,
         }
     }
 
@@ -259,6 +291,15 @@ impl GenConfig {
         accounts
     }
 
+    /// `(phone_number_id, account_id)` of every account: the configuration
+    /// that maps the webhook bodies of [`meta_stream`] back to their account.
+    pub fn phone_numbers(&self) -> Vec<(String, String)> {
+        self.accounts
+            .iter()
+            .map(|a| (a.phone_number_id.clone(), a.account_id.clone()))
+            .collect()
+    }
+
     /// The ad catalog of account number `account` (index in `accounts`).
     ///
     /// # Panics
@@ -302,6 +343,9 @@ impl GenConfig {
             {
                 return Err(format!("account {}: at most 10000 ads", a.account_id));
             }
+        }
+        if self.meta {
+            meta::validate(self)?;
         }
         if self.contacts_per_account >= 100_000_000 {
             return Err("at most 99,999,999 contacts per account".into());

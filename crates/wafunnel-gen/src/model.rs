@@ -82,6 +82,8 @@ pub(crate) enum Body {
     MsgOut {
         automated: bool,
         template: bool,
+        /// Written only in Meta mode (a template message is billable).
+        billable: bool,
     },
     Lead {
         ad: Option<u16>,
@@ -153,6 +155,8 @@ pub(crate) struct AcctPlan {
     pub values: &'static [&'static str],
     /// Cost of one conversation started, in cents of the currency.
     pub cost_cents: u64,
+    /// Meta mode ([`GenConfig::meta`]): spend ids are those of insights rows.
+    pub meta: bool,
 }
 
 impl AcctPlan {
@@ -226,6 +230,7 @@ impl AcctPlan {
             ad_cdf,
             values,
             cost_cents,
+            meta: cfg.meta,
         }
     }
 
@@ -315,7 +320,13 @@ pub(crate) fn contact_start(rng: &mut ChaCha8Rng, plan: &AcctPlan, cfg: &GenConf
     } else if t >= end && t - DAY_MS >= cfg.start_ms {
         t -= DAY_MS;
     }
-    t.clamp(cfg.start_ms, end - 1)
+    let t = t.clamp(cfg.start_ms, end - 1);
+    if cfg.meta {
+        // Webhook timestamps are whole seconds (`start_ms` is one).
+        t - t.rem_euclid(SECOND_MS)
+    } else {
+        t
+    }
 }
 
 /// Builds the events of one contact.
@@ -329,9 +340,23 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, time: i64, body: Body) {
+    fn push(&mut self, time: i64, mut body: Body) {
         if time >= self.horizon {
             return;
+        }
+        if let (
+            true,
+            Body::MsgOut {
+                automated,
+                template,
+                billable,
+            },
+        ) = (self.plan.meta, &mut body)
+        {
+            // A status says nothing of who sent the message; its pricing
+            // says whether Meta charged for it.
+            *automated = false;
+            *billable = *template;
         }
         let r: f64 = self.rng.random();
         let fmt = if r < 0.45 {
@@ -352,8 +377,17 @@ impl Builder<'_> {
         self.n += 1;
     }
 
+    /// A time in `lo..hi`; in Meta mode a whole number of seconds in that
+    /// range (at least one more than `lo` rounded up), so that whole-second times stay whole
+    /// and every designed bucket keeps its bounds.
     fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        self.rng.random_range(lo..hi)
+        if self.plan.meta {
+            let ceil_s = |ms: i64| (ms + SECOND_MS - 1).div_euclid(SECOND_MS);
+            let (lo_s, hi_s) = (ceil_s(lo), ceil_s(hi));
+            self.rng.random_range(lo_s..hi_s.max(lo_s + 1)) * SECOND_MS
+        } else {
+            self.rng.random_range(lo..hi)
+        }
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -433,6 +467,7 @@ impl Builder<'_> {
             Body::MsgOut {
                 automated: latency < 10 * SECOND_MS,
                 template: latency > DAY_MS,
+                billable: false,
             },
         );
         let mut last_out = r0;
@@ -446,6 +481,7 @@ impl Builder<'_> {
                     Body::MsgOut {
                         automated: false,
                         template: false,
+                        billable: false,
                     },
                 );
                 busy_until = busy_until.max(t);
@@ -467,6 +503,7 @@ impl Builder<'_> {
                     Body::MsgOut {
                         automated,
                         template: t - inbound[inbound.len() - 1] > DAY_MS,
+                        billable: false,
                     },
                 );
                 last_out = last_out.max(t);
@@ -480,6 +517,7 @@ impl Builder<'_> {
                 Body::MsgOut {
                     automated: true,
                     template: true,
+                    billable: false,
                 },
             );
             stats.outbound_after_free_window += 1;
@@ -598,6 +636,7 @@ impl Builder<'_> {
                         Body::MsgOut {
                             automated: false,
                             template: false,
+                            billable: false,
                         },
                     );
                 }
@@ -625,6 +664,7 @@ impl Builder<'_> {
                     Body::MsgOut {
                         automated: false,
                         template: false,
+                        billable: false,
                     },
                 );
                 self.conversions(m, Some(ad), stats);
@@ -647,6 +687,7 @@ impl Builder<'_> {
                     Body::MsgOut {
                         automated: false,
                         template: false,
+                        billable: false,
                     },
                 );
             }
@@ -684,6 +725,7 @@ impl Builder<'_> {
                 Body::MsgOut {
                     automated: false,
                     template: false,
+                    billable: false,
                 },
             );
         }

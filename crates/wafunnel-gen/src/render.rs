@@ -77,6 +77,17 @@ pub(crate) fn render(ev: &Ev, plans: &[AcctPlan], out: &mut Vec<u8>) {
     };
     out.extend_from_slice(b"{\"event_id\":\"");
     match &ev.body {
+        // Meta mode: the id an insights row of this fetch is given
+        // (docs/SEMANTICS.md section 6.2).
+        Body::Spend { ad, day, .. } if plan.meta => {
+            let _ = write!(
+                out,
+                "insights:{}:{}:{}",
+                plan.ads[usize::from(*ad)].ad_id,
+                Day(*day),
+                ev.time
+            );
+        }
         Body::Spend { ad, day, rev, .. } => {
             let _ = write!(
                 out,
@@ -127,12 +138,16 @@ pub(crate) fn render(ev: &Ev, plans: &[AcctPlan], out: &mut Vec<u8>) {
         Body::MsgOut {
             automated,
             template,
+            billable,
         } => {
             if *automated {
                 out.extend_from_slice(b",\"automated\":true");
             }
             if *template {
                 out.extend_from_slice(b",\"template\":true");
+            }
+            if *billable {
+                out.extend_from_slice(b",\"billable\":true");
             }
         }
         Body::Lead { ad } => {

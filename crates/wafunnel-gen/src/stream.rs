@@ -324,11 +324,16 @@ impl GenStream {
                     revised += 1;
                 }
                 // Mostly a day later; sometimes at the very same time, where the
-                // larger event id (`...r1`) wins.
+                // larger event id (`...r1`) wins. An insights row's id follows
+                // from its fetch time, so in Meta mode a revision is always a
+                // later fetch (a second later), in whole seconds.
+                let meta = self.cfg.meta;
                 let time = if rng.random_bool(0.2) {
-                    time
+                    time + if meta { 1000 } else { 0 }
                 } else {
-                    at + DAY_MS + rng.random_range(0..360) * 60_000 + rng.random_range(0..1000)
+                    let later = at + DAY_MS + rng.random_range(0..360) * 60_000;
+                    let ms = rng.random_range(0..1000);
+                    later + if meta { 0 } else { ms }
                 };
                 let reported = reported + rng.random_range(0..=1);
                 let body = Body::Spend {

@@ -383,3 +383,161 @@ fn fast_utc_times_match_the_core_formatter() {
         );
     }
 }
+
+/// Every payload of the Meta rendering, normalized and validated as ingest
+/// does: the events (or the rejection code) of each record, in order.
+fn normalized(
+    record: &MetaRecord,
+    accounts: &Accounts,
+    numbers: &wafunnel_meta::PhoneNumbers,
+    hasher: &UserHasher,
+    now: i64,
+) -> Vec<Result<wafunnel_core::event::Event, &'static str>> {
+    let raws = match record.format {
+        PayloadFormat::Json => vec![wafunnel_core::event::decode_json(&record.payload)],
+        PayloadFormat::MetaInsights => {
+            vec![wafunnel_meta::insights_row(&record.payload, None, accounts)]
+        }
+        PayloadFormat::WhatsappWebhook => {
+            match wafunnel_meta::normalize_webhook(&record.payload, numbers) {
+                Ok(raws) => raws.into_iter().map(Ok).collect(),
+                Err(rejection) => vec![Err(rejection)],
+            }
+        }
+    };
+    raws.into_iter()
+        .map(|raw| {
+            raw.and_then(|raw| raw.validate(accounts, hasher, now))
+                .map_err(|e| e.code())
+        })
+        .collect()
+}
+
+#[test]
+fn meta_payloads_normalize_to_exactly_the_canonical_events() {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for seed in [1, 2026, 99] {
+        let cfg = GenConfig {
+            seed,
+            meta: true,
+            duplicate_rate: 0.05,
+            ..small()
+        };
+        let canonical: Vec<GenRecord> = stream(&cfg).collect();
+        let rendered: Vec<MetaRecord> = meta_stream(&cfg).collect();
+        let flattened: Vec<GenRecord> = rendered
+            .iter()
+            .flat_map(|r| r.canonical.iter().cloned())
+            .collect();
+        assert_eq!(flattened, canonical, "the same records, in the same order");
+        let accounts = cfg.core_accounts();
+        let numbers = wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers());
+        let hasher = UserHasher::new(b"test");
+        let now = cfg.valid_now_ms();
+        let mut previous = i64::MIN;
+        for record in &rendered {
+            let text = String::from_utf8_lossy(&record.payload);
+            assert!(record.arrival_ms >= previous, "arrival order: {text}");
+            previous = record.arrival_ms;
+            let got = normalized(record, &accounts, &numbers, &hasher, now);
+            let want: Vec<_> = record
+                .canonical
+                .iter()
+                .map(|c| parse_json_event(&c.line, &accounts, &hasher, now).map_err(|e| e.code()))
+                .collect();
+            assert_eq!(got, want, "{text}");
+            for (c, event) in record.canonical.iter().zip(&want) {
+                match (c.kind, event) {
+                    (RecordKind::Invalid { expected_code }, Err(code)) => {
+                        assert_eq!(*code, expected_code);
+                        assert_eq!(record.format, PayloadFormat::Json, "{text}");
+                    }
+                    (_, Ok(event)) => {
+                        assert_eq!(event.time % 1000, 0, "whole seconds: {text}");
+                        if let Body::MessageOut { automated, .. } = event.body {
+                            assert!(!automated, "{text}");
+                        }
+                    }
+                    (kind, Err(code)) => panic!("{kind:?} rejected ({code}): {text}"),
+                }
+            }
+            let format = record.format.name();
+            *counts.entry(format).or_default() += 1;
+            if record.canonical.len() == 2 {
+                *counts.entry("batched").or_default() += 1;
+            }
+            if record.kind == RecordKind::Duplicate && record.format != PayloadFormat::Json {
+                *counts.entry("meta duplicate").or_default() += 1;
+            }
+            if record.kind == RecordKind::Late && record.format != PayloadFormat::Json {
+                *counts.entry("meta late").or_default() += 1;
+            }
+            for needle in [
+                "\"ctwa_clid\"",
+                "\"billable\":true",
+                "messaging_conversation",
+            ] {
+                if text.contains(needle) {
+                    *counts.entry(needle).or_default() += 1;
+                }
+            }
+            if text.contains("\"messages\"") && text.contains("\"statuses\"") {
+                *counts.entry("messages and statuses").or_default() += 1;
+            }
+        }
+    }
+    for what in [
+        "json",
+        "whatsapp-webhook",
+        "meta-insights",
+        "batched",
+        "meta duplicate",
+        "meta late",
+        "\"ctwa_clid\"",
+        "\"billable\":true",
+        "messaging_conversation",
+        "messages and statuses",
+    ] {
+        assert!(
+            counts.get(what).copied().unwrap_or(0) > 0,
+            "no {what}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn meta_mode_checks_what_the_payloads_need() {
+    let cfg = GenConfig {
+        meta: true,
+        ..GenConfig::default()
+    };
+    assert_eq!(cfg.validate(), Ok(()));
+    let numbers = cfg.phone_numbers();
+    assert_eq!(numbers.len(), 3);
+    assert!(numbers
+        .iter()
+        .all(|(n, _)| n.len() == 15 && n.bytes().all(|b| b.is_ascii_digit())));
+    assert_eq!(
+        numbers[0].0,
+        GenAccount::new("act_1001", "USD", "UTC").phone_number_id,
+        "derived from the account id"
+    );
+    let mut shared = cfg.clone();
+    shared.accounts[1].phone_number_id = shared.accounts[0].phone_number_id.clone();
+    assert!(shared.validate().is_err());
+    let mut unprefixed = cfg.clone();
+    unprefixed.accounts[0].account_id = "acme".into();
+    assert!(unprefixed.validate().is_err());
+    assert!(GenConfig {
+        start_ms: DEMO_START_MS + 1,
+        ..cfg.clone()
+    }
+    .validate()
+    .is_err());
+    assert!(GenConfig {
+        start_ms: DEMO_START_MS + 1,
+        ..GenConfig::default()
+    }
+    .validate()
+    .is_ok());
+}

@@ -6,18 +6,28 @@
 //!     BOOTSTRAP TOPIC PARTITIONS FORMAT EVENTS
 //! ```
 //!
-//! FORMAT is `json` or `avro-single-object`; EVENTS is the target number of
-//! valid events (`GenConfig::scaled`, with its duplicates and disorder).
-//! Records go round-robin over the partitions in arrival order. Prints one
-//! line `records=N seconds=S` when every record is acknowledged.
+//! FORMAT is `json`, `avro-single-object` or `meta`; EVENTS is the target
+//! number of valid events (`GenConfig::scaled`, with its duplicates and
+//! disorder). `meta` renders the campaign as Meta sends it
+//! (`wafunnel_gen::meta_stream`): webhook bodies go to `TOPIC-webhook`
+//! (format `whatsapp-webhook`), insights rows to `TOPIC-insights` (format
+//! `meta-insights`), clicks, leads and purchases to `TOPIC` (`json`).
+//! Records go round-robin over the partitions of their topic in arrival
+//! order. Prints one line `records=N outcomes=M seconds=S` when every record
+//! is acknowledged (M counts the events a webhook body carries one by one,
+//! as `input_accounting` does); with `meta` it ends with
+//! `phone_numbers=ID=ACCOUNT,...`, the numbers to configure.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use wafunnel_gen::{GenConfig, PayloadFormat};
 
 fn usage() -> ! {
-    eprintln!("usage: bench_produce BOOTSTRAP TOPIC PARTITIONS json|avro-single-object EVENTS");
+    eprintln!(
+        "usage: bench_produce BOOTSTRAP TOPIC PARTITIONS json|avro-single-object|meta EVENTS"
+    );
     std::process::exit(2)
 }
 
@@ -29,21 +39,49 @@ async fn main() {
     };
     let partitions: i32 = partitions.parse().unwrap_or_else(|_| usage());
     let events: u64 = events.parse().unwrap_or_else(|_| usage());
-    let generated = wafunnel_gen::generate(&wafunnel_gen::GenConfig::scaled(events));
+    let cfg = GenConfig::scaled(events);
     let codec = wafunnel_avro::AvroCodec::new();
-    let payloads: Vec<Vec<u8>> = match format.as_str() {
-        "json" => generated.records.iter().map(|r| r.line.clone()).collect(),
-        "avro-single-object" => generated
-            .records
-            .iter()
-            .map(|r| {
-                let raw =
-                    wafunnel_core::event::decode_json(&r.line).expect("generated lines decode");
-                codec
-                    .encode_single_object(&raw)
-                    .expect("generated events encode")
-            })
-            .collect(),
+    // `(topic, payload)` in arrival order, and the outcomes they make.
+    let (payloads, outcomes): (Vec<(String, Vec<u8>)>, usize) = match format.as_str() {
+        "json" | "avro-single-object" => {
+            let records = wafunnel_gen::generate(&cfg).records;
+            let payloads: Vec<(String, Vec<u8>)> = records
+                .iter()
+                .map(|r| {
+                    let payload = if format == "json" {
+                        r.line.clone()
+                    } else {
+                        let raw = wafunnel_core::event::decode_json(&r.line)
+                            .expect("generated lines decode");
+                        codec
+                            .encode_single_object(&raw)
+                            .expect("generated events encode")
+                    };
+                    (topic.clone(), payload)
+                })
+                .collect();
+            let n = payloads.len();
+            (payloads, n)
+        }
+        "meta" => {
+            let cfg = GenConfig {
+                meta: true,
+                ..cfg.clone()
+            };
+            let mut outcomes = 0;
+            let payloads = wafunnel_gen::meta_stream(&cfg)
+                .map(|r| {
+                    outcomes += r.canonical.len();
+                    let topic = match r.format {
+                        PayloadFormat::Json => topic.clone(),
+                        PayloadFormat::WhatsappWebhook => format!("{topic}-webhook"),
+                        PayloadFormat::MetaInsights => format!("{topic}-insights"),
+                    };
+                    (topic, r.payload)
+                })
+                .collect();
+            (payloads, outcomes)
+        }
         _ => usage(),
     };
     let producer: FutureProducer = ClientConfig::new()
@@ -59,10 +97,13 @@ async fn main() {
         .expect("producer");
     let started = Instant::now();
     let mut pending = Vec::with_capacity(payloads.len());
-    for (i, payload) in payloads.iter().enumerate() {
+    let mut sent_to: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    for (topic, payload) in &payloads {
+        let sent = sent_to.entry(topic).or_default();
         let mut record = FutureRecord::<(), _>::to(topic)
             .payload(payload)
-            .partition(i as i32 % partitions);
+            .partition(*sent % partitions);
+        *sent += 1;
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
@@ -79,9 +120,18 @@ async fn main() {
     for delivery in pending {
         delivery.await.expect("delivered").expect("acknowledged");
     }
-    println!(
-        "records={} seconds={:.3}",
-        payloads.len(),
-        started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    let mut line = format!(
+        "records={} outcomes={outcomes} seconds={seconds:.3}",
+        payloads.len()
     );
+    if format == "meta" {
+        let numbers: Vec<String> = cfg
+            .phone_numbers()
+            .iter()
+            .map(|(number, account)| format!("{number}={account}"))
+            .collect();
+        line.push_str(&format!(" phone_numbers={}", numbers.join(",")));
+    }
+    println!("{line}");
 }

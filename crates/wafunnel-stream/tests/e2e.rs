@@ -88,6 +88,7 @@ phone_number_ids = ["206540352242922"]
 id = "act_3003"
 currency = "EUR"
 time_zone = "Europe/Madrid"
+phone_number_ids = ["306540352242922"]
 [capi]
 # The lateness: every export is emitted with its total-order attribution,
 # so the pipeline's equal the in-process engine's.

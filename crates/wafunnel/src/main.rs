@@ -2,6 +2,8 @@
 //!
 //! - `demo` generates seeded click-to-WhatsApp traffic, runs it through the
 //!   real sessionizer and prints the funnel report. It needs no services.
+//!   With `--meta` the traffic comes as Meta sends it (webhook bodies,
+//!   insights rows) through the normalizers `replay` uses.
 //! - `replay FILE` does the same for an NDJSON event log (`-` for stdin).
 //!
 //! Both can write the three BI tables as NDJSON with `--out DIR`.
@@ -56,6 +58,11 @@ enum Command {
         /// Roughly how many events to generate (default: the demo size, about 80k).
         #[arg(long)]
         events: Option<u64>,
+        /// Send the traffic as Meta does: messages and statuses as WhatsApp
+        /// webhook bodies, spend as insights rows, clicks, leads and
+        /// purchases as canonical JSON (a campaign with whole-second times).
+        #[arg(long)]
+        meta: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -140,16 +147,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo {
             seed,
             events,
+            meta,
             output,
         } => {
             let mut cfg = wafunnel_gen::GenConfig {
                 seed,
+                meta,
                 ..wafunnel_gen::GenConfig::demo()
             };
             if let Some(n) = events {
                 cfg = cfg.with_target_events(n);
             }
-            let result = offline::run_demo(&cfg, output.user_hash_key.as_bytes());
+            let result = offline::run_demo(&cfg, output.user_hash_key.as_bytes(), meta);
             offline::finish(&result, output.out.as_deref())
         }
         Command::Replay {

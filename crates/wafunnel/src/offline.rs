@@ -177,24 +177,48 @@ impl Engine {
     }
 }
 
-/// Runs generated demo traffic.
-pub(crate) fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8]) -> RunResult {
+/// Runs generated demo traffic. With `as_meta` (which needs a
+/// [`wafunnel_gen::GenConfig::meta`] configuration) the traffic comes as
+/// Meta sends it: webhook bodies, insights rows and canonical JSON, through
+/// the same normalizers as `replay --input FORMAT=FILE`.
+pub(crate) fn run_demo(cfg: &wafunnel_gen::GenConfig, key: &[u8], as_meta: bool) -> RunResult {
     let mut engine = Engine::new(
         cfg.core_accounts(),
-        PhoneNumbers::default(),
+        PhoneNumbers::new(cfg.phone_numbers()),
         key,
         cfg.valid_now_ms(),
     );
-    let mut records = 0u64;
-    for record in wafunnel_gen::stream(cfg) {
-        records += 1;
-        // Generated lines are valid unless the configuration asks for invalid ones.
-        let _ = engine.feed(&record.line);
-    }
-    engine.finish(format!(
-        "generated traffic (seed {}, {records} records)",
-        cfg.seed
-    ))
+    // Generated records are valid unless the configuration asks for invalid
+    // ones: rejections are counted, not printed.
+    let source = if as_meta {
+        let mut by_format: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for record in wafunnel_gen::meta_stream(cfg) {
+            let format = match record.format {
+                wafunnel_gen::PayloadFormat::Json => InputFormat::Json,
+                wafunnel_gen::PayloadFormat::WhatsappWebhook => InputFormat::WhatsappWebhook,
+                wafunnel_gen::PayloadFormat::MetaInsights => InputFormat::MetaInsights,
+            };
+            *by_format.entry(record.format.name()).or_default() += 1;
+            let _ = engine.feed_as(format, &record.payload);
+        }
+        let counts: Vec<String> = by_format
+            .iter()
+            .map(|(format, n)| format!("{n} {format}"))
+            .collect();
+        format!(
+            "generated traffic as Meta sends it (seed {}, {})",
+            cfg.seed,
+            counts.join(", ")
+        )
+    } else {
+        let mut records = 0u64;
+        for record in wafunnel_gen::stream(cfg) {
+            records += 1;
+            let _ = engine.feed(&record.line);
+        }
+        format!("generated traffic (seed {}, {records} records)", cfg.seed)
+    };
+    engine.finish(source)
 }
 
 /// One input of a replay: a file (`-` is standard input) in a format.
@@ -320,4 +344,51 @@ pub(crate) fn write_tables(tables: &Tables, dir: &Path) -> anyhow::Result<()> {
     write_ndjson(&dir.join("contacts_daily.ndjson"), &tables.contacts_daily())?;
     write_ndjson(&dir.join("conversations.ndjson"), &tables.conversations())?;
     write_ndjson(&dir.join("capi_exports.ndjson"), &tables.exports())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_as_meta_sends_it_gives_the_tables_of_its_canonical_events() {
+        let cfg = wafunnel_gen::GenConfig {
+            meta: true,
+            ..wafunnel_gen::GenConfig::scaled(6_000)
+        };
+        let canonical = run_demo(&cfg, b"k", false);
+        let meta = run_demo(&cfg, b"k", true);
+        assert!(meta.source.contains("whatsapp-webhook"), "{}", meta.source);
+        assert!(
+            meta.accounting.records < canonical.accounting.records,
+            "some bodies carry two events"
+        );
+        let outcomes = |r: &RunResult| {
+            (
+                r.accounting.applied,
+                r.accounting.duplicate,
+                r.accounting.late,
+                r.accounting.rejected_total(),
+                r.accounting.ignored,
+            )
+        };
+        assert_eq!(outcomes(&meta), outcomes(&canonical));
+        assert!(canonical.accounting.applied > 5_000);
+        assert_eq!(meta.tables.funnel_daily(), canonical.tables.funnel_daily());
+        assert_eq!(
+            meta.tables.contacts_daily(),
+            canonical.tables.contacts_daily()
+        );
+        assert_eq!(
+            meta.tables.conversations(),
+            canonical.tables.conversations()
+        );
+        assert!(
+            meta.tables
+                .funnel_daily()
+                .iter()
+                .any(|row| row.outbound_billable > 0),
+            "billable templates are counted"
+        );
+    }
 }

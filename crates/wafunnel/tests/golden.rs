@@ -122,6 +122,30 @@ fn demo_prints_the_report_and_writes_the_tables() {
 }
 
 #[test]
+fn demo_sends_its_traffic_as_meta_does_with_meta() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wafunnel"))
+        .args(["demo", "--events", "5000", "--meta"])
+        .output()
+        .expect("run wafunnel");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "as Meta sends it",
+        "whatsapp-webhook",
+        "meta-insights",
+        "account act_3003",
+        "rejected 0",
+        "outbound billed by Meta",
+    ] {
+        assert!(report.contains(needle), "missing `{needle}` in\n{report}");
+    }
+}
+
+#[test]
 fn replay_reads_webhook_bodies_and_insights_rows_together() {
     let dir = tempfile::tempdir().expect("tempdir");
     let golden =

@@ -58,6 +58,46 @@ fn request(
     (code, body)
 }
 
+/// The receiver configured by `text`, running until `shutdown`, once `port`
+/// accepts connections.
+async fn spawn_receiver(
+    text: &str,
+    port: u16,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<Result<(), wafunnel_webhook::WebhookError>> {
+    let (cfg, shutdown) = (Config::from_toml(text).expect("config"), shutdown.clone());
+    let receiver = tokio::spawn(async move { wafunnel_webhook::run(&cfg, shutdown).await });
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "receiver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver
+}
+
+/// POSTs `bodies` to `/webhook`, one after the other, each signed, each
+/// required to be stored (200).
+async fn post_signed(port: u16, bodies: Vec<Vec<u8>>) {
+    tokio::task::spawn_blocking(move || {
+        for body in bodies {
+            let signature = sign(&body);
+            let (code, answer) = request(
+                port,
+                "POST",
+                "/webhook",
+                &[("x-hub-signature-256", signature)],
+                &body,
+            );
+            assert_eq!(code, 200, "{answer}");
+        }
+    })
+    .await
+    .expect("join");
+}
+
 fn stored(cfg: &Config, topic: &str) -> i64 {
     let consumer: BaseConsumer<LogContext> =
         kafka::create(&kafka::client_config(&cfg.kafka)).expect("consumer");
@@ -79,18 +119,7 @@ async fn the_receiver_stores_verified_bodies_once_and_refuses_the_rest() {
     );
     let cfg = Config::from_toml(&text).expect("config");
     let shutdown = Shutdown::new();
-    let receiver = {
-        let (cfg, shutdown) = (Config::from_toml(&text).expect("config"), shutdown.clone());
-        tokio::spawn(async move { wafunnel_webhook::run(&cfg, shutdown).await })
-    };
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "receiver did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
     let path = "/wa/webhook";
     let blocking = |f: Box<dyn FnOnce() -> (u16, String) + Send>| tokio::task::spawn_blocking(f);
 
@@ -237,32 +266,12 @@ async fn webhook_bodies_and_insights_rows_give_the_tables_of_the_same_events_in_
         "the whatsapp-webhook topic"
     );
     let shutdown = Shutdown::new();
-    let receiver = {
-        let (cfg, shutdown) = (Config::from_toml(&text).expect("config"), shutdown.clone());
-        tokio::spawn(async move { wafunnel_webhook::run(&cfg, shutdown).await })
-    };
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
     // Every golden body, and Meta's retries of two of them.
     let mut bodies = golden_bodies();
     bodies.push(bodies[0].clone());
     bodies.push(bodies[2].clone());
-    for body in &bodies {
-        let (body, signature) = (body.clone(), sign(body));
-        let (code, _) = tokio::task::spawn_blocking(move || {
-            request(
-                port,
-                "POST",
-                "/webhook",
-                &[("x-hub-signature-256", signature)],
-                &body,
-            )
-        })
-        .await
-        .expect("join");
-        assert_eq!(code, 200);
-    }
+    post_signed(port, bodies.clone()).await;
     // Insights rows straight to their topic: one fetched twice (the later
     // fetch wins), one without fetched_at (its record's timestamp decides).
     let row = |spend: &str, fetched: &str| {
@@ -358,5 +367,122 @@ async fn webhook_bodies_and_insights_rows_give_the_tables_of_the_same_events_in_
         .await
         .expect("ignored");
     assert_eq!(counted, ignored, "bodies with nothing to count, once each");
+    super::assert_views_equal(&env_, &tables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn a_generated_campaign_sent_as_meta_does_gives_the_tables_of_its_canonical_events() {
+    use wafunnel_gen::{GenConfig, PayloadFormat, RecordKind};
+
+    let env_ = Env::new("webhookgen", 1, 2).await;
+    let port = free_port();
+    let text = format!(
+        "{}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\nverify_token = \"{TOKEN}\"\napp_secret = \"{SECRET}\"\n",
+        env_.toml_again()
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    // The generated accounts use the configured business numbers.
+    let mut gen = GenConfig {
+        meta: true,
+        contacts_per_account: 250,
+        duplicate_rate: 0.05,
+        invalid_rate: 0.01,
+        ..GenConfig::demo()
+    };
+    for account in &mut gen.accounts {
+        account.phone_number_id = cfg
+            .phone_numbers()
+            .into_iter()
+            .find(|(_, id)| *id == account.account_id)
+            .unwrap_or_else(|| panic!("{} has no number", account.account_id))
+            .0;
+    }
+    let accounts = cfg.accounts().expect("accounts");
+    let hasher = wafunnel_core::config::UserHasher::new(super::HASH_KEY.as_bytes());
+    // The services judge future timestamps by the real clock, long after
+    // the generated campaign: lines made invalid only by a future time are
+    // valid to them, so they are left out.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let records: Vec<wafunnel_gen::MetaRecord> = wafunnel_gen::meta_stream(&gen)
+        .filter(|r| {
+            !matches!(r.kind, RecordKind::Invalid { .. })
+                || wafunnel_core::event::parse_json_event(&r.payload, &accounts, &hasher, now)
+                    .is_err()
+        })
+        .collect();
+    let payloads = |format: PayloadFormat| -> Vec<Vec<u8>> {
+        records
+            .iter()
+            .filter(|r| r.format == format)
+            .map(|r| r.payload.clone())
+            .collect()
+    };
+    let bodies = payloads(PayloadFormat::WhatsappWebhook);
+    let (rows, lines) = (
+        payloads(PayloadFormat::MetaInsights),
+        payloads(PayloadFormat::Json),
+    );
+    assert!(
+        bodies.len() > 1000 && rows.len() > 300 && lines.len() > 500,
+        "{} bodies, {} rows, {} lines",
+        bodies.len(),
+        rows.len(),
+        lines.len()
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == RecordKind::Duplicate && r.format == PayloadFormat::WhatsappWebhook),
+        "Meta's retries"
+    );
+
+    // The reference: the same events, as canonical JSON, in arrival order.
+    let canonical: Vec<Vec<u8>> = records
+        .iter()
+        .flat_map(|r| r.canonical.iter().map(|c| c.line.clone()))
+        .collect();
+    let mut reference = wafunnel_core::sessionizer::Sessionizer::new(
+        0,
+        cfg.windows().expect("windows"),
+        accounts.clone(),
+    );
+    let mut dead = 0u64;
+    for line in &canonical {
+        match wafunnel_core::event::parse_json_event(line, &accounts, &hasher, now) {
+            Ok(event) => {
+                reference.apply(&event);
+            }
+            Err(_) => dead += 1,
+        }
+    }
+    let mut tables = wafunnel_core::tables::Tables::default();
+    tables.apply(reference.drain());
+    let outcomes = reference.outcome_counts();
+    assert_eq!(outcomes.late, 0, "nothing is late here");
+    assert!(dead > 0, "invalid lines are in the mix");
+
+    // Bodies through the signed receiver, rows and lines to their topics.
+    let shutdown = Shutdown::new();
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
+    post_signed(port, bodies).await;
+    env_.produce(&env_.insights, 1, &rows).await;
+    env_.produce(&env_.raw, 1, &lines).await;
+
+    let accounting = env_.run_pipeline(canonical.len() as u64).await;
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+    assert_eq!(
+        (
+            accounting.applied,
+            accounting.duplicate,
+            accounting.late,
+            accounting.dead_lettered
+        ),
+        (outcomes.applied, outcomes.duplicate, 0, dead)
+    );
     super::assert_views_equal(&env_, &tables).await;
 }
