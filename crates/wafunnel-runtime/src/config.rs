@@ -105,6 +105,33 @@ pub struct Config {
     /// The WhatsApp webhook receiver (`wafunnel webhook`).
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// Conversions API exports (`wafunnel capi`).
+    #[serde(default)]
+    pub capi: CapiConfig,
+}
+
+/// Conversions API exports: when the engine emits them and how
+/// `wafunnel capi` delivers them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapiConfig {
+    /// How far behind its partition's watermark a lead or purchase must be
+    /// before it is exported (`1h`; `0s` exports at once, with the
+    /// attribution known at that moment).
+    #[serde(default = "default_capi_delay")]
+    pub delay: String,
+}
+
+fn default_capi_delay() -> String {
+    "1h".into()
+}
+
+impl Default for CapiConfig {
+    fn default() -> Self {
+        CapiConfig {
+            delay: default_capi_delay(),
+        }
+    }
 }
 
 /// `wafunnel webhook`: where Meta's webhook subscription delivers.
@@ -406,6 +433,9 @@ pub struct KafkaConfig {
     /// Consumer group of `wafunnel sessionize` (offsets are committed for lag monitoring).
     #[serde(default = "default_sessionize_group")]
     pub sessionize_group: String,
+    /// Consumer group of `wafunnel capi` on the capi topic.
+    #[serde(default = "default_capi_group")]
+    pub capi_group: String,
 }
 
 fn lenient_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -417,6 +447,9 @@ fn default_ingest_group() -> String {
 }
 fn default_sessionize_group() -> String {
     "wafunnel-sessionize".into()
+}
+fn default_capi_group() -> String {
+    "wafunnel-capi".into()
 }
 
 /// One raw input topic.
@@ -460,6 +493,10 @@ pub struct TopicsConfig {
     /// Compacted topic of sessionizer state snapshots, one chunked snapshot per internal partition.
     #[serde(default = "default_state")]
     pub state: String,
+    /// Conversions API exports of the sessionizer (JSON, keyed by export id),
+    /// read by `wafunnel capi`. Created with `internal_partitions` partitions.
+    #[serde(default = "default_capi_topic")]
+    pub capi: String,
 }
 
 fn default_internal() -> String {
@@ -470,6 +507,9 @@ fn default_dead_letter() -> String {
 }
 fn default_state() -> String {
     "wafunnel-state".into()
+}
+fn default_capi_topic() -> String {
+    "wafunnel-capi".into()
 }
 fn default_partitions() -> i32 {
     4
@@ -910,6 +950,7 @@ impl Config {
         }
         self.shutdown_grace()?;
         self.dead_letter_retention_ms()?;
+        self.capi_delay_ms()?;
         if !(1024..=900_000).contains(&self.dead_letter.max_payload_bytes) {
             return Err(invalid(
                 "dead_letter.max_payload_bytes",
@@ -1047,6 +1088,18 @@ impl Config {
         duration_setting("dead_letter.retention", &self.dead_letter.retention)
     }
 
+    /// How far behind the watermark an export waits, in milliseconds (may be 0).
+    pub fn capi_delay_ms(&self) -> Result<i64, ConfigError> {
+        let text = self.capi.delay.trim();
+        // `0s` (or `0m`...) is a valid delay here, unlike for other durations.
+        if let Some(unit) = text.strip_prefix('0').map(|u| u.trim_start_matches('0')) {
+            if ["ms", "s", "m", "h", "d"].contains(&unit) {
+                return Ok(0);
+            }
+        }
+        duration_setting("capi.delay", text)
+    }
+
     /// How long a stop may take.
     pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
         duration_setting("service.shutdown_grace", &self.service.shutdown_grace)
@@ -1112,6 +1165,9 @@ time_zone = "America/Sao_Paulo"
         assert_eq!(cfg.topics.internal, "wafunnel-events");
         assert_eq!(cfg.topics.state, "wafunnel-state");
         assert_eq!(cfg.state.snapshot_interval_ms, 60_000);
+        assert_eq!(cfg.topics.capi, "wafunnel-capi");
+        assert_eq!(cfg.kafka.capi_group, "wafunnel-capi");
+        assert_eq!(cfg.capi_delay_ms().expect("delay"), 3_600_000);
         assert_eq!(
             cfg.accounts()
                 .expect("accounts")
@@ -1299,6 +1355,30 @@ time_zone = "America/Sao_Paulo"
             assert!(err.contains(setting), "{err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn capi_delay_may_be_zero() {
+        for (text, ms) in [("0s", 0), ("00m", 0), ("0ms", 0), ("90m", 5_400_000)] {
+            let cfg =
+                Config::from_toml(&format!("{MINIMAL}\n[capi]\ndelay = \"{text}\"\n")).expect(text);
+            assert_eq!(cfg.capi_delay_ms().expect(text), ms, "{text}");
+        }
+        for text in ["0", "0x", "-1h", "soon"] {
+            let err = Config::from_toml(&format!("{MINIMAL}\n[capi]\ndelay = \"{text}\"\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains("capi.delay"), "{err}");
+        }
+        let cfg = load_with_env(&[
+            ("WAFUNNEL__CAPI__DELAY", "0s"),
+            ("WAFUNNEL__TOPICS__CAPI", "capi-env"),
+            ("WAFUNNEL__KAFKA__CAPI_GROUP", "capi-group-env"),
+        ])
+        .expect("valid");
+        assert_eq!(cfg.capi_delay_ms().expect("delay"), 0);
+        assert_eq!(cfg.topics.capi, "capi-env");
+        assert_eq!(cfg.kafka.capi_group, "capi-group-env");
     }
 
     #[test]
