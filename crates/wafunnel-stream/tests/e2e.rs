@@ -68,6 +68,7 @@ raw = [{{ name = "{raw}", format = "json" }}, {{ name = "{avro}", format = "avro
 internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
 state = "state-{suffix}"
+capi = "capi-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
@@ -109,6 +110,7 @@ snapshot_interval_ms = 1000
                 (&insights, 1),
                 (&cfg.topics.internal, internal_partitions),
                 (&cfg.topics.dead_letter, 1),
+                (&cfg.topics.capi, internal_partitions),
             ],
         )
         .await
