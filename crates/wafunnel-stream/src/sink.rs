@@ -135,6 +135,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "billable_and_messaging_contacts",
         include_str!("../../../schemas/clickhouse/0006_billable_and_messaging_contacts.sql"),
     ),
+    (
+        7,
+        "capi_exports",
+        include_str!("../../../schemas/clickhouse/0007_capi_exports.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
