@@ -434,11 +434,15 @@ pub struct DryRun {
 /// `wafunnel capi --dry-run`: reads the capi topic from the group's
 /// committed offsets to its current end, without joining the group or
 /// committing, and writes the requests it would make (one JSON line each:
-/// path and body; no token needed) to `out`.
-pub async fn dry_run(cfg: &Config, out: &mut dyn Write) -> Result<DryRun, CapiError> {
+/// path and body; no token needed) to `out`. While the brokers are
+/// unreachable it waits, until `shutdown` is abandoned.
+pub async fn dry_run(
+    cfg: &Config,
+    out: &mut dyn Write,
+    shutdown: &Shutdown,
+) -> Result<DryRun, CapiError> {
     let settings = cfg.capi_settings()?;
-    let shutdown = Shutdown::new();
-    let partitions = kafka::connect(&cfg.kafka, &shutdown).await?;
+    let partitions = kafka::connect(&cfg.kafka, shutdown).await?;
     let topic = cfg.topics.capi.clone();
     let Some(&count) = partitions.get(&topic) else {
         return Err(CapiError::MissingTopic(topic));

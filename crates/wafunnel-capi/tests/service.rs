@@ -569,7 +569,7 @@ async fn a_dry_run_writes_the_requests_and_commits_nothing() {
     .expect("config");
     for _ in 0..2 {
         let mut out = Vec::new();
-        let found = wafunnel_capi::dry_run(&cfg, &mut out)
+        let found = wafunnel_capi::dry_run(&cfg, &mut out, &Shutdown::new())
             .await
             .expect("dry run");
         assert_eq!((found.exports, found.requests), (4, 2));

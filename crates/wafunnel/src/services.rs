@@ -114,7 +114,8 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
-            let found = wafunnel_capi::dry_run(&cfg, &mut writer)
+            let shutdown = Shutdown::on_signals(cfg.shutdown_grace()?);
+            let found = wafunnel_capi::dry_run(&cfg, &mut writer, &shutdown)
                 .await
                 .map_err(|e| fatal("capi dry run", e.fault(), &e))?;
             tracing::info!(
