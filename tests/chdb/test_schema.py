@@ -530,6 +530,11 @@ TABLE_COLUMNS = {
         "worker_partition UInt32, outcome String, records UInt64, version UInt64"
     ),
     "check_canaries": "canary_id String, partition UInt32, offset Int64, event_time Int64",
+    "capi_exports": (
+        "export_id String, account_id String, day Date, event_name String, event_time Int64, "
+        "status String, error_code Nullable(String), error_message Nullable(String), "
+        "attempts UInt32, updated_at Int64, version UInt64"
+    ),
 }
 
 TABLE_KEYS = {
@@ -544,6 +549,7 @@ TABLE_KEYS = {
     "record_outcomes": ("ReplacingMergeTree",
                         "stage, source_topic, source_partition, worker_topic, worker_partition, outcome"),
     "check_canaries": ("ReplacingMergeTree", "canary_id, partition"),
+    "capi_exports": ("ReplacingMergeTree", "export_id"),
 }
 
 
@@ -599,6 +605,8 @@ def test_migrations_are_rerunnable(db):
     )
     assert dict(rows) == {
         "ads": "ReplacingMergeTree",
+        "capi_daily": "View",
+        "capi_exports": "ReplacingMergeTree",
         "check_canaries": "ReplacingMergeTree",
         "contacts_daily": "View",
         "contacts_partial": "ReplacingMergeTree",
@@ -758,3 +766,49 @@ def test_input_accounting_adds_every_outcome_of_every_worker(loaded):
     assert names == ["source_topic", "source_partition", "applied", "duplicate", "late",
                      "dead_lettered", "records", "ignored"]
     assert rows == [("raw", 0, 10, 2, 0, 0, 12, 0), ("raw", 1, 0, 0, 1, 4, 11, 6)]
+
+
+CAPI_COLS = (
+    "export_id, account_id, day, event_name, event_time, status, error_code, "
+    "error_message, attempts, updated_at, version"
+)
+
+
+def test_capi_daily_counts_each_export_once_with_its_latest_status(db):
+    apply_migrations(db)
+    # e1 was sent, then replayed after a crash and sent again (a later
+    # version); e2 was rejected; e3 was first written as rejected, then
+    # sent on a replay; e4 never had a click id; e5 is another day.
+    db.execute(
+        f"INSERT INTO capi_exports ({CAPI_COLS}) VALUES "
+        f"('e1', 'act_1', '{D2}', 'Purchase', {T0}, 'sent', NULL, NULL, 1, 10, 10), "
+        f"('e2', 'act_1', '{D2}', 'Purchase', {T0}, 'rejected', '100', 'Invalid parameter', 1, 11, 11), "
+        f"('e3', 'act_1', '{D2}', 'LeadSubmitted', {T0}, 'rejected', '2', 'Temporary', 2, 12, 12), "
+        f"('e4', 'act_1', '{D2}', 'LeadSubmitted', {T0}, 'no_click_id', NULL, NULL, 0, 13, 13), "
+        f"('e5', 'act_2', '{D3}', 'LeadSubmitted', {T0}, 'outside_window', NULL, NULL, 0, 14, 14)"
+    )
+    db.execute(
+        f"INSERT INTO capi_exports ({CAPI_COLS}) VALUES "
+        f"('e1', 'act_1', '{D2}', 'Purchase', {T0}, 'sent', NULL, NULL, 1, 20, 20), "
+        f"('e3', 'act_1', '{D2}', 'LeadSubmitted', {T0}, 'sent', NULL, NULL, 1, 21, 21)"
+    )
+    expected = [
+        ("act_1", D2, "LeadSubmitted", "no_click_id", 1),
+        ("act_1", D2, "LeadSubmitted", "sent", 1),
+        ("act_1", D2, "Purchase", "rejected", 1),
+        ("act_1", D2, "Purchase", "sent", 1),
+        ("act_2", D3, "LeadSubmitted", "outside_window", 1),
+    ]
+    order = "account_id, day, event_name, status"
+    columns, rows = _select_view(db, "capi_daily", order)
+    assert columns == [("account_id", "String"), ("day", "Date"), ("event_name", "String"),
+                       ("status", "String"), ("exports", "Int64")]
+    _assert_rows(rows, expected)
+    _, _, rows = db.query(
+        "SELECT export_id, status, error_code, error_message FROM capi_exports FINAL "
+        "WHERE status = 'rejected'"
+    )
+    assert rows == [("e2", "rejected", "100", "Invalid parameter")]
+    # Merged, the same.
+    db.execute("OPTIMIZE TABLE capi_exports FINAL")
+    _assert_rows(_select_view(db, "capi_daily", order)[1], expected)

@@ -120,18 +120,111 @@ pub struct CapiConfig {
     /// attribution known at that moment).
     #[serde(default = "default_capi_delay")]
     pub delay: String,
+    /// The Graph API's address (a stand-in's in tests).
+    #[serde(default = "default_capi_base_url")]
+    pub base_url: String,
+    /// The Graph API version in the request path.
+    #[serde(default = "default_capi_api_version")]
+    pub api_version: String,
+    /// Most events in one request (Meta accepts at most 1000).
+    #[serde(default = "default_capi_max_batch")]
+    pub max_batch: usize,
+    /// How long exports are gathered into batches before they are sent.
+    #[serde(default = "default_capi_linger")]
+    pub linger: String,
+    /// First wait before a request is retried (429, 5xx, network); it
+    /// doubles, with jitter, up to `backoff_max`. A `Retry-After` wins.
+    #[serde(default = "default_capi_backoff_min")]
+    pub backoff_min: String,
+    /// Longest wait between retries.
+    #[serde(default = "default_capi_backoff_max")]
+    pub backoff_max: String,
+    /// How long one request may take before it is retried.
+    #[serde(default = "default_capi_request_timeout")]
+    pub request_timeout: String,
+    /// Per ad account id (as in events, lowercase): where its events go.
+    /// An account without an entry has its exports rejected with
+    /// `not_configured`, without a request.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, CapiAccountConfig>,
+}
+
+/// One ad account's Conversions API dataset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapiAccountConfig {
+    /// The dataset id events are posted to.
+    #[serde(deserialize_with = "lenient_string")]
+    pub dataset_id: String,
+    /// The WhatsApp Business Account id sent with every event.
+    #[serde(deserialize_with = "lenient_string")]
+    pub waba_id: String,
+    /// A system-user access token with the dataset's permission: a secret,
+    /// best from `WAFUNNEL__CAPI__ACCOUNTS__<ACCOUNT>__ACCESS_TOKEN`.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
 }
 
 fn default_capi_delay() -> String {
     "1h".into()
+}
+fn default_capi_base_url() -> String {
+    "https://graph.facebook.com".into()
+}
+fn default_capi_api_version() -> String {
+    "v21.0".into()
+}
+fn default_capi_max_batch() -> usize {
+    1000
+}
+fn default_capi_linger() -> String {
+    "2s".into()
+}
+fn default_capi_backoff_min() -> String {
+    "1s".into()
+}
+fn default_capi_backoff_max() -> String {
+    "5m".into()
+}
+fn default_capi_request_timeout() -> String {
+    "30s".into()
 }
 
 impl Default for CapiConfig {
     fn default() -> Self {
         CapiConfig {
             delay: default_capi_delay(),
+            base_url: default_capi_base_url(),
+            api_version: default_capi_api_version(),
+            max_batch: default_capi_max_batch(),
+            linger: default_capi_linger(),
+            backoff_min: default_capi_backoff_min(),
+            backoff_max: default_capi_backoff_max(),
+            request_timeout: default_capi_request_timeout(),
+            accounts: BTreeMap::new(),
         }
     }
+}
+
+/// `wafunnel capi`'s settings, checked.
+#[derive(Debug, Clone)]
+pub struct CapiSettings {
+    /// The Graph API's address, without a trailing `/`.
+    pub base_url: String,
+    /// `v21.0`.
+    pub api_version: String,
+    /// Most events per request.
+    pub max_batch: usize,
+    /// How long a batch gathers.
+    pub linger: Duration,
+    /// First retry wait.
+    pub backoff_min: Duration,
+    /// Longest retry wait.
+    pub backoff_max: Duration,
+    /// Longest request.
+    pub request_timeout: Duration,
+    /// Per ad account.
+    pub accounts: BTreeMap<String, CapiAccountConfig>,
 }
 
 /// `wafunnel webhook`: where Meta's webhook subscription delivers.
@@ -208,6 +301,23 @@ pub struct WebhookSettings {
     pub verify_token: Secret,
     /// The signing secret.
     pub app_secret: Secret,
+}
+
+impl CapiSettings {
+    /// The first account whose access token is missing, as the error
+    /// naming the setting and its environment variable.
+    pub fn missing_token(&self) -> Option<ConfigError> {
+        self.accounts
+            .iter()
+            .find(|(_, a)| a.access_token.as_ref().is_none_or(|t| t.0.is_empty()))
+            .map(|(account, _)| ConfigError::Invalid {
+                setting: format!("capi.accounts.{account}.access_token"),
+                detail: format!(
+                    "missing (set it in the config file or WAFUNNEL__CAPI__ACCOUNTS__{}__ACCESS_TOKEN)",
+                    account.to_ascii_uppercase()
+                ),
+            })
+    }
 }
 
 /// Dead letters: privacy, size and retention.
@@ -951,6 +1061,7 @@ impl Config {
         self.shutdown_grace()?;
         self.dead_letter_retention_ms()?;
         self.capi_delay_ms()?;
+        self.capi_settings()?;
         if !(1024..=900_000).contains(&self.dead_letter.max_payload_bytes) {
             return Err(invalid(
                 "dead_letter.max_payload_bytes",
@@ -1101,6 +1212,66 @@ impl Config {
         duration_setting("capi.delay", text)
     }
 
+    /// `wafunnel capi`'s settings. Access tokens are not required here (a
+    /// dry run needs none): see [`CapiSettings::missing_token`].
+    pub fn capi_settings(&self) -> Result<CapiSettings, ConfigError> {
+        let c = &self.capi;
+        let invalid = |setting: &str, detail: String| ConfigError::Invalid {
+            setting: setting.into(),
+            detail,
+        };
+        let base_url = c.base_url.trim_end_matches('/').to_owned();
+        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+            return Err(invalid(
+                "capi.base_url",
+                "must start with http:// or https://".into(),
+            ));
+        }
+        if c.api_version.is_empty() || c.api_version.contains('/') {
+            return Err(invalid(
+                "capi.api_version",
+                format!("`{}` is not a version like v21.0", c.api_version),
+            ));
+        }
+        if !(1..=1000).contains(&c.max_batch) {
+            return Err(invalid(
+                "capi.max_batch",
+                "must be between 1 and 1000".into(),
+            ));
+        }
+        let duration = |setting: &str, text: &str| {
+            duration_setting(setting, text).map(|ms| Duration::from_millis(ms as u64))
+        };
+        let backoff_min = duration("capi.backoff_min", &c.backoff_min)?;
+        let backoff_max = duration("capi.backoff_max", &c.backoff_max)?;
+        if backoff_max < backoff_min {
+            return Err(invalid(
+                "capi.backoff_max",
+                "must be at least capi.backoff_min".into(),
+            ));
+        }
+        for (account, a) in &c.accounts {
+            for (key, value) in [("dataset_id", &a.dataset_id), ("waba_id", &a.waba_id)] {
+                if value.trim().is_empty() || value.contains('/') {
+                    return Err(invalid(
+                        &format!("capi.accounts.{account}.{key}"),
+                        format!("`{value}` is not an id"),
+                    ));
+                }
+            }
+        }
+        Ok(CapiSettings {
+            base_url,
+            api_version: c.api_version.clone(),
+            max_batch: c.max_batch,
+            linger: duration("capi.linger", &c.linger)?,
+            backoff_min,
+            backoff_max,
+            request_timeout: duration("capi.request_timeout", &c.request_timeout)?,
+            accounts: c.accounts.clone(),
+        })
+    }
+
     /// How long a stop may take.
     pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
         duration_setting("service.shutdown_grace", &self.service.shutdown_grace)
@@ -1184,11 +1355,15 @@ time_zone = "America/Sao_Paulo"
         );
     }
 
-    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's type
     fn load_with_env(vars: &[(&str, &str)]) -> Result<Config, String> {
+        load_text_with_env(MINIMAL, vars)
+    }
+
+    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's type
+    fn load_text_with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
         let mut result = Err(String::new());
         figment::Jail::expect_with(|jail| {
-            jail.create_file("wafunnel.toml", MINIMAL)?;
+            jail.create_file("wafunnel.toml", text)?;
             for (k, v) in vars {
                 jail.set_env(k, v);
             }
@@ -1380,6 +1555,98 @@ time_zone = "America/Sao_Paulo"
         assert_eq!(cfg.capi_delay_ms().expect("delay"), 0);
         assert_eq!(cfg.topics.capi, "capi-env");
         assert_eq!(cfg.kafka.capi_group, "capi-group-env");
+    }
+
+    #[test]
+    fn capi_accounts_and_their_tokens_come_from_the_file_or_the_environment() {
+        let with_accounts = format!(
+            "{MINIMAL}\n[capi]\nmax_batch = 500\nlinger = \"250ms\"\n[capi.accounts.act_1001]\ndataset_id = \"123456\"\nwaba_id = \"1049\"\n"
+        );
+        let cfg = Config::from_toml(&with_accounts).expect("valid");
+        let settings = cfg.capi_settings().expect("settings");
+        assert_eq!(settings.base_url, "https://graph.facebook.com");
+        assert_eq!(settings.api_version, "v21.0");
+        assert_eq!(settings.max_batch, 500);
+        assert_eq!(settings.linger, Duration::from_millis(250));
+        let err = settings.missing_token().expect("no token").to_string();
+        assert!(
+            err.contains("capi.accounts.act_1001.access_token")
+                && err.contains("WAFUNNEL__CAPI__ACCOUNTS__ACT_1001__ACCESS_TOKEN"),
+            "{err}"
+        );
+
+        let cfg = load_text_with_env(
+            &with_accounts,
+            &[
+                (
+                    "WAFUNNEL__CAPI__ACCOUNTS__ACT_1001__ACCESS_TOKEN",
+                    "EAAB-token-1",
+                ),
+                // An account set up from the environment alone; numeric ids stay text.
+                ("WAFUNNEL__CAPI__ACCOUNTS__ACT_2002__DATASET_ID", "98765"),
+                ("WAFUNNEL__CAPI__ACCOUNTS__ACT_2002__WABA_ID", "2020"),
+                ("WAFUNNEL__CAPI__ACCOUNTS__ACT_2002__ACCESS_TOKEN", "12345"),
+                ("WAFUNNEL__CAPI__BASE_URL", "http://127.0.0.1:9/"),
+            ],
+        )
+        .expect("valid");
+        let settings = cfg.capi_settings().expect("settings");
+        assert!(settings.missing_token().is_none());
+        assert_eq!(settings.base_url, "http://127.0.0.1:9");
+        let first = &settings.accounts["act_1001"];
+        assert_eq!(first.dataset_id, "123456");
+        assert_eq!(
+            first.access_token.as_ref().map(Secret::expose),
+            Some("EAAB-token-1")
+        );
+        let second = &settings.accounts["act_2002"];
+        assert_eq!(
+            (second.dataset_id.as_str(), second.waba_id.as_str()),
+            ("98765", "2020")
+        );
+        assert_eq!(
+            second.access_token.as_ref().map(Secret::expose),
+            Some("12345")
+        );
+        let shown = format!("{cfg:?} {settings:?}");
+        assert!(
+            !shown.contains("EAAB-token") && !shown.contains("12345\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn wrong_capi_settings_are_named() {
+        for (section, setting) in [
+            ("max_batch = 1001", "capi.max_batch"),
+            ("max_batch = 0", "capi.max_batch"),
+            ("linger = \"soon\"", "capi.linger"),
+            ("base_url = \"graph.facebook.com\"", "capi.base_url"),
+            ("api_version = \"v21.0/x\"", "capi.api_version"),
+            (
+                "backoff_min = \"1m\"\nbackoff_max = \"1s\"",
+                "capi.backoff_max",
+            ),
+            ("request_timeout = \"0s\"", "capi.request_timeout"),
+            (
+                "[capi.accounts.act_1]\nwaba_id = \"1\"",
+                "capi.accounts.act_1.dataset_id",
+            ),
+            (
+                "[capi.accounts.act_1]\ndataset_id = \"\"\nwaba_id = \"1\"",
+                "capi.accounts.act_1.dataset_id",
+            ),
+            (
+                "[capi.accounts.act_1]\ndataset_id = \"1\"\nwaba_id = \"1\"\ntoken = \"x\"",
+                "capi.accounts.act_1.token",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{MINIMAL}\n[capi]\n{section}\n"))
+                .expect_err(setting)
+                .to_string();
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -59,6 +59,51 @@ pub struct WebhookCounters {
     pub refused: Counter,
 }
 
+/// `wafunnel_capi_exports_total{status}`, `wafunnel_capi_requests_total{result}`
+/// and the capi stage of `wafunnel_records_total`.
+#[derive(Debug)]
+pub struct CapiCounters {
+    /// Exports stored as sent.
+    pub exports_sent: Counter,
+    /// Exports stored as rejected (by Meta, or not configured).
+    pub exports_rejected: Counter,
+    /// Exports stored as outside the click window.
+    pub exports_outside_window: Counter,
+    /// Exports stored as without a click id.
+    pub exports_no_click_id: Counter,
+    /// Requests Meta accepted (2xx).
+    pub requests_sent: Counter,
+    /// Requests Meta refused (4xx).
+    pub requests_rejected: Counter,
+    /// Requests throttled (429 or a throttling code), retried.
+    pub requests_throttled: Counter,
+    /// Requests that failed on Meta's side (5xx, transient), retried.
+    pub requests_server_error: Counter,
+    /// Requests without an answer (network, timeout), retried.
+    pub requests_network: Counter,
+    /// Export records whose export id was already stored or in flight.
+    pub duplicates: Counter,
+    /// Records of the capi topic that are not exports, skipped.
+    pub undecodable: Counter,
+}
+
+impl CapiCounters {
+    /// Counts one stored export of `status` (the column value).
+    pub fn stored(&self, status: &str) {
+        match status {
+            "sent" => self.exports_sent.inc(),
+            "rejected" => self.exports_rejected.inc(),
+            "outside_window" => self.exports_outside_window.inc(),
+            _ => self.exports_no_click_id.inc(),
+        };
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportStatus {
+    status: &'static str,
+}
+
 /// The metrics of all services.
 #[derive(Debug)]
 pub struct Metrics {
@@ -107,6 +152,8 @@ pub struct Metrics {
     pub restore_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Webhook requests by result.
     pub webhook: WebhookCounters,
+    /// Conversions API exports and requests.
+    pub capi: CapiCounters,
     /// 1 while the service is ready (consuming, and its outputs acknowledged).
     ready: Gauge,
 }
@@ -161,6 +208,33 @@ impl Metrics {
             verified: request("verified"),
             refused: request("refused"),
         };
+        let exports = Family::<ExportStatus, Counter>::default();
+        registry.register(
+            "capi_exports",
+            "Conversions API exports stored, by final status",
+            exports.clone(),
+        );
+        let export = |status| exports.get_or_create(&ExportStatus { status }).clone();
+        let capi_requests = Family::<Request, Counter>::default();
+        registry.register(
+            "capi_requests",
+            "Conversions API requests, by result",
+            capi_requests.clone(),
+        );
+        let capi_request = |result| capi_requests.get_or_create(&Request { result }).clone();
+        let capi = CapiCounters {
+            exports_sent: export("sent"),
+            exports_rejected: export("rejected"),
+            exports_outside_window: export("outside_window"),
+            exports_no_click_id: export("no_click_id"),
+            requests_sent: capi_request("sent"),
+            requests_rejected: capi_request("rejected"),
+            requests_throttled: capi_request("throttled"),
+            requests_server_error: capi_request("server_error"),
+            requests_network: capi_request("network"),
+            duplicates: record("capi", "duplicate"),
+            undecodable: record("capi", "undecodable"),
+        };
         let snapshot_bytes = Counter::default();
         registry.register(
             "snapshot_bytes",
@@ -183,6 +257,7 @@ impl Metrics {
             .clone();
         Metrics {
             webhook,
+            capi,
             snapshots_written,
             snapshots_failed,
             restores_from_snapshot,
@@ -278,6 +353,8 @@ pub const FAMILIES: &[&str] = &[
     "wafunnel_flush_seconds",
     "wafunnel_restore_seconds_total",
     "wafunnel_webhook_requests_total",
+    "wafunnel_capi_exports_total",
+    "wafunnel_capi_requests_total",
 ];
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
     wanted.push((&cfg.topics.internal, internal));
     wanted.push((&cfg.topics.dead_letter, layout(Some(1))));
     wanted.push((&cfg.topics.state, internal));
+    // Conversions API exports: as many partitions as the internal topic, whose
+    // partitions emit them.
+    wanted.push((&cfg.topics.capi, internal));
     let missing: Vec<(&str, TopicLayout)> = wanted
         .iter()
         .copied()

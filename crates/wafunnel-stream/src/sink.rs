@@ -136,6 +136,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../schemas/clickhouse/0006_billable_and_messaging_contacts.sql"),
     ),
     (
+        7,
+        "capi_exports",
+        include_str!("../../../schemas/clickhouse/0007_capi_exports.sql"),
+    ),
+    (
         8,
         "conversation_click_id",
         include_str!("../../../schemas/clickhouse/0008_conversation_click_id.sql"),

@@ -116,7 +116,7 @@ snapshot_interval_ms = 1000
                 (&insights, 1),
                 (&cfg.topics.internal, internal_partitions),
                 (&cfg.topics.dead_letter, 1),
-                (&cfg.topics.capi, 1),
+                (&cfg.topics.capi, internal_partitions),
             ],
         )
         .await
@@ -478,9 +478,11 @@ async fn assert_exports_emitted(env: &Env, tables: &Tables) {
         .create_with_context(LogContext)
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&env.cfg.topics.capi, 0, Offset::Beginning)
-        .expect("partition");
+    for p in 0..env.cfg.topics.internal_partitions {
+        assignment
+            .add_partition_offset(&env.cfg.topics.capi, p, Offset::Beginning)
+            .expect("partition");
+    }
     consumer.assign(&assignment).expect("assign");
     let mut seen = std::collections::BTreeMap::new();
     while let Ok(message) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {

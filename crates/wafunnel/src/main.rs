@@ -8,7 +8,9 @@
 //!
 //! Both can write the three BI tables as NDJSON with `--out DIR`.
 //! - `migrate`, `ingest`, `sessionize` and `check` run the streaming
-//!   pipeline on Kafka and ClickHouse (see `wafunnel-stream`).
+//!   pipeline on Kafka and ClickHouse (see `wafunnel-stream`); `webhook`
+//!   receives Meta's webhooks and `capi` sends the Conversions API exports
+//!   (see `wafunnel-webhook` and `wafunnel-capi`).
 
 mod offline;
 mod report;

@@ -27,6 +27,16 @@ pub(crate) enum ServiceCommand {
     Sessionize,
     /// Receive WhatsApp Cloud API webhooks: verify their signature, store them in a raw topic.
     Webhook,
+    /// Send the Conversions API exports of the capi topic to Meta and store their statuses in ClickHouse.
+    Capi {
+        /// Write the requests it would send (one JSON line each: path and body) instead of sending;
+        /// reads the topic from the group's committed offsets to its end, commits nothing, needs no token.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the dry run writes (default: standard output).
+        #[arg(long, value_name = "FILE", requires = "dry_run")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Check the broker, the topics and ClickHouse, then send a canary event end to end.
     Check {
         /// Create missing topics.
@@ -95,6 +105,35 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
             wafunnel_webhook::run(&cfg, shutdown)
                 .await
                 .map_err(|e| fatal("webhook", e.fault(), &e))?;
+        }
+        ServiceCommand::Capi { dry_run: true, out } => {
+            let mut writer: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let shutdown = Shutdown::on_signals(cfg.shutdown_grace()?);
+            let found = wafunnel_capi::dry_run(&cfg, &mut writer, &shutdown)
+                .await
+                .map_err(|e| fatal("capi dry run", e.fault(), &e))?;
+            tracing::info!(
+                exports = found.exports,
+                requests = found.requests,
+                "dry run written"
+            );
+        }
+        ServiceCommand::Capi { dry_run: false, .. } => {
+            let shutdown = start_service(&cfg).await?;
+            wafunnel_capi::run(&cfg, shutdown)
+                .await
+                .map_err(|e| match &e {
+                    wafunnel_capi::CapiError::Sink(_) => {
+                        fatal("capi", e.fault(), &format!("{clickhouse}: {e}"))
+                    }
+                    _ => fatal("capi", e.fault(), &e),
+                })?;
         }
         ServiceCommand::Check {
             create_topics,

@@ -480,11 +480,16 @@ fn stopped_count(log: &str, marker: &str, field: &str) -> u64 {
 async fn check_creates_topics_with_the_configured_partitions_and_replication() {
     let env_ = Env::new("layout", 1, 1).await;
     let fresh = format!("{}-created", env_.raw);
+    let fresh_capi = format!("{}-created", env_.cfg.topics.capi);
     let text = env_
         .toml_again()
         .replace(
             &format!("name = \"{}\"", env_.raw),
             &format!("name = \"{fresh}\""),
+        )
+        .replace(
+            &format!("capi = \"{}\"", env_.cfg.topics.capi),
+            &format!("capi = \"{fresh_capi}\""),
         )
         .replace(
             "[topics]",
@@ -499,6 +504,11 @@ async fn check_creates_topics_with_the_configured_partitions_and_replication() {
         partitions.get(&fresh),
         Some(&3),
         "raw topic takes topics.raw_partitions"
+    );
+    assert_eq!(
+        partitions.get(&fresh_capi),
+        Some(&1),
+        "the capi topic takes topics.internal_partitions"
     );
 
     // One broker cannot hold two replicas: the setting reaches the broker.

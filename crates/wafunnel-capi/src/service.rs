@@ -1,0 +1,526 @@
+//! `wafunnel capi`: the capi topic to Meta and to `capi_exports`.
+//!
+//! Contract:
+//! - Records are read in rounds: a round gathers exports for `capi.linger`
+//!   after its first one (at most ten batches' worth), gives each its
+//!   outcome, writes the outcomes to ClickHouse, and only once ClickHouse
+//!   acknowledged them commits the round's offsets. Rounds run one after
+//!   the other, so a committed offset never passes an export whose status
+//!   is not stored.
+//! - An export decided `outside_window` or `no_click_id` gets that status
+//!   without a request. One decided `send` of an account without
+//!   `capi.accounts.<account>` is `rejected` with code `not_configured`,
+//!   without a request. The others are sent (see [`crate::deliver`]), each
+//!   account's batches in order, the accounts at the same time.
+//! - An export id seen again (the engine replays exports after a crash) is
+//!   sent and stored once: within a round, and across rounds while it is
+//!   among the last [`DONE_REMEMBERED`] exports whose status is stored.
+//! - After a crash, or a kill anywhere, the next run starts from the last
+//!   committed offsets: exports after them are sent again (Meta
+//!   deduplicates them by `event_id`) and their rows written again with a
+//!   later version, so the table ends the same.
+//! - A stop finishes the round in hand (retrying Meta and ClickHouse until
+//!   the stop is abandoned), commits, and leaves the group.
+//! - A record that is not an export is logged and skipped: only the
+//!   sessionizer writes the topic.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinSet;
+use wafunnel_core::export::{ConversionExport, ExportDecision};
+use wafunnel_runtime::config::{CapiSettings, Config, ConfigError};
+use wafunnel_runtime::error::{Classify, Fault};
+use wafunnel_runtime::kafka::{self, blocking, ConnectError, LogContext};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
+use wafunnel_stream::sink::{self, SinkError};
+
+use crate::deliver::{Abandoned, Graph, Outcome, Status};
+use crate::payload::{self, Destination, Destinations};
+use crate::status::{self, StatusRow};
+
+/// How many stored export ids are remembered to skip replayed duplicates.
+pub const DONE_REMEMBERED: usize = 100_000;
+
+/// Why `wafunnel capi` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CapiError {
+    /// A setting is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The brokers cannot be used with these settings.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The consumer could not be built or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The capi topic does not exist.
+    #[error("topic {0} does not exist (create it, e.g. with `wafunnel check --create-topics`)")]
+    MissingTopic(String),
+    /// ClickHouse refused the statuses, or the stop was abandoned while it was unavailable.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The stop was abandoned while Meta did not answer.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(reqwest::Error),
+    /// The dry run's output cannot be written.
+    #[error("cannot write the dry run: {0}")]
+    Output(std::io::Error),
+}
+
+impl Classify for CapiError {
+    fn fault(&self) -> Fault {
+        match self {
+            CapiError::Config(_)
+            | CapiError::Kafka(_)
+            | CapiError::MissingTopic(_)
+            | CapiError::Output(_) => Fault::User,
+            CapiError::Connect(e) => e.fault(),
+            CapiError::Sink(e) => e.fault(),
+            CapiError::Abandoned(_) => Fault::External,
+            CapiError::Http(_) => Fault::Internal,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// The destinations of the configured accounts (no credentials).
+pub fn destinations(settings: &CapiSettings) -> Destinations {
+    Destinations {
+        api_version: settings.api_version.clone(),
+        max_batch: settings.max_batch,
+        accounts: settings
+            .accounts
+            .iter()
+            .map(|(account, a)| {
+                (
+                    account.clone(),
+                    Destination {
+                        dataset_id: a.dataset_id.clone(),
+                        waba_id: a.waba_id.clone(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Export ids whose status is stored, the oldest forgotten first.
+#[derive(Debug, Default)]
+struct Done {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Done {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            if self.order.len() > DONE_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What a round needs to reach Meta.
+#[derive(Debug, Clone)]
+struct Sender {
+    graph: Graph,
+    settings: Arc<CapiSettings>,
+    destinations: Arc<Destinations>,
+}
+
+impl Sender {
+    /// The outcome of every new export of a round, as rows written at `now`.
+    async fn outcomes(
+        &self,
+        exports: Vec<ConversionExport>,
+        done: &Done,
+        shutdown: &Shutdown,
+    ) -> Result<Vec<StatusRow>, Abandoned> {
+        let now = now_ms();
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut to_send: BTreeMap<String, Vec<ConversionExport>> = BTreeMap::new();
+        for export in exports {
+            if done.contains(&export.export_id) || !seen.insert(export.export_id.clone()) {
+                metrics().capi.duplicates.inc();
+                continue;
+            }
+            let status = match export.decision {
+                ExportDecision::OutsideWindow => Status::OutsideWindow,
+                ExportDecision::NoClickId => Status::NoClickId,
+                ExportDecision::Send => {
+                    if self.settings.accounts.contains_key(&*export.account_id) {
+                        to_send
+                            .entry(export.account_id.to_string())
+                            .or_default()
+                            .push(export);
+                    } else {
+                        let outcome = Outcome {
+                            error_code: Some("not_configured".into()),
+                            error_message: Some(format!(
+                                "no capi.accounts.{} settings: nothing was sent",
+                                export.account_id
+                            )),
+                            ..Outcome::without_request(Status::Rejected)
+                        };
+                        rows.push(StatusRow::new(&export, &outcome, now));
+                    }
+                    continue;
+                }
+            };
+            rows.push(StatusRow::new(
+                &export,
+                &Outcome::without_request(status),
+                now,
+            ));
+        }
+        let mut tasks = JoinSet::new();
+        for (account, exports) in to_send {
+            let sender = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let (Some(settings), Some(destination)) = (
+                    sender.settings.accounts.get(&account),
+                    sender.destinations.accounts.get(&account),
+                ) else {
+                    return Ok(Vec::new());
+                };
+                let token = settings.access_token.clone().unwrap_or_default();
+                let refs: Vec<&ConversionExport> = exports.iter().collect();
+                let outcomes = sender
+                    .graph
+                    .deliver(
+                        &sender.destinations.path(&destination.dataset_id),
+                        &token,
+                        &destination.waba_id,
+                        &refs,
+                        sender.destinations.max_batch,
+                        &shutdown,
+                    )
+                    .await?;
+                let now = now_ms();
+                Ok::<_, Abandoned>(
+                    exports
+                        .iter()
+                        .zip(&outcomes)
+                        .map(|(export, outcome)| StatusRow::new(export, outcome, now))
+                        .collect::<Vec<_>>(),
+                )
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(delivered) => rows.extend(delivered?),
+                // Tasks are never cancelled: this is a panic, passed on.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// One round's exports and the offsets that follow them.
+#[derive(Debug, Default)]
+struct Round {
+    exports: Vec<ConversionExport>,
+    next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl Round {
+    fn add(&mut self, message: &impl Message) {
+        let next = self
+            .next_offsets
+            .entry((message.topic().to_owned(), message.partition()))
+            .or_default();
+        *next = (*next).max(message.offset() + 1);
+        let payload = message.payload().unwrap_or_default();
+        if payload.is_empty() {
+            return;
+        }
+        match serde_json::from_slice::<ConversionExport>(payload) {
+            Ok(export) => self.exports.push(export),
+            Err(e) => {
+                metrics().capi.undecodable.inc();
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %e,
+                    "record of the capi topic is not an export, skipped"
+                );
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+}
+
+/// Gathers a round: waits for a first record (or the stop), then takes
+/// records for `linger`, at most `cap` of them.
+async fn gather(
+    consumer: &StreamConsumer<LogContext>,
+    linger: Duration,
+    cap: usize,
+    shutdown: &Shutdown,
+) -> Round {
+    let mut round = Round::default();
+    let mut deadline: Option<Instant> = None;
+    let mut records = 0usize;
+    while records < cap {
+        let received = match deadline {
+            None => tokio::select! {
+                received = consumer.recv() => received,
+                () = shutdown.stopping() => break,
+            },
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    received = tokio::time::timeout(left, consumer.recv()) => match received {
+                        Ok(received) => received,
+                        Err(_) => break,
+                    },
+                    () = shutdown.stopping() => break,
+                }
+            }
+        };
+        match received {
+            Ok(message) => {
+                round.add(&message);
+                records += 1;
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+            }
+            Err(e) => tracing::warn!(error = %e, "kafka consume error"),
+        }
+    }
+    round
+}
+
+fn offsets_list(next_offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next_offsets {
+        // Adding a partition to a fresh list cannot fail.
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    list
+}
+
+/// The settings `wafunnel capi` runs with: tokens required.
+fn checked_settings(cfg: &Config) -> Result<CapiSettings, CapiError> {
+    let settings = cfg.capi_settings()?;
+    if let Some(missing) = settings.missing_token() {
+        return Err(missing.into());
+    }
+    Ok(settings)
+}
+
+/// Runs `wafunnel capi` until `shutdown` stops it. Returns how many
+/// exports got their status.
+pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, CapiError> {
+    let settings = checked_settings(cfg)?;
+    let partitions = match kafka::connect(&cfg.kafka, &shutdown).await {
+        Ok(partitions) => partitions,
+        // Stopped before there was anything to do: a clean stop.
+        Err(ConnectError::Stopped(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    match sink::wait_until_migrated(&cfg.clickhouse, &shutdown).await {
+        Ok(()) => {}
+        Err(SinkError::Abandoned) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    let topic = cfg.topics.capi.clone();
+    if !partitions.contains_key(&topic) {
+        return Err(CapiError::MissingTopic(topic));
+    }
+    let sender = Sender {
+        graph: Graph::new(&settings).map_err(CapiError::Http)?,
+        destinations: Arc::new(destinations(&settings)),
+        settings: Arc::new(settings),
+    };
+    let db = sink::client(&cfg.clickhouse);
+    let mut client = kafka::client_config(&cfg.kafka);
+    if !cfg.kafka.properties.contains_key("session.timeout.ms") {
+        // A killed instance's partitions wait this long for a new owner.
+        client.set("session.timeout.ms", "10000");
+    }
+    let consumer: StreamConsumer<LogContext> = client
+        .set("group.id", &cfg.kafka.capi_group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(LogContext)
+        .map_err(kafka::redact)?;
+    consumer.subscribe(&[&topic])?;
+    metrics().set_ready(true);
+    tracing::info!(
+        topic,
+        accounts = sender.settings.accounts.len(),
+        "capi started"
+    );
+    let cap = sender.settings.max_batch * 10;
+    let mut done = Done::default();
+    let mut uncommitted: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut stored = 0u64;
+    loop {
+        let round = gather(&consumer, sender.settings.linger, cap, &shutdown).await;
+        if !round.is_empty() {
+            let rows = sender.outcomes(round.exports, &done, &shutdown).await?;
+            status::write(&db, &rows, &shutdown).await?;
+            for row in &rows {
+                done.insert(&row.export_id);
+                metrics().capi.stored(&row.status);
+            }
+            stored += rows.len() as u64;
+            tracing::debug!(exports = rows.len(), "export statuses stored");
+            uncommitted.extend(round.next_offsets);
+            // Offsets only move after the statuses are stored; a failed
+            // commit is tried again with the next round's (a restart
+            // before then sends that round again).
+            match blocking(|| consumer.commit(&offsets_list(&uncommitted), CommitMode::Sync)) {
+                Ok(()) => uncommitted.clear(),
+                Err(e) => tracing::warn!(error = %e, "failed to commit offsets"),
+            }
+        }
+        if shutdown.is_stopping() {
+            break;
+        }
+    }
+    metrics().set_ready(false);
+    // Dropping the consumer leaves the group: the next owner starts now.
+    drop(consumer);
+    tracing::info!(stored, "capi stopped");
+    Ok(stored)
+}
+
+/// What a dry run found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DryRun {
+    /// Exports read.
+    pub exports: u64,
+    /// Requests written.
+    pub requests: u64,
+}
+
+/// `wafunnel capi --dry-run`: reads the capi topic from the group's
+/// committed offsets to its current end, without joining the group or
+/// committing, and writes the requests it would make (one JSON line each:
+/// path and body; no token needed) to `out`. While the brokers are
+/// unreachable it waits, until `shutdown` is abandoned.
+pub async fn dry_run(
+    cfg: &Config,
+    out: &mut dyn Write,
+    shutdown: &Shutdown,
+) -> Result<DryRun, CapiError> {
+    let settings = cfg.capi_settings()?;
+    let partitions = kafka::connect(&cfg.kafka, shutdown).await?;
+    let topic = cfg.topics.capi.clone();
+    let Some(&count) = partitions.get(&topic) else {
+        return Err(CapiError::MissingTopic(topic));
+    };
+    let consumer: BaseConsumer<LogContext> = kafka::client_config(&cfg.kafka)
+        .set("group.id", &cfg.kafka.capi_group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(LogContext)
+        .map_err(kafka::redact)?;
+    let exports = blocking(|| -> Result<Vec<ConversionExport>, CapiError> {
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..count {
+            wanted.add_partition(&topic, partition);
+        }
+        let committed = consumer.committed_offsets(wanted, Duration::from_secs(10))?;
+        let mut start = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for element in committed.elements() {
+            let (_, high) =
+                consumer.fetch_watermarks(&topic, element.partition(), Duration::from_secs(10))?;
+            let from = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ => Offset::Beginning,
+            };
+            let begin = match from {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            };
+            if begin < high {
+                ends.insert(element.partition(), high);
+                start.add_partition_offset(&topic, element.partition(), from)?;
+            }
+        }
+        consumer.assign(&start)?;
+        let mut round = Round::default();
+        while !ends.is_empty() {
+            let Some(received) = consumer.poll(Duration::from_secs(10)) else {
+                // Nothing for 10 s below a known end: the records are gone
+                // (retention) or not committed (an aborted transaction).
+                break;
+            };
+            let message = received?;
+            round.add(&message);
+            if ends
+                .get(&message.partition())
+                .is_some_and(|&end| message.offset() + 1 >= end)
+            {
+                ends.remove(&message.partition());
+            }
+        }
+        Ok(round.exports)
+    })?;
+    let requests = payload::requests(&exports, &destinations(&settings));
+    for request in &requests {
+        writeln!(out, "{}", request.dry_run_line()).map_err(CapiError::Output)?;
+    }
+    out.flush().map_err(CapiError::Output)?;
+    Ok(DryRun {
+        exports: exports.len() as u64,
+        requests: requests.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_forgets_the_oldest_first() {
+        let mut done = Done::default();
+        for i in 0..=DONE_REMEMBERED {
+            done.insert(&i.to_string());
+        }
+        done.insert("1");
+        assert!(!done.contains("0"));
+        assert!(done.contains("1") && done.contains(&DONE_REMEMBERED.to_string()));
+        assert_eq!(done.order.len(), DONE_REMEMBERED);
+    }
+}

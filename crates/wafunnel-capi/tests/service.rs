@@ -1,0 +1,592 @@
+//! `wafunnel capi` on a real Kafka broker and ClickHouse server (started by
+//! `deploy/local/up.sh`; `scripts/test.sh` does it), with a local HTTP
+//! server standing in for the Graph API. Each test has its own topic,
+//! consumer group and database; they run one at a time because readiness
+//! is one process-wide gauge.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use wafunnel_core::export::{export_id, ConversionExport, ConversionName, ExportDecision};
+use wafunnel_core::money::{Currency, Money};
+use wafunnel_core::time::Day;
+use wafunnel_runtime::config::Config;
+use wafunnel_runtime::kafka::{self, LogContext};
+use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::shutdown::Shutdown;
+use wafunnel_stream::sink;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DAY: Day = Day(20_515);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: start the services with deploy/local/up.sh (scripts/test.sh does)"
+        )
+    })
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    authorization: String,
+    event_ids: Vec<String>,
+    click_ids: Vec<String>,
+    at: Instant,
+}
+
+type Respond = dyn Fn(&Seen, usize) -> Response + Send + Sync;
+
+/// The Graph API stand-in: records every request, answers with `respond`
+/// (given the request and how many came before it to the same path).
+#[derive(Clone)]
+struct Graph {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    respond: Arc<Respond>,
+}
+
+impl Graph {
+    fn new(respond: impl Fn(&Seen, usize) -> Response + Send + Sync + 'static) -> Graph {
+        Graph {
+            seen: Arc::default(),
+            respond: Arc::new(respond),
+        }
+    }
+
+    async fn serve_on(&self, addr: SocketAddr) {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let router = Router::new().fallback(handle).with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn handle(State(graph): State<Graph>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let events = value["data"].as_array().cloned().unwrap_or_default();
+    let text = |event: &serde_json::Value, pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let seen = Seen {
+        path: uri.to_string(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        event_ids: events.iter().map(|e| text(e, "/event_id")).collect(),
+        click_ids: events
+            .iter()
+            .map(|e| text(e, "/user_data/ctwa_clid"))
+            .collect(),
+        at: Instant::now(),
+    };
+    let before = {
+        let mut all = graph.seen.lock().expect("lock");
+        let before = all.iter().filter(|s| s.path == seen.path).count();
+        all.push(seen.clone());
+        before
+    };
+    (graph.respond)(&seen, before)
+}
+
+fn ok() -> Response {
+    (StatusCode::OK, r#"{"events_received":1,"fbtrace_id":"x"}"#).into_response()
+}
+
+fn refused(code: i64, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!(r#"{{"error":{{"message":"{message}","type":"OAuthException","code":{code},"fbtrace_id":"x"}}}}"#),
+    )
+        .into_response()
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+struct Env {
+    cfg: Config,
+    text: String,
+}
+
+impl Env {
+    async fn new(name: &str, partitions: i32, graph: SocketAddr, linger: &str) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let suffix = format!("{name}-{}", std::process::id());
+        let text = format!(
+            r#"
+user_hash_key = "capi-test-user-hash-key"
+[kafka]
+bootstrap = "{bootstrap}"
+capi_group = "capi-{suffix}"
+[topics]
+raw = [{{ name = "raw-{suffix}" }}]
+capi = "capi-{suffix}"
+[clickhouse]
+url = "{url}"
+database = "wafunnel_capi_{db}"
+[capi]
+base_url = "http://{graph}"
+linger = "{linger}"
+backoff_min = "50ms"
+backoff_max = "400ms"
+request_timeout = "2s"
+[capi.accounts.act_1001]
+dataset_id = "111"
+waba_id = "1001001"
+access_token = "token-1001-secret"
+[capi.accounts.act_2002]
+dataset_id = "222"
+waba_id = "2002002"
+access_token = "token-2002-secret"
+"#,
+            bootstrap = env("KAFKA_BOOTSTRAP"),
+            url = env("CLICKHOUSE_URL").trim_end_matches('/'),
+            db = suffix.replace('-', "_"),
+        );
+        let cfg = Config::from_toml(&text).expect("test config");
+        kafka::create_topics(&cfg.kafka, &[(&cfg.topics.capi, partitions)])
+            .await
+            .expect("create topic");
+        sink::migrate(&cfg.clickhouse).await.expect("migrate");
+        Env { cfg, text }
+    }
+
+    fn config(&self) -> Config {
+        Config::from_toml(&self.text).expect("config")
+    }
+
+    /// Produces exports as the sessionizer does: JSON, keyed by export id.
+    async fn produce(&self, exports: &[ConversionExport]) {
+        let producer: FutureProducer<LogContext> = kafka::client_config(&self.cfg.kafka)
+            .set("enable.idempotence", "true")
+            .create_with_context(LogContext)
+            .expect("producer");
+        for export in exports {
+            let payload = serde_json::to_vec(export).expect("json");
+            producer
+                .send(
+                    FutureRecord::to(&self.cfg.topics.capi)
+                        .key(&export.export_id)
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produced");
+        }
+    }
+
+    fn start(&self) -> (Shutdown, tokio::task::JoinHandle<u64>) {
+        let shutdown = Shutdown::new();
+        let cfg = self.config();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { wafunnel_capi::run(&cfg, stop).await.expect("capi") });
+        (shutdown, task)
+    }
+
+    async fn stored(&self) -> u64 {
+        sink::client(&self.cfg.clickhouse)
+            .query("SELECT count() FROM capi_exports FINAL")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn wait_for(&self, exports: u64) {
+        let started = Instant::now();
+        while self.stored().await < exports {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "only {} of {exports} statuses stored",
+                self.stored().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn daily(&self) -> Vec<Daily> {
+        sink::client(&self.cfg.clickhouse)
+            .query(
+                "SELECT account_id, toString(day) AS d, event_name, status, exports \
+                 FROM capi_daily ORDER BY account_id, d, event_name, status",
+            )
+            .fetch_all::<Daily>()
+            .await
+            .expect("capi_daily")
+    }
+
+    async fn rows(&self) -> Vec<Row> {
+        sink::client(&self.cfg.clickhouse)
+            .query(
+                "SELECT export_id, status, error_code, error_message, attempts \
+                 FROM capi_exports FINAL ORDER BY export_id",
+            )
+            .fetch_all::<Row>()
+            .await
+            .expect("capi_exports")
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct Daily {
+    account_id: String,
+    d: String,
+    event_name: String,
+    status: String,
+    exports: i64,
+}
+
+fn daily(account: &str, name: &str, status: &str, exports: i64) -> Daily {
+    Daily {
+        account_id: account.into(),
+        d: "2026-03-03".into(),
+        event_name: name.into(),
+        status: status.into(),
+        exports,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct Row {
+    export_id: String,
+    status: String,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    attempts: u32,
+}
+
+fn export(
+    account: &str,
+    source: &str,
+    name: ConversionName,
+    decision: ExportDecision,
+) -> ConversionExport {
+    let purchase = name == ConversionName::Purchase;
+    ConversionExport {
+        export_id: export_id(account, source),
+        account_id: Arc::from(account),
+        event_name: name,
+        event_time: 1_772_560_800_000,
+        day: DAY,
+        click_id: (decision != ExportDecision::NoClickId)
+            .then(|| Arc::from(format!("clid-{source}"))),
+        value: purchase.then_some(Money(499_000)),
+        currency: purchase.then_some(Currency::USD),
+        decision,
+    }
+}
+
+fn send(account: &str, source: &str, name: ConversionName) -> ConversionExport {
+    export(account, source, name, ExportDecision::Send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn batches_decisions_duplicates_and_restarts() {
+    let _serial = SERIAL.lock().await;
+    let addr = free_addr();
+    let graph = Graph::new(|_, _| ok());
+    graph.serve_on(addr).await;
+    // A long linger: every export below is in the first round.
+    let env = Env::new("batches", 2, addr, "3s").await;
+    let mut exports: Vec<ConversionExport> = (0..1500)
+        .map(|i| {
+            let name = if i % 3 == 0 {
+                ConversionName::LeadSubmitted
+            } else {
+                ConversionName::Purchase
+            };
+            send("act_1001", &format!("e{i}"), name)
+        })
+        .collect();
+    // The sessionizer replayed some after a crash: same ids, same content.
+    exports.extend(exports[..50].to_vec());
+    exports.push(send("act_2002", "b1", ConversionName::Purchase));
+    exports.push(export(
+        "act_1001",
+        "old",
+        ConversionName::Purchase,
+        ExportDecision::OutsideWindow,
+    ));
+    exports.push(export(
+        "act_1001",
+        "organic",
+        ConversionName::LeadSubmitted,
+        ExportDecision::NoClickId,
+    ));
+    exports.push(send("act_9999", "nowhere", ConversionName::Purchase));
+    env.produce(&exports).await;
+
+    let (shutdown, task) = env.start();
+    env.wait_for(1504).await;
+    // Duplicates after their statuses are stored: skipped, not sent again.
+    env.produce(&exports[1400..1500]).await;
+    env.produce(&[send("act_2002", "b2", ConversionName::LeadSubmitted)])
+        .await;
+    env.wait_for(1505).await;
+    shutdown.stop();
+    assert_eq!(task.await.expect("join"), 1505);
+
+    let seen = graph.seen();
+    let first: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .collect();
+    assert_eq!(
+        first.iter().map(|s| s.event_ids.len()).collect::<Vec<_>>(),
+        [1000, 500],
+        "1500 exports of one account: two requests of at most 1000"
+    );
+    let mut sent: Vec<&String> = seen.iter().flat_map(|s| &s.event_ids).collect();
+    assert_eq!(sent.len(), 1502, "every export sent once");
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 1502, "an export sent twice");
+    for s in &seen {
+        let token = if s.path.contains("/111/") {
+            "token-1001-secret"
+        } else {
+            "token-2002-secret"
+        };
+        assert_eq!(s.authorization, format!("Bearer {token}"));
+        assert!(!s.path.contains("token"), "{}", s.path);
+    }
+    assert_eq!(
+        env.daily().await,
+        [
+            daily("act_1001", "LeadSubmitted", "no_click_id", 1),
+            daily("act_1001", "LeadSubmitted", "sent", 500),
+            daily("act_1001", "Purchase", "outside_window", 1),
+            daily("act_1001", "Purchase", "sent", 1000),
+            daily("act_2002", "LeadSubmitted", "sent", 1),
+            daily("act_2002", "Purchase", "sent", 1),
+            daily("act_9999", "Purchase", "rejected", 1),
+        ]
+    );
+    let nowhere = export_id("act_9999", "nowhere");
+    let rows = env.rows().await;
+    let unconfigured = rows.iter().find(|r| r.export_id == nowhere).expect("row");
+    assert_eq!(unconfigured.error_code.as_deref(), Some("not_configured"));
+    assert_eq!(unconfigured.attempts, 0);
+
+    // A new instance resumes after the committed offsets: nothing is sent again.
+    let requests_before = graph.seen().len();
+    let (shutdown, task) = env.start();
+    env.produce(&[send("act_2002", "b3", ConversionName::Purchase)])
+        .await;
+    env.wait_for(1506).await;
+    shutdown.stop();
+    assert_eq!(task.await.expect("join"), 1);
+    let seen = graph.seen();
+    assert_eq!(seen.len(), requests_before + 1);
+    assert_eq!(
+        seen[requests_before].event_ids,
+        [export_id("act_2002", "b3")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn meta_errors_are_retried_and_bad_events_isolated() {
+    let _serial = SERIAL.lock().await;
+    let addr = free_addr();
+    let graph = Graph::new(|seen, before| {
+        if seen.path == "/v21.0/222/events" {
+            return refused(190, "Error validating access token");
+        }
+        match before {
+            0 => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+            1 => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                "slow down",
+            )
+                .into_response(),
+            _ if seen.click_ids.iter().any(|c| c == "clid-bad") => {
+                refused(100, "Invalid parameter")
+            }
+            _ => ok(),
+        }
+    });
+    graph.serve_on(addr).await;
+    // One partition: the batch keeps the order the exports were produced in.
+    let env = Env::new("errors", 1, addr, "1s").await;
+    let mut exports: Vec<ConversionExport> = (0..10)
+        .map(|i| send("act_1001", &format!("g{i}"), ConversionName::Purchase))
+        .collect();
+    exports[7] = send("act_1001", "bad", ConversionName::Purchase);
+    exports.push(send("act_2002", "t1", ConversionName::Purchase));
+    exports.push(send("act_2002", "t2", ConversionName::LeadSubmitted));
+    env.produce(&exports).await;
+
+    let (shutdown, task) = env.start();
+    env.wait_for(12).await;
+    shutdown.stop();
+    assert_eq!(task.await.expect("join"), 12);
+
+    let seen = graph.seen();
+    let ours: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .collect();
+    assert_eq!(
+        ours.iter().map(|s| s.event_ids.len()).collect::<Vec<_>>(),
+        // 500, 429, refused; halves: 5 sent, 5 refused; 2 sent, 3 refused; the bad one, 2 sent.
+        [10, 10, 10, 5, 5, 2, 3, 1, 2]
+    );
+    assert!(
+        ours[2].at - ours[1].at >= Duration::from_secs(1),
+        "Retry-After not honoured: {:?}",
+        ours[2].at - ours[1].at
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.path == "/v21.0/222/events")
+            .count(),
+        1,
+        "a token refusal rejects the whole batch at once"
+    );
+    let rows = env.rows().await;
+    let row = |id: &str| rows.iter().find(|r| r.export_id == id).expect("row");
+    let bad = row(&export_id("act_1001", "bad"));
+    assert_eq!(
+        (
+            bad.status.as_str(),
+            bad.error_code.as_deref(),
+            bad.error_message.as_deref(),
+            bad.attempts
+        ),
+        ("rejected", Some("100"), Some("Invalid parameter"), 6)
+    );
+    let good = row(&export_id("act_1001", "g0"));
+    assert_eq!(
+        (
+            good.status.as_str(),
+            good.error_code.as_deref(),
+            good.attempts
+        ),
+        ("sent", None, 4)
+    );
+    let token = row(&export_id("act_2002", "t1"));
+    assert_eq!(
+        (token.status.as_str(), token.error_code.as_deref()),
+        ("rejected", Some("190"))
+    );
+    assert_eq!(
+        env.daily().await,
+        [
+            daily("act_1001", "Purchase", "rejected", 1),
+            daily("act_1001", "Purchase", "sent", 9),
+            daily("act_2002", "LeadSubmitted", "rejected", 1),
+            daily("act_2002", "Purchase", "rejected", 1),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn meta_unreachable_for_a_while_then_back() {
+    let _serial = SERIAL.lock().await;
+    // Nothing listens here yet.
+    let addr = free_addr();
+    let env = Env::new("outage", 2, addr, "200ms").await;
+    let exports: Vec<ConversionExport> = (0..5)
+        .map(|i| send("act_1001", &format!("o{i}"), ConversionName::LeadSubmitted))
+        .collect();
+    env.produce(&exports).await;
+    let (shutdown, task) = env.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!metrics().is_ready(), "ready while meta is unreachable");
+    assert_eq!(
+        env.stored().await,
+        0,
+        "a status stored before meta answered"
+    );
+    assert!(!task.is_finished(), "the service gave up");
+
+    let graph = Graph::new(|_, _| ok());
+    graph.serve_on(addr).await;
+    env.wait_for(5).await;
+    assert!(metrics().is_ready(), "not ready once meta is back");
+    shutdown.stop();
+    assert_eq!(task.await.expect("join"), 5);
+    assert_eq!(graph.seen().len(), 1);
+    let rows = env.rows().await;
+    assert!(
+        rows.iter().all(|r| r.status == "sent" && r.attempts > 1),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn a_dry_run_writes_the_requests_and_commits_nothing() {
+    let _serial = SERIAL.lock().await;
+    let addr = free_addr();
+    let env = Env::new("dryrun", 1, addr, "200ms").await;
+    let exports = vec![
+        send("act_1001", "d1", ConversionName::Purchase),
+        send("act_1001", "d2", ConversionName::LeadSubmitted),
+        export(
+            "act_1001",
+            "d3",
+            ConversionName::Purchase,
+            ExportDecision::NoClickId,
+        ),
+        send("act_2002", "d4", ConversionName::Purchase),
+    ];
+    env.produce(&exports).await;
+    // No token is needed.
+    let cfg = Config::from_toml(
+        &env.text
+            .replace("access_token = \"token-1001-secret\"\n", "")
+            .replace("access_token = \"token-2002-secret\"\n", ""),
+    )
+    .expect("config");
+    for _ in 0..2 {
+        let mut out = Vec::new();
+        let found = wafunnel_capi::dry_run(&cfg, &mut out, &Shutdown::new())
+            .await
+            .expect("dry run");
+        assert_eq!((found.exports, found.requests), (4, 2));
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        let settings = cfg.capi_settings().expect("settings");
+        let expected: Vec<serde_json::Value> =
+            wafunnel_capi::requests(&exports, &wafunnel_capi::destinations(&settings))
+                .iter()
+                .map(|r| serde_json::from_str(&r.dry_run_line()).expect("json"))
+                .collect();
+        assert_eq!(lines, expected);
+        assert_eq!(lines[0]["path"], "/v21.0/111/events");
+        assert_eq!(lines[0]["body"]["data"].as_array().map(Vec::len), Some(2));
+    }
+    assert_eq!(env.stored().await, 0, "a dry run stores nothing");
+}
