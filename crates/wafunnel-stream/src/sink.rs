@@ -867,7 +867,7 @@ mod tests {
             .flat_map(|m| statements(m.2))
             .filter(|s| added_column(s).is_some())
             .count();
-        assert_eq!(added, 2, "0006 adds two columns");
+        assert_eq!(added, 3, "0006 adds two columns, 0008 one");
     }
 
     #[test]
