@@ -16,11 +16,13 @@ mod offline;
 mod report;
 mod services;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use wafunnel_capi::payload::{Destination, Destinations};
 use wafunnel_core::config::{AccountSettings, Accounts};
 use wafunnel_core::money::Currency;
 use wafunnel_runtime::logging::LogFormat;
@@ -99,9 +101,22 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct OutputArgs {
-    /// Write funnel_daily.ndjson, contacts_daily.ndjson and conversations.ndjson here.
+    /// Write funnel_daily.ndjson, contacts_daily.ndjson, conversations.ndjson,
+    /// the Conversions API exports (capi_exports.ndjson) and the requests
+    /// that would send them (capi_requests.ndjson) here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write the Conversions API requests that would send the exports to
+    /// FILE, one `{"path":...,"body":...}` per line (what `wafunnel capi
+    /// --dry-run` writes).
+    #[arg(long, value_name = "FILE")]
+    capi_out: Option<PathBuf>,
+    /// An account's Conversions API destination, as
+    /// `ACCOUNT=DATASET_ID/WABA_ID` (repeatable). The demo's accounts have
+    /// placeholders; a replay's exports of an account without one are not
+    /// written as requests.
+    #[arg(long = "capi-dataset", value_name = "ACCOUNT=DATASET_ID/WABA_ID")]
+    capi_datasets: Vec<String>,
     /// Key of the user-id hash (the same key gives the same user_hash values).
     #[arg(
         long,
@@ -133,6 +148,37 @@ fn parse_account(spec: &str) -> anyhow::Result<(String, AccountSettings)> {
     ))
 }
 
+impl OutputArgs {
+    /// The Conversions API destinations of `--capi-dataset`, over `defaults`.
+    fn destinations(
+        &self,
+        defaults: impl IntoIterator<Item = (String, Destination)>,
+    ) -> anyhow::Result<Destinations> {
+        let mut accounts: BTreeMap<String, Destination> = defaults.into_iter().collect();
+        for spec in &self.capi_datasets {
+            let (account, rest) = spec.split_once('=').with_context(|| {
+                format!("--capi-dataset {spec}: expected ACCOUNT=DATASET_ID/WABA_ID")
+            })?;
+            let (dataset_id, waba_id) = rest.split_once('/').with_context(|| {
+                format!("--capi-dataset {spec}: expected ACCOUNT=DATASET_ID/WABA_ID")
+            })?;
+            accounts.insert(
+                account.to_owned(),
+                Destination {
+                    dataset_id: dataset_id.to_owned(),
+                    waba_id: waba_id.to_owned(),
+                },
+            );
+        }
+        let defaults = wafunnel_runtime::config::CapiConfig::default();
+        Ok(Destinations {
+            api_version: defaults.api_version,
+            max_batch: defaults.max_batch,
+            accounts,
+        })
+    }
+}
+
 fn parse_now(text: Option<&str>) -> anyhow::Result<i64> {
     match text {
         None => Ok(chrono::Utc::now().timestamp_millis()),
@@ -161,7 +207,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg = cfg.with_target_events(n);
             }
             let result = offline::run_demo(&cfg, output.user_hash_key.as_bytes(), meta);
-            offline::finish(&result, output.out.as_deref())
+            // The demo's accounts are made up: their destinations are
+            // placeholders that show where a user's ids go.
+            let placeholders = cfg.accounts.iter().map(|a| {
+                let id = &a.account_id;
+                let destination = Destination {
+                    dataset_id: format!("DATASET_ID_OF_{id}"),
+                    waba_id: format!("WABA_ID_OF_{id}"),
+                };
+                (id.clone(), destination)
+            });
+            let destinations = output.destinations(placeholders)?;
+            offline::finish(&result, &output, &destinations)
         }
         Command::Replay {
             file,
@@ -212,7 +269,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 output.user_hash_key.as_bytes(),
                 now,
             )?;
-            offline::finish(&result, output.out.as_deref())
+            let destinations = output.destinations([])?;
+            offline::finish(&result, &output, &destinations)
         }
         Command::Service(command) => {
             let runtime =

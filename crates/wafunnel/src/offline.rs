@@ -10,11 +10,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
+use wafunnel_capi::payload::{Destinations, Request};
 use wafunnel_core::config::{Accounts, UserHasher, Windows};
 use wafunnel_core::event::{decode_json, Rejection};
+use wafunnel_core::export::ExportDecision;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 use wafunnel_core::tables::Tables;
 use wafunnel_meta::PhoneNumbers;
+
+use crate::OutputArgs;
 
 /// How many events between two drains into the tables.
 const DRAIN_EVERY: u64 = 50_000;
@@ -313,15 +317,57 @@ pub(crate) fn run_replay(
 }
 
 /// Prints the report and writes the tables if asked.
-pub(crate) fn finish(result: &RunResult, out: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn finish(
+    result: &RunResult,
+    output: &OutputArgs,
+    destinations: &Destinations,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     crate::report::render(result, &mut stdout).context("cannot write the report")?;
-    if let Some(dir) = out {
+    let exports = result.tables.exports();
+    let requests = wafunnel_capi::payload::requests(&exports, destinations);
+    if let Some(dir) = &output.out {
         write_tables(&result.tables, dir)?;
+        write_requests(&dir.join("capi_requests.ndjson"), &requests)?;
         writeln!(stdout, "\nTables written to {}", dir.display())?;
     }
+    if let Some(path) = &output.capi_out {
+        write_requests(path, &requests)?;
+        let sent: usize = requests.iter().map(|r| r.export_ids.len()).sum();
+        writeln!(
+            stdout,
+            "\n{} Conversions API requests ({sent} events) written to {}",
+            requests.len(),
+            path.display()
+        )?;
+    }
+    let unrouted = exports
+        .iter()
+        .filter(|x| {
+            x.decision == ExportDecision::Send
+                && !destinations.accounts.contains_key(&*x.account_id)
+        })
+        .count();
+    if unrouted > 0 && (output.out.is_some() || output.capi_out.is_some()) {
+        writeln!(
+            stdout,
+            "{unrouted} Conversions API exports to send belong to accounts without --capi-dataset: no request written for them"
+        )?;
+    }
     Ok(())
+}
+
+/// Writes the Conversions API requests, one dry-run line each.
+fn write_requests(path: &Path, requests: &[Request]) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    for request in requests {
+        out.write_all(request.dry_run_line().as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write_ndjson<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use wafunnel_core::export::{ConversionName, ExportDecision};
 use wafunnel_core::money::Money;
 use wafunnel_core::tables::FunnelDailyRow;
 
@@ -109,6 +110,7 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
     let funnel = result.tables.funnel_daily();
     let conversations = result.tables.conversations();
     let contacts_daily = result.tables.contacts_daily();
+    let exports = result.tables.exports();
 
     // Unique contacts are not additive: count distinct users per grouping.
     let mut campaign_of: HashMap<(Arc<str>, Arc<str>), Arc<str>> = HashMap::new();
@@ -266,6 +268,24 @@ pub(crate) fn render(result: &RunResult, out: &mut impl Write) -> io::Result<()>
             .map(|r| r.unattributed_leads + r.unattributed_purchases)
             .sum();
         writeln!(out, "  not from ads: {organic} organic inbound messages, {unattributed} unattributed leads and sales")?;
+        let exports: Vec<_> = exports
+            .iter()
+            .filter(|x| &x.account_id == account)
+            .collect();
+        let count = |name: Option<ConversionName>, decision: ExportDecision| {
+            exports
+                .iter()
+                .filter(|x| x.decision == decision && name.is_none_or(|n| x.event_name == n))
+                .count()
+        };
+        writeln!(
+            out,
+            "  told to Meta (Conversions API): {} leads and {} sales to send, {} outside the 7-day click window, {} without a click id",
+            count(Some(ConversionName::LeadSubmitted), ExportDecision::Send),
+            count(Some(ConversionName::Purchase), ExportDecision::Send),
+            count(None, ExportDecision::OutsideWindow),
+            count(None, ExportDecision::NoClickId),
+        )?;
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ fn replay_golden(events: &Path, out: &Path) -> std::process::Output {
             "golden",
         ])
         .args(["--account", "act_br=BRL/America/Sao_Paulo"])
+        .args(["--capi-dataset", "act_1=1780000000000001/106540352242001"])
+        .args(["--capi-dataset", "act_br=1780000000000002/106540352242002"])
         .arg(events)
         .arg("--out")
         .arg(out)
@@ -54,6 +56,7 @@ fn every_golden_log_replays_to_its_expected_tables() {
             "contacts_daily",
             "conversations",
             "capi_exports",
+            "capi_requests",
         ] {
             let file = format!("{table}.ndjson");
             assert_eq!(
@@ -114,11 +117,35 @@ fn demo_prints_the_report_and_writes_the_tables() {
         "first reply",
         "free 72h window",
         "qualified leads",
+        "told to Meta (Conversions API)",
     ] {
         assert!(report.contains(needle), "missing `{needle}` in\n{report}");
     }
     assert!(!rows(&out.path().join("funnel_daily.ndjson")).is_empty());
     assert!(!rows(&out.path().join("conversations.ndjson")).is_empty());
+    // The requests it would have sent: every export decided `send`, once,
+    // in requests of at most 1000 events, without any user id.
+    let exports = rows(&out.path().join("capi_exports.ndjson"));
+    let to_send: std::collections::BTreeSet<String> = exports
+        .iter()
+        .filter(|x| x["decision"] == "send")
+        .map(|x| x["export_id"].as_str().expect("id").to_owned())
+        .collect();
+    assert!(!to_send.is_empty());
+    let mut sent = std::collections::BTreeSet::new();
+    for request in rows(&out.path().join("capi_requests.ndjson")) {
+        let path = request["path"].as_str().expect("path");
+        assert!(path.starts_with("/v21.0/DATASET_ID_OF_act_"), "{path}");
+        let events = request["body"]["data"].as_array().expect("data");
+        assert!(!events.is_empty() && events.len() <= 1000);
+        for event in events {
+            assert_eq!(event["action_source"], "business_messaging");
+            assert!(event["user_data"]["ctwa_clid"].is_string());
+            assert!(event.get("user_id").is_none() && event["user_data"].get("ph").is_none());
+            assert!(sent.insert(event["event_id"].as_str().expect("id").to_owned()));
+        }
+    }
+    assert_eq!(sent, to_send);
 }
 
 #[test]
