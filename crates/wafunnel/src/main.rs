@@ -78,7 +78,8 @@ enum Command {
         /// (one webhook body per line) or `meta-insights` (one insights row per line).
         #[arg(long, default_value = "json")]
         format: offline::InputFormat,
-        /// More inputs, as `FORMAT=FILE` (repeatable): read together, a line of each in turn.
+        /// More inputs, as `FORMAT=FILE` (repeatable): each a source of its
+        /// own, merged by event time, so none makes another's events late.
         #[arg(long = "input", value_name = "FORMAT=FILE")]
         inputs: Vec<String>,
         /// A WhatsApp phone number id and the account its webhooks count for,

@@ -2,7 +2,7 @@
 //! with no Kafka and no ClickHouse. Input order is arrival order; every
 //! record ends in exactly one of applied, duplicate, late or rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Serialize;
 use wafunnel_capi::payload::{Destinations, Request};
 use wafunnel_core::config::{Accounts, UserHasher, Windows};
-use wafunnel_core::event::{decode_json, Rejection};
+use wafunnel_core::event::{decode_json, Event, Rejection};
 use wafunnel_core::export::ExportDecision;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 use wafunnel_core::tables::Tables;
@@ -117,6 +117,22 @@ impl Engine {
     /// A webhook body's events are each counted in their own outcome; a
     /// valid body without any is counted once as ignored.
     fn feed_as(&mut self, format: InputFormat, line: &[u8]) -> Result<(), Rejection> {
+        let mut events = Vec::new();
+        let checked = self.parse_as(format, line, &mut events);
+        for event in &events {
+            self.apply(event);
+        }
+        checked
+    }
+
+    /// Validates one record of `format` into `events` (a webhook body may
+    /// give several), counting it; returns the first rejection, if any.
+    fn parse_as(
+        &mut self,
+        format: InputFormat,
+        line: &[u8],
+        events: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
         self.accounting.records += 1;
         let raws = match format {
             InputFormat::Json => vec![decode_json(line)],
@@ -139,7 +155,7 @@ impl Engine {
             let checked =
                 raw.and_then(|raw| raw.validate(&self.accounts, &self.hasher, self.now_ms));
             match checked {
-                Ok(event) => self.apply(&event),
+                Ok(event) => events.push(event),
                 Err(rejection) => {
                     *self
                         .accounting
@@ -155,7 +171,7 @@ impl Engine {
         first
     }
 
-    fn apply(&mut self, event: &wafunnel_core::event::Event) {
+    fn apply(&mut self, event: &Event) {
         match self.sessionizer.apply(event) {
             Outcome::Applied => self.accounting.applied += 1,
             Outcome::Duplicate => self.accounting.duplicate += 1,
@@ -235,7 +251,9 @@ pub(crate) struct Input {
 }
 
 /// Runs line-per-record logs through one sessionizer. Several inputs are
-/// read in turn, a line of each at a time, as if they arrived together.
+/// sources of their own, like topics (docs/SEMANTICS.md section 7): they
+/// are merged by event time, each in its own order, so no input makes
+/// another's events late.
 pub(crate) fn run_replay(
     inputs: &[Input],
     accounts: Accounts,
@@ -249,6 +267,8 @@ pub(crate) fn run_replay(
         reader: Box<dyn BufRead>,
         line_no: u64,
         done: bool,
+        /// Events of the lines read and not applied yet, in file order.
+        queue: VecDeque<Event>,
     }
     let mut open = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -264,53 +284,73 @@ pub(crate) fn run_replay(
             reader: Box::new(BufReader::with_capacity(1 << 20, file)),
             line_no: 0,
             done: false,
+            queue: VecDeque::new(),
         });
     }
     let mut engine = Engine::new(accounts, numbers, key, now_ms);
     let started = Instant::now();
     let mut line = Vec::with_capacity(1024);
+    let mut events = Vec::new();
     let mut total = 0u64;
-    while open.iter().any(|o| !o.done) {
-        for input in open.iter_mut().filter(|o| !o.done) {
-            line.clear();
-            let n = input
-                .reader
-                .read_until(b'\n', &mut line)
-                .with_context(|| format!("cannot read {}", input.name))?;
-            if n == 0 {
-                input.done = true;
-                continue;
-            }
-            input.line_no += 1;
-            total += 1;
-            let trimmed = line.trim_ascii();
-            if trimmed.is_empty() {
-                continue;
-            }
-            if let Err(rejection) = engine.feed_as(input.format, trimmed) {
-                let rejected = engine.accounting.rejected_total();
-                if rejected <= MAX_PRINTED_REJECTIONS {
+    loop {
+        // Every input with nothing queued reads lines until it has an event
+        // or ends.
+        for input in open.iter_mut() {
+            while input.queue.is_empty() && !input.done {
+                line.clear();
+                let n = input
+                    .reader
+                    .read_until(b'\n', &mut line)
+                    .with_context(|| format!("cannot read {}", input.name))?;
+                if n == 0 {
+                    input.done = true;
+                    break;
+                }
+                input.line_no += 1;
+                total += 1;
+                let trimmed = line.trim_ascii();
+                if trimmed.is_empty() {
+                    continue;
+                }
+                events.clear();
+                if let Err(rejection) = engine.parse_as(input.format, trimmed, &mut events) {
+                    let rejected = engine.accounting.rejected_total();
+                    if rejected <= MAX_PRINTED_REJECTIONS {
+                        eprintln!(
+                            "{}:{}: rejected ({}): {rejection}",
+                            input.name,
+                            input.line_no,
+                            rejection.code()
+                        );
+                    } else if rejected == MAX_PRINTED_REJECTIONS + 1 {
+                        eprintln!(
+                            "{}: more rejected lines follow; only their count is reported",
+                            input.name
+                        );
+                    }
+                }
+                input.queue.extend(events.drain(..));
+                if total % PROGRESS_EVERY == 0 {
+                    let secs = started.elapsed().as_secs_f64();
                     eprintln!(
-                        "{}:{}: rejected ({}): {rejection}",
-                        input.name,
-                        input.line_no,
-                        rejection.code()
-                    );
-                } else if rejected == MAX_PRINTED_REJECTIONS + 1 {
-                    eprintln!(
-                        "{}: more rejected lines follow; only their count is reported",
-                        input.name
+                        "{total} lines in {secs:.1} s ({:.0} lines/s)",
+                        total as f64 / secs
                     );
                 }
             }
-            if total % PROGRESS_EVERY == 0 {
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{total} lines in {secs:.1} s ({:.0} lines/s)",
-                    total as f64 / secs
-                );
-            }
         }
+        // Each input is a source of its own, like a topic: the one whose
+        // next event is earliest goes first, so no input makes another's
+        // events late (each keeps its own order).
+        let next = open
+            .iter_mut()
+            .filter(|o| !o.queue.is_empty())
+            .min_by_key(|o| o.queue.front().map(|e| e.time));
+        let Some(input) = next else {
+            break;
+        };
+        let event = input.queue.pop_front().expect("not empty");
+        engine.apply(&event);
     }
     let names: Vec<&str> = open.iter().map(|o| o.name.as_str()).collect();
     Ok(engine.finish(names.join(", ")))
@@ -395,6 +435,52 @@ pub(crate) fn write_tables(tables: &Tables, dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_input_makes_another_inputs_events_late() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Spend rows fetched ten days on, and the clicks of those days: read
+        // line by line in turn, the first row would make every click late.
+        let spend = dir.path().join("spend.ndjson");
+        let clicks = dir.path().join("clicks.ndjson");
+        let mut spend_lines = String::new();
+        let mut click_lines = String::new();
+        for day in 1..=3 {
+            spend_lines.push_str(&format!(
+                r#"{{"event_id":"s{day}","type":"ad_spend","account_id":"act_1","event_time":"2026-03-{:02}T06:00:00Z","ad_id":"ad_1","date":"2026-03-{day:02}","spend":"10","currency":"USD","impressions":1,"clicks":1,"reported_conversations":1}}"#,
+                day + 10
+            ));
+            spend_lines.push('\n');
+            for user in 0..3 {
+                click_lines.push_str(&format!(
+                    r#"{{"event_id":"c{day}-{user}","type":"ad_click","account_id":"act_1","user_id":"u{user}","event_time":"2026-03-{day:02}T12:00:00Z","ad_id":"ad_1"}}"#
+                ));
+                click_lines.push('\n');
+            }
+        }
+        std::fs::write(&spend, spend_lines).expect("write");
+        std::fs::write(&clicks, click_lines).expect("write");
+        let inputs = [
+            Input {
+                format: InputFormat::Json,
+                path: spend,
+            },
+            Input {
+                format: InputFormat::Json,
+                path: clicks,
+            },
+        ];
+        let now = 1_900_000_000_000;
+        let result = run_replay(
+            &inputs,
+            Accounts::default(),
+            PhoneNumbers::default(),
+            b"k",
+            now,
+        )
+        .expect("replay");
+        assert_eq!((result.accounting.applied, result.accounting.late), (12, 0));
+    }
 
     #[test]
     fn the_demo_as_meta_sends_it_gives_the_tables_of_its_canonical_events() {
