@@ -48,6 +48,11 @@ export KAFKA_BOOTSTRAP CLICKHOUSE_URL KAFKA_SASL_BOOTSTRAP KAFKA_TLS_CA KAFKA_TL
 echo "== ClickHouse schema on the local server and on chdb"
 CLICKHOUSE_URL="$CLICKHOUSE_URL" "$venv/bin/python" -m pytest tests/chdb -q -p no:cacheprovider
 
+echo "== capi service on Kafka and ClickHouse, with a Graph API stand-in"
+cargo build -p wafunnel --locked
+WAFUNNEL_BIN="$root/target/debug/wafunnel" \
+  cargo test -p wafunnel-capi --test service --locked -- --include-ignored --test-threads=1
+
 echo "== end-to-end tests on Kafka and ClickHouse"
 if [ "${WAFUNNEL_CHAOS:-1}" = 1 ]; then
   # The chaos test runs the services as processes it can kill -9. CI's

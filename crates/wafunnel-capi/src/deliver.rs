@@ -13,8 +13,8 @@
 //! - Any other 4xx refuses the request. A refusal of a single event makes
 //!   it `rejected` with Meta's error code and message. A refusal that
 //!   concerns the account and not its events (401, 403, an invalid or
-//!   expired token, a missing permission) rejects every event of the
-//!   request at once. Any other refusal of several events is bisected: each
+//!   expired token, a missing permission, an unknown dataset) rejects every
+//!   event of the request at once. Any other refusal of several events is bisected: each
 //!   half is sent on its own, so one bad event costs its good neighbours
 //!   at most a few more requests, never their delivery.
 //! - Every export of a batch ends in exactly one outcome; `attempts` counts
@@ -179,6 +179,9 @@ struct MetaError {
 const THROTTLING_CODES: &[i64] = &[4, 17, 32, 613, 80004];
 /// Error codes about the token or the permissions, not the events.
 const ACCOUNT_CODES: &[i64] = &[10, 102, 190];
+/// `error_subcode` of "Object with ID ... does not exist, cannot be loaded
+/// due to missing permissions": a wrong dataset id, not a bad event.
+const UNKNOWN_OBJECT_SUBCODE: i64 = 33;
 
 /// What a 4xx answer with `body` means.
 pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
@@ -190,6 +193,10 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
         });
     };
     let code = error.code.unwrap_or(0);
+    let account_wide = matches!(status.as_u16(), 401 | 403)
+        || ACCOUNT_CODES.contains(&code)
+        || (200..300).contains(&code)
+        || error.error_subcode == Some(UNKNOWN_OBJECT_SUBCODE);
     if error.is_transient == Some(true) || THROTTLING_CODES.contains(&code) {
         return Answer::Retry {
             reason: if THROTTLING_CODES.contains(&code) {
@@ -213,9 +220,7 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
             .code
             .map_or_else(|| format!("http_{}", status.as_u16()), |c| c.to_string()),
         message,
-        account_wide: matches!(status.as_u16(), 401 | 403)
-            || ACCOUNT_CODES.contains(&code)
-            || (200..300).contains(&code),
+        account_wide,
     })
 }
 
@@ -453,6 +458,11 @@ mod tests {
         assert!(matches!(
             classify_refusal(bad, token),
             Answer::Refused(Refusal { account_wide: true, ref code, .. }) if code == "190"
+        ));
+        let no_dataset = r#"{"error":{"message":"Unsupported post request. Object with ID '999' does not exist","type":"GraphMethodException","code":100,"error_subcode":33}}"#;
+        assert!(matches!(
+            classify_refusal(bad, no_dataset),
+            Answer::Refused(Refusal { account_wide: true, ref code, .. }) if code == "100"
         ));
         let throttled = r#"{"error":{"message":"Application request limit reached","code":4}}"#;
         assert!(matches!(

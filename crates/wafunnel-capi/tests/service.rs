@@ -54,6 +54,7 @@ type Respond = dyn Fn(&Seen, usize) -> Response + Send + Sync;
 struct Graph {
     seen: Arc<Mutex<Vec<Seen>>>,
     respond: Arc<Respond>,
+    delay: Duration,
 }
 
 impl Graph {
@@ -61,7 +62,14 @@ impl Graph {
         Graph {
             seen: Arc::default(),
             respond: Arc::new(respond),
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Every answer comes this late.
+    fn slow(mut self, delay: Duration) -> Graph {
+        self.delay = delay;
+        self
     }
 
     async fn serve_on(&self, addr: SocketAddr) {
@@ -105,6 +113,7 @@ async fn handle(State(graph): State<Graph>, uri: Uri, headers: HeaderMap, body: 
         all.push(seen.clone());
         before
     };
+    tokio::time::sleep(graph.delay).await;
     (graph.respond)(&seen, before)
 }
 
@@ -589,4 +598,156 @@ async fn a_dry_run_writes_the_requests_and_commits_nothing() {
         assert_eq!(lines[0]["body"]["data"].as_array().map(Vec::len), Some(2));
     }
     assert_eq!(env.stored().await, 0, "a dry run stores nothing");
+}
+
+/// `wafunnel capi` as its own process.
+struct Process {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Process {
+    fn spawn(env_: &Env, dir: &std::path::Path, name: &str) -> Process {
+        let config = dir.join("wafunnel.toml");
+        std::fs::write(&config, &env_.text).expect("config");
+        let log = dir.join(format!("{name}.log"));
+        let metrics = free_addr();
+        let child = std::process::Command::new(env("WAFUNNEL_BIN"))
+            .arg("--config")
+            .arg(&config)
+            .arg("capi")
+            .env("RUST_LOG", "info")
+            .env("WAFUNNEL__METRICS__LISTEN", metrics.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the wafunnel binary");
+        Process {
+            child,
+            log,
+            metrics,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "still running:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
+async fn a_kill_9_resends_and_the_table_ends_the_same() {
+    let _serial = SERIAL.lock().await;
+    let addr = free_addr();
+    // Slow enough that the kill lands between requests of one round.
+    let graph = Graph::new(|_, _| ok()).slow(Duration::from_millis(30));
+    graph.serve_on(addr).await;
+    let mut env_ = Env::new("kill9", 2, addr, "300ms").await;
+    env_.text = env_.text.replace("[capi]\n", "[capi]\nmax_batch = 50\n");
+    let mut exports: Vec<ConversionExport> = (0..3000)
+        .map(|i| {
+            let account = if i % 2 == 0 { "act_1001" } else { "act_2002" };
+            send(account, &format!("k{i}"), ConversionName::Purchase)
+        })
+        .collect();
+    for i in 0..100 {
+        exports.push(export(
+            "act_1001",
+            &format!("w{i}"),
+            ConversionName::LeadSubmitted,
+            ExportDecision::OutsideWindow,
+        ));
+    }
+    env_.produce(&exports).await;
+    let dir = std::env::temp_dir().join(format!("wafunnel-capi-kill9-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    let first = Process::spawn(&env_, &dir, "first");
+    let started = Instant::now();
+    // The first round (500 records, 5 requests per account of 30 ms each)
+    // is killed before its statuses are stored.
+    while graph.seen().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no requests:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first); // SIGKILL
+    let mut second = Process::spawn(&env_, &dir, "second");
+    env_.wait_for(3100).await;
+    let (code, text) = second.get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("wafunnel_capi_exports_total{status=\"sent\"}"),
+        "{text}"
+    );
+    assert_eq!(second.get("/readyz").map(|(c, _)| c), Some(200));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &second.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = second.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "exit {exit:?}:\n{}", second.log_text());
+    assert!(
+        !second.log_text().contains("token-1001-secret"),
+        "the token is logged"
+    );
+
+    // Every sendable export reached Meta at least once, with its event id.
+    let mut sent: Vec<String> = graph.seen().into_iter().flat_map(|s| s.event_ids).collect();
+    assert!(graph.seen().iter().all(|s| s.event_ids.len() <= 50));
+    assert!(sent.len() > 3000, "nothing was sent again after the kill");
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 3000);
+    assert_eq!(
+        env_.daily().await,
+        [
+            daily("act_1001", "LeadSubmitted", "outside_window", 100),
+            daily("act_1001", "Purchase", "sent", 1500),
+            daily("act_2002", "Purchase", "sent", 1500),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
