@@ -21,6 +21,8 @@ use wafunnel_stream::sink::{self, ConversationCh};
 
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "../../wafunnel-capi/tests/graph/mod.rs"]
+mod graph;
 #[path = "e2e/ops.rs"]
 mod ops;
 #[path = "e2e/webhook.rs"]
@@ -456,12 +458,25 @@ async fn a_generated_log_gives_the_in_process_tables_exactly() {
     assert_exports_emitted(&env, &tables).await;
 }
 
+/// One row of `capi_daily`.
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct CapiDailyCh {
+    account_id: String,
+    day: u16,
+    event_name: String,
+    status: String,
+    exports: i64,
+}
+
 /// The exports on the capi topic agree with the in-process engine's: an
 /// export id seen there (once or more) carries exactly the in-process
 /// export, and every in-process export whose event is well behind the end
 /// of the log (its partition's watermark moved `capi.delay` past it) is
 /// there.
-async fn assert_exports_emitted(env: &Env, tables: &Tables) {
+async fn assert_exports_emitted(
+    env: &Env,
+    tables: &Tables,
+) -> std::collections::BTreeMap<String, ConversionExport> {
     let expected: std::collections::BTreeMap<String, ConversionExport> = tables
         .exports()
         .into_iter()
@@ -543,6 +558,7 @@ async fn assert_exports_emitted(env: &Env, tables: &Tables) {
         seen.len(),
         expected.len()
     );
+    seen
 }
 
 /// One record of the dead-letter topic.
@@ -922,8 +938,24 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     let dir = std::env::temp_dir().join(format!("wafunnel-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("wafunnel.toml");
-    std::fs::write(&config, env_.toml_again()).expect("config");
+    // The Graph API stand-in receives the Conversions API exports of every
+    // account; `wafunnel capi` is killed with SIGKILL like the others.
+    let graph = graph::Graph::new(|_, _| graph::ok());
+    let graph_addr = graph::free_addr();
+    graph.serve_on(graph_addr).await;
+    let mut toml = env_.toml_again().replacen(
+        "[capi]\n",
+        &format!("[capi]\nbase_url = \"http://{graph_addr}\"\nlinger = \"300ms\"\nbackoff_max = \"2s\"\n"),
+        1,
+    );
+    for account in ["act_1001", "act_2002", "act_3003"] {
+        toml.push_str(&format!(
+            "[capi.accounts.{account}]\ndataset_id = \"ds-{account}\"\nwaba_id = \"waba-{account}\"\naccess_token = \"token-{account}\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).expect("config");
     let mut ingest = Service::new(&config, "ingest", dir.join("ingest.log"));
+    let mut capi = Service::new(&config, "capi", dir.join("capi.log"));
     // Three sessionize instances in one group: each kill moves partitions,
     // with their state, to the others and back when it restarts.
     let mut sessionize: Vec<Service> = (0..3)
@@ -937,24 +969,28 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         .collect();
     ingest.start();
     sessionize.iter_mut().for_each(Service::start);
+    capi.start();
 
     // A fixed schedule of faults, spread over the run: kill -9 of a
-    // sessionize instance ten times and of ingest three times, ClickHouse
-    // down for a while, the Kafka broker restarted and twice killed with
-    // SIGKILL.
+    // sessionize instance ten times, of ingest three times and of capi
+    // three times, ClickHouse down for a while, the Kafka broker restarted
+    // and twice killed with SIGKILL.
     let faults = [
         "kill-sessionize",
         "kill-ingest",
+        "kill-capi",
         "kill-sessionize",
         "clickhouse-down",
         "kill-sessionize",
         "kill-sessionize",
         "kafka-restart",
+        "kill-capi",
         "kill-sessionize",
         "kafka-crash",
         "kill-ingest",
         "kill-sessionize",
         "kill-sessionize",
+        "kill-capi",
         "kill-ingest",
         "kafka-crash",
         "kill-sessionize",
@@ -973,6 +1009,10 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
                 ingest.kill9();
                 ingest.start();
             }
+            "kill-capi" => {
+                capi.kill9();
+                capi.start();
+            }
             "clickhouse-down" => {
                 local_script("clickhouse.sh", "stop");
                 // CI keeps the outage short; the full run uses 30 to 60 s.
@@ -988,12 +1028,14 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
         }
         ingest.keep_alive();
         sessionize.iter_mut().for_each(Service::keep_alive);
+        capi.keep_alive();
     }
     let started = Instant::now();
     let expected = lines.len() as u64;
     loop {
         ingest.keep_alive();
         sessionize.iter_mut().for_each(Service::keep_alive);
+        capi.keep_alive();
         if env_.accounting().await.total() >= expected {
             break;
         }
@@ -1015,14 +1057,77 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     );
     assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
     assert_views_equal(&env_, &tables).await;
+
+    // The exports: those emitted are the in-process engine's; Meta (the
+    // stand-in) received every one to send at least once and nothing
+    // else, and capi_daily counts each once with its final status.
+    let emitted = assert_exports_emitted(&env_, &tables).await;
+    let mut expected_daily = std::collections::BTreeMap::new();
+    for x in emitted.values() {
+        let status = x.decision.final_status().unwrap_or("sent");
+        *expected_daily
+            .entry((
+                x.account_id.to_string(),
+                x.day.to_string(),
+                x.event_name.as_str().to_owned(),
+                status.to_owned(),
+            ))
+            .or_insert(0i64) += 1;
+    }
+    let db = sink::client(&env_.cfg.clickhouse);
+    let started = Instant::now();
+    let daily = loop {
+        capi.keep_alive();
+        let rows: Vec<CapiDailyCh> = db
+            .query("SELECT account_id, day, event_name, status, exports FROM capi_daily")
+            .fetch_all()
+            .await
+            .unwrap_or_default();
+        let total: i64 = rows.iter().map(|r| r.exports).sum();
+        if total >= emitted.len() as i64 {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "capi stored {total} of {} exports; logs in {}",
+            emitted.len(),
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    capi.kill9();
+    let daily: std::collections::BTreeMap<(String, String, String, String), i64> = daily
+        .into_iter()
+        .map(|r| {
+            let day = wafunnel_core::time::Day(i32::from(r.day)).to_string();
+            ((r.account_id, day, r.event_name, r.status), r.exports)
+        })
+        .collect();
+    assert_eq!(daily, expected_daily, "capi_daily is exact");
+    let received: std::collections::BTreeSet<String> = graph
+        .seen()
+        .into_iter()
+        .flat_map(|request| request.event_ids)
+        .collect();
+    let to_send: std::collections::BTreeSet<String> = emitted
+        .values()
+        .filter(|x| x.decision == ExportDecision::Send)
+        .map(|x| x.export_id.clone())
+        .collect();
+    assert_eq!(
+        received, to_send,
+        "every export to send reached Meta, nothing else did"
+    );
+
     // Every fault is survived in place: no service had to be restarted.
     let exits: Vec<u32> = std::iter::once(&ingest)
         .chain(sessionize.iter())
+        .chain(std::iter::once(&capi))
         .map(|s| s.exits)
         .collect();
     assert_eq!(
         exits,
-        [0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
         "services exited by themselves; logs in {}",
         dir.display()
     );
