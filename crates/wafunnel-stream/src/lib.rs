@@ -20,6 +20,10 @@
 //!   full state, versioned by offset, so rewriting them changes nothing.
 //!   ClickHouse acknowledges a batch before its offsets are committed and
 //!   before any snapshot of the state it holds is written.
+//!   The Conversions API exports a batch emits are then produced to the
+//!   capi topic and acknowledged, also before the offsets and the snapshot
+//!   ([`exports`]): a crash re-emits them (the same exports), never loses
+//!   one.
 
 pub mod check;
 pub mod dead_letter;

@@ -24,8 +24,10 @@
 //!   the views do not change.
 //! - A batch is written to ClickHouse, retrying while it is unavailable
 //!   (consumption waits meanwhile: memory stays bounded by one batch); only
-//!   then are the offsets committed and, when due, the partition's state
-//!   snapshotted. A snapshot therefore never runs ahead of ClickHouse.
+//!   then are its Conversions API exports produced to the capi topic and
+//!   acknowledged ([`crate::exports`]), and only then are the offsets
+//!   committed and, when due, the partition's state snapshotted. A snapshot
+//!   therefore never runs ahead of ClickHouse or of the capi topic.
 //!   Committed offsets report progress and lag; restores use snapshots.
 //! - Every internal record is counted as applied, duplicate or late, every
 //!   dead letter as dead-lettered, per source topic and partition, in
