@@ -6,15 +6,11 @@
 //! export are written again with a later version, so the table, read with
 //! `FINAL`, and the `capi_daily` view hold each export once.
 
-use std::time::Duration;
-
 use clickhouse::Client;
 use serde::Serialize;
 use wafunnel_core::export::ConversionExport;
-use wafunnel_runtime::error::Classify;
-use wafunnel_runtime::metrics::metrics;
 use wafunnel_runtime::shutdown::Shutdown;
-use wafunnel_stream::sink::SinkError;
+use wafunnel_stream::sink::{self, SinkError};
 
 use crate::deliver::Outcome;
 
@@ -81,27 +77,5 @@ pub async fn write(db: &Client, rows: &[StatusRow], shutdown: &Shutdown) -> Resu
     if rows.is_empty() {
         return Ok(());
     }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let started = std::time::Instant::now();
-        match write_once(db, rows).await {
-            Ok(()) => {
-                metrics()
-                    .flush_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics().set_ready(true);
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() => {
-                metrics().clickhouse_write_retries.inc();
-                metrics().set_ready(false);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse write of export statuses failed");
-                if !shutdown.sleep(delay).await {
-                    return Err(SinkError::Abandoned);
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    sink::retry_write("export statuses", shutdown, || write_once(db, rows)).await
 }

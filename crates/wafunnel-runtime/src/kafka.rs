@@ -129,6 +129,21 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// The settings of a producer whose records count only once Kafka has
+/// them: idempotent, acknowledged by every in-sync replica (`acks=all`),
+/// and given up after `timeout`, so a caller that stopped waiting for a
+/// record never sees it stored later.
+pub fn durable_producer_config(cfg: &KafkaConfig, timeout: Duration) -> ClientConfig {
+    let mut client = client_config(cfg);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", timeout.as_millis().to_string());
+    client
+}
+
 /// Creates a client; an invalid property is named by its key, its value
 /// (which may be a secret) replaced.
 pub fn create<C>(config: &ClientConfig) -> Result<C, KafkaError>

@@ -81,16 +81,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 impl ExportProducer {
     /// A producer to `topics.capi`.
     pub fn new(cfg: &Config) -> Result<Self, ExportError> {
-        let mut client = kafka::client_config(&cfg.kafka);
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                ATTEMPT_TIMEOUT.as_millis().to_string(),
-            );
+        let client = kafka::durable_producer_config(&cfg.kafka, ATTEMPT_TIMEOUT);
         Ok(ExportProducer {
             producer: kafka::create(&client)?,
             topic: cfg.topics.capi.clone(),

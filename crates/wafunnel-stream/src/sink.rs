@@ -797,36 +797,50 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes a batch, retrying with backoff while ClickHouse is
-    /// unavailable (the service is not ready meanwhile), until the stop is
-    /// abandoned. A refusal no retry can fix is returned at once.
+    /// Writes `batch`, retrying while ClickHouse is unavailable ([`retry_write`]).
     pub async fn write_with_retry(
         &self,
         batch: &Batch,
         shutdown: &Shutdown,
     ) -> Result<(), SinkError> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let started = std::time::Instant::now();
-            match self.write(batch).await {
-                Ok(()) => {
-                    metrics()
-                        .flush_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    metrics().set_ready(true);
-                    return Ok(());
-                }
-                Err(e) if e.is_retryable() => {
-                    metrics().clickhouse_write_retries.inc();
-                    metrics().set_ready(false);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse write failed");
-                    if !shutdown.sleep(delay).await {
-                        return Err(SinkError::Abandoned);
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
+        retry_write("batch", shutdown, || self.write(batch)).await
+    }
+}
+
+/// Runs `write` until it succeeds, retrying with backoff while ClickHouse
+/// is unavailable (the service is not ready meanwhile) until the stop is
+/// abandoned. A refusal no retry can fix is returned at once. `what` names
+/// the write in the log.
+pub async fn retry_write<F, Fut>(
+    what: &'static str,
+    shutdown: &Shutdown,
+    mut write: F,
+) -> Result<(), SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SinkError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        match write().await {
+            Ok(()) => {
+                metrics()
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics().set_ready(true);
+                return Ok(());
             }
+            Err(e) if e.is_retryable() => {
+                metrics().clickhouse_write_retries.inc();
+                metrics().set_ready(false);
+                tracing::warn!(error = %e, write = what, retry_in_ms = delay.as_millis() as u64, "clickhouse write failed");
+                if !shutdown.sleep(delay).await {
+                    return Err(SinkError::Abandoned);
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

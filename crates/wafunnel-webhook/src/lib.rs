@@ -108,19 +108,10 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// A receiver storing to `settings.topic` through a producer for `cfg`.
     pub fn new(cfg: &Config, settings: &WebhookSettings) -> Result<Self, WebhookError> {
-        let mut client = kafka::client_config(&cfg.kafka);
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            // A body not acknowledged in time is answered 503, and the
-            // producer gives up on it too, so a late copy is not stored
-            // after Meta was told to retry (a retry is a duplicate anyway).
-            .set(
-                "message.timeout.ms",
-                settings.store_timeout.as_millis().to_string(),
-            );
+        // A body not acknowledged in time is answered 503, and the producer
+        // gives up on it too, so a late copy is not stored after Meta was
+        // told to retry (a retry is a duplicate anyway).
+        let client = kafka::durable_producer_config(&cfg.kafka, settings.store_timeout);
         Ok(Receiver {
             producer: kafka::create(&client)?,
             topic: settings.topic.clone(),
