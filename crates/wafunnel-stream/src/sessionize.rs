@@ -558,7 +558,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     }
     let store = Arc::new(StateStore::new(cfg, partitions[cfg.topics.state.as_str()])?);
     let outputs = Outputs {
-        sink: Sink::new(&cfg.clickhouse),
+        sink: Sink::new(&cfg.clickhouse, accounts.clone()),
         exports: Arc::new(ExportProducer::new(cfg)?),
     };
     let context = SessionizeContext {

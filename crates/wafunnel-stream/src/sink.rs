@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use wafunnel_core::config::Accounts;
 use wafunnel_core::rows::{Changes, ConversationChange, ConversationRow};
-use wafunnel_core::time::Day;
+use wafunnel_core::time::{Day, DayClock};
 
 use wafunnel_runtime::config::ClickHouseConfig;
 use wafunnel_runtime::error::{Classify, Fault};
@@ -144,6 +145,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         8,
         "conversation_click_id",
         include_str!("../../../schemas/clickhouse/0008_conversation_click_id.sql"),
+    ),
+    (
+        9,
+        "account_day_and_currency",
+        include_str!("../../../schemas/clickhouse/0009_account_day_and_currency.sql"),
     ),
 ];
 
@@ -416,10 +422,17 @@ struct ConversationWrite {
     partition: u32,
     version: u64,
     is_deleted: u8,
+    start_day: u16,
+    currency: String,
 }
 
 impl ConversationWrite {
-    fn new(r: ConversationCh, partition: u32, version: u64, is_deleted: u8) -> Self {
+    fn new(
+        r: ConversationCh,
+        (partition, version, is_deleted): (u32, u64, u8),
+        account: &mut AccountDays,
+    ) -> Self {
+        let (start_day, currency) = account.day_and_currency(&r.account_id, r.started_at);
         ConversationWrite {
             account_id: r.account_id,
             ad_id: r.ad_id,
@@ -448,6 +461,8 @@ impl ConversationWrite {
             partition,
             version,
             is_deleted,
+            start_day,
+            currency,
         }
     }
 }
@@ -476,6 +491,7 @@ struct FunnelWrite {
     revenue: i64,
     outbound_billable: i64,
     version: u64,
+    currency: String,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -490,6 +506,7 @@ struct ContactsWrite {
     unattributed_purchases: i64,
     messaging_contacts: i64,
     version: u64,
+    currency: String,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -609,10 +626,41 @@ impl Batch {
     }
 }
 
+/// Each account's currency and the calendar day, in its time zone, of a
+/// time: the columns that configuration decides. ClickHouse takes a time
+/// zone only as a constant, so the views cannot compute a per-account day.
+struct AccountDays<'a> {
+    accounts: &'a Accounts,
+    clocks: std::collections::HashMap<String, DayClock>,
+}
+
+impl<'a> AccountDays<'a> {
+    fn new(accounts: &'a Accounts) -> Self {
+        AccountDays {
+            accounts,
+            clocks: std::collections::HashMap::new(),
+        }
+    }
+
+    fn currency(&self, account_id: &str) -> String {
+        self.accounts.get(account_id).currency.as_str().to_owned()
+    }
+
+    fn day_and_currency(&mut self, account_id: &str, ms: i64) -> (u16, String) {
+        let currency = self.currency(account_id);
+        let clock = self
+            .clocks
+            .entry(account_id.to_owned())
+            .or_insert_with(|| DayClock::new(self.accounts.get(account_id).time_zone));
+        (day16(clock.day_of(ms)), currency)
+    }
+}
+
 /// Writes batches to ClickHouse with the `Inserter`, one INSERT per table per batch.
 #[derive(Clone)]
 pub struct Sink {
     db: Client,
+    accounts: Accounts,
 }
 
 impl std::fmt::Debug for Sink {
@@ -637,9 +685,13 @@ where
 }
 
 impl Sink {
-    /// A sink on the configured database.
-    pub fn new(cfg: &ClickHouseConfig) -> Self {
-        Sink { db: client(cfg) }
+    /// A sink on the configured database, writing the currency and days
+    /// of `accounts`.
+    pub fn new(cfg: &ClickHouseConfig, accounts: Accounts) -> Self {
+        Sink {
+            db: client(cfg),
+            accounts,
+        }
     }
 
     /// The client.
@@ -678,6 +730,7 @@ impl Sink {
         let mut contacts = Vec::new();
         let mut ads = Vec::new();
         let mut spend = Vec::new();
+        let mut days = AccountDays::new(&self.accounts);
         for (partition, version, changes) in &batch.changes {
             let (partition, version) = (*partition, *version);
             for change in &changes.conversations {
@@ -713,7 +766,11 @@ impl Sink {
                         1,
                     ),
                 };
-                conversations.push(ConversationWrite::new(row, partition, version, is_deleted));
+                conversations.push(ConversationWrite::new(
+                    row,
+                    (partition, version, is_deleted),
+                    &mut days,
+                ));
             }
             for r in &changes.funnel {
                 let c = &r.counts;
@@ -740,6 +797,7 @@ impl Sink {
                     revenue: c.revenue,
                     outbound_billable: c.outbound_billable,
                     version,
+                    currency: days.currency(&r.account_id),
                 });
             }
             for r in &changes.contacts {
@@ -755,6 +813,7 @@ impl Sink {
                     unattributed_purchases: c.unattributed_purchases,
                     messaging_contacts: c.messaging_contacts,
                     version,
+                    currency: days.currency(&r.account_id),
                 });
             }
             for r in &changes.ads {
@@ -867,7 +926,7 @@ mod tests {
             .flat_map(|m| statements(m.2))
             .filter(|s| added_column(s).is_some())
             .count();
-        assert_eq!(added, 3, "0006 adds two columns, 0008 one");
+        assert_eq!(added, 7, "0006 adds two columns, 0008 one, 0009 four");
     }
 
     #[test]
