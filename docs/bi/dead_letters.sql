@@ -1,10 +1,12 @@
--- Input records per source partition and how each ended: dead letters
--- beside the applied, duplicate, late and ignored ones. Cumulative since
--- the pipeline started, not bound to a date range.
+-- Dead letters per day and reason, {from} to {to}: the UTC day each record
+-- was dead-lettered (a record that cannot be read has no account, so no
+-- account time zone) and its reason (malformed, invalid_field,
+-- unknown_type, currency_mismatch, ...). input_accounting has the same
+-- records per source partition, beside every other outcome.
 SELECT
-    source_topic,
-    source_partition,
-    dead_lettered,
-    records
-FROM input_accounting
-ORDER BY source_topic, source_partition
+    day,
+    reason,
+    dead_letters
+FROM dead_letters_daily
+WHERE day BETWEEN toDate('{from}') AND toDate('{to}')
+ORDER BY day, reason

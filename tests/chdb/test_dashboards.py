@@ -127,12 +127,12 @@ def load(db) -> int:
         f"('e3', 'act_1', '{D3}', 'LeadSubmitted', {T0}, 'no_click_id', NULL, NULL, 0, 1, 1)",
         f"('e4', 'act_2', '{D2}', 'Purchase', {T0}, 'rejected', '100', 'Invalid', 1, 1, 1)",
         f"('e5', 'act_1', '{D5}', 'Purchase', {T0}, 'sent', NULL, NULL, 1, 1, 1)")
-    ins("record_outcomes",
-        "stage, source_topic, source_partition, worker_topic, worker_partition, outcome, "
-        "records, version",
-        "('sessionize', 'raw', 0, 'events', 0, 'applied', 10, 1)",
-        "('dead_letter', 'raw', 0, 'dead', 0, 'dead_lettered', 2, 1)",
-        "('dead_letter', 'raw', 1, 'dead', 0, 'dead_lettered', 1, 1)")
+    ins("dead_letter_reasons",
+        "worker_topic, worker_partition, reason, day, records, version",
+        f"('dead', 0, 'malformed', '{D2}', 2, 5)",
+        f"('dead', 1, 'malformed', '{D2}', 1, 3)",
+        f"('dead', 1, 'unknown_type', '{D3}', 4, 9)",
+        f"('dead', 1, 'malformed', '{D5}', 1, 12)")
     return now
 
 
@@ -213,8 +213,8 @@ EXPECTED = {
          ("act_1", "Purchase", "sent", 1), ("act_2", "Purchase", "rejected", 1)],
     ),
     "dead_letters": (
-        ["source_topic", "source_partition", "dead_lettered", "records"],
-        [("raw", 0, 2, 12), ("raw", 1, 1, 1)],
+        ["day", "reason", "dead_letters"],
+        [(D2, "malformed", 3), (D3, "unknown_type", 4)],
     ),
 }
 

@@ -559,6 +559,10 @@ TABLE_COLUMNS = {
         "status String, error_code Nullable(String), error_message Nullable(String), "
         "attempts UInt32, updated_at Int64, version UInt64"
     ),
+    "dead_letter_reasons": (
+        "worker_topic String, worker_partition UInt32, reason String, day Date, "
+        "records UInt64, version UInt64"
+    ),
 }
 
 TABLE_KEYS = {
@@ -574,6 +578,8 @@ TABLE_KEYS = {
                         "stage, source_topic, source_partition, worker_topic, worker_partition, outcome"),
     "check_canaries": ("ReplacingMergeTree", "canary_id, partition"),
     "capi_exports": ("ReplacingMergeTree", "export_id"),
+    "dead_letter_reasons": ("ReplacingMergeTree",
+                            "worker_topic, worker_partition, reason, day"),
 }
 
 
@@ -637,6 +643,8 @@ def test_migrations_are_rerunnable(db):
         "contacts_partial": "ReplacingMergeTree",
         "conversation_rows": "ReplacingMergeTree",
         "conversations": "View",
+        "dead_letter_reasons": "ReplacingMergeTree",
+        "dead_letters_daily": "View",
         "funnel_daily": "View",
         "funnel_partial": "ReplacingMergeTree",
         "input_accounting": "View",
@@ -909,3 +917,22 @@ def test_awaiting_reply_lists_unanswered_conversations_inside_the_free_window(db
     for row in rows:
         waited = now - row[6]
         assert waited <= row[10] < waited + minute, row
+
+
+def test_dead_letters_daily_sums_the_latest_count_of_every_partition(db):
+    apply_migrations(db)
+    cols = "worker_topic, worker_partition, reason, day, records, version"
+    # Partition 0 counted 2 malformed on D2 at offset 5, then 3 at offset 8;
+    # a replay rewrote the older row (version 5) after the newer one.
+    db.execute(f"INSERT INTO dead_letter_reasons ({cols}) VALUES "
+               f"('dead', 0, 'malformed', '{D2}', 2, 5), ('dead', 0, 'malformed', '{D2}', 3, 8)")
+    db.execute(f"INSERT INTO dead_letter_reasons ({cols}) VALUES "
+               f"('dead', 0, 'malformed', '{D2}', 2, 5), "
+               f"('dead', 1, 'malformed', '{D2}', 1, 2), "
+               f"('dead', 1, 'currency_mismatch', '{D3}', 4, 9)")
+    expected = [(D2, "malformed", 4), (D3, "currency_mismatch", 4)]
+    columns, rows = _select_view(db, "dead_letters_daily", "day, reason")
+    assert columns == [("day", "Date"), ("reason", "String"), ("dead_letters", "Int64")]
+    _assert_rows(rows, expected)
+    db.execute("OPTIMIZE TABLE dead_letter_reasons FINAL")
+    _assert_rows(_select_view(db, "dead_letters_daily", "day, reason")[1], expected)

@@ -151,6 +151,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "account_day_and_currency",
         include_str!("../../../schemas/clickhouse/0009_account_day_and_currency.sql"),
     ),
+    (
+        10,
+        "dead_letters_daily",
+        include_str!("../../../schemas/clickhouse/0010_dead_letters_daily.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -575,6 +580,32 @@ pub struct DeadLetterCount {
     pub version: u64,
 }
 
+/// The cumulative count of one dead-letter reason and day on one
+/// dead-letter partition: every such dead letter below offset `version`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReasonCount {
+    /// The dead letter's `wafunnel.reason` header.
+    pub reason: String,
+    /// The UTC day of its Kafka timestamp (days since 1970-01-01).
+    pub day: u16,
+    /// Dead letters counted.
+    pub records: u64,
+    /// The dead-letter partition's next offset when it was written.
+    pub version: u64,
+}
+
+/// A [`ReasonCount`] of one dead-letter partition, as written.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ReasonWrite {
+    pub worker_topic: String,
+    pub worker_partition: u32,
+    pub reason: String,
+    pub day: u16,
+    pub records: u64,
+    pub version: u64,
+}
+
 /// A `wafunnel check` canary that reached sessionize (never applied).
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CanaryWrite {
@@ -612,6 +643,8 @@ pub struct Batch {
     pub late: Vec<LateWrite>,
     /// Outcome counts that changed.
     pub outcomes: Vec<OutcomeWrite>,
+    /// Dead-letter counts per reason and day that changed.
+    pub reasons: Vec<ReasonWrite>,
     /// `wafunnel check` canaries seen.
     pub canaries: Vec<CanaryWrite>,
 }
@@ -622,6 +655,7 @@ impl Batch {
         self.changes.iter().all(|(_, _, c)| c.is_empty())
             && self.late.is_empty()
             && self.outcomes.is_empty()
+            && self.reasons.is_empty()
             && self.canaries.is_empty()
     }
 }
@@ -720,6 +754,28 @@ impl Sink {
             .bind(dead_letter_topic)
             .bind(partition)
             .fetch_all::<DeadLetterCount>()
+            .await?)
+    }
+
+    /// The dead-letter counts per reason and day this pipeline last wrote
+    /// for one partition of the dead-letter topic (empty if none).
+    pub async fn dead_letter_reasons(
+        &self,
+        dead_letter_topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ReasonCount>, SinkError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT reason, day, \
+                 argMax(records, version) AS last_records, max(version) AS last_version \
+                 FROM dead_letter_reasons \
+                 WHERE worker_topic = ? AND worker_partition = ? \
+                 GROUP BY reason, day",
+            )
+            .bind(dead_letter_topic)
+            .bind(partition)
+            .fetch_all::<ReasonCount>()
             .await?)
     }
 
@@ -851,6 +907,10 @@ impl Sink {
         write_all::<AdWrite>(&self.db, "ads", &ads).await?;
         write_all::<SpendWrite>(&self.db, "spend_snapshots", &spend).await?;
         write_all::<LateWrite>(&self.db, "late_events", &batch.late).await?;
+        // Before the outcomes: a dead-letter partition resumes at the offset
+        // its record_outcomes rows reached, so its reason counts must be
+        // there by then (counts written further are recognised on restore).
+        write_all::<ReasonWrite>(&self.db, "dead_letter_reasons", &batch.reasons).await?;
         write_all::<OutcomeWrite>(&self.db, "record_outcomes", &batch.outcomes).await?;
         write_all::<CanaryWrite>(&self.db, "check_canaries", &batch.canaries).await?;
         Ok(())

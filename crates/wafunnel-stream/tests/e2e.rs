@@ -675,6 +675,14 @@ async fn dead_letters(env: &Env, expected: usize) -> Vec<DeadLetter> {
     out
 }
 
+/// One row of `dead_letters_daily`, with whether its day is today.
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct ReasonDayCh {
+    reason: String,
+    on_today: u8,
+    dead_letters: i64,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
 async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
@@ -759,6 +767,30 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
             .find(|l| l.payload == bytes)
             .map(|l| l.reason.clone())
     };
+    // dead_letters_daily: every dead letter once, under its reason, on the
+    // UTC day it was dead-lettered (today).
+    let mut want: Vec<ReasonDayCh> = Vec::new();
+    for letter in &letters {
+        match want.iter_mut().find(|r| r.reason == letter.reason) {
+            Some(row) => row.dead_letters += 1,
+            None => want.push(ReasonDayCh {
+                reason: letter.reason.clone(),
+                on_today: 1,
+                dead_letters: 1,
+            }),
+        }
+    }
+    want.sort_by(|a, b| a.reason.cmp(&b.reason));
+    let got: Vec<ReasonDayCh> = sink::client(&env.cfg.clickhouse)
+        .query(
+            "SELECT reason, toUInt8(day = today()) AS on_today, dead_letters \
+             FROM dead_letters_daily ORDER BY reason, day",
+        )
+        .fetch_all()
+        .await
+        .expect("dead_letters_daily");
+    assert_eq!(got, want);
+
     assert_eq!(reason_of(&truncated).as_deref(), Some("bad_avro"));
     assert_eq!(reason_of(&unknown).as_deref(), Some("unknown_schema_id"));
     let cut = letters
