@@ -204,8 +204,11 @@ FUNNEL_COLS = (
     "replied_le_1h, replied_le_24h, replied_gt_24h, sum_first_response_ms, "
     "outbound_in_free_window, outbound_after_free_window, "
     "over_messaged_conversations, qualified_leads, purchases, revenue, spend, "
-    "impressions, reported_conversations, version, outbound_billable"
+    "impressions, reported_conversations, version, outbound_billable, currency"
 )
+
+# Each account's currency, as sessionize writes it from configuration.
+CURRENCY = {"act_1": "USD", "act_2": "BRL"}
 
 
 def funnel(account, ad, day, partition, version, *, clicks=0, inbound=0, started=0,
@@ -216,13 +219,14 @@ def funnel(account, ad, day, partition, version, *, clicks=0, inbound=0, started
         f"('{account}', '{ad}', '{day}', {partition}, {clicks}, {inbound}, {started}, "
         f"{messaged}, {replied}, {le_5m}, {le_1h}, {le_24h}, {gt_24h}, {sum_frm}, "
         f"{out_in}, {out_after}, {over}, {qualified}, {purchases}, {revenue}, {spend}, "
-        f"{impressions}, {reported}, {version}, {billable})"
+        f"{impressions}, {reported}, {version}, {billable}, '{CURRENCY[account]}')"
     )
 
 
 CONTACTS_COLS = (
     "account_id, day, partition, unique_contacts, organic_inbound_messages, "
-    "organic_contacts, unattributed_leads, unattributed_purchases, version, messaging_contacts"
+    "organic_contacts, unattributed_leads, unattributed_purchases, version, messaging_contacts, "
+    "currency"
 )
 
 ADS_COLS = "account_id, ad_id, partition, campaign_id, adset_id, named_at, named_by, version"
@@ -233,7 +237,7 @@ CONV_COLS = (
     "first_response_ms, response_bucket, free_window_ends_at, outbound_in_free_window, "
     "outbound_after_free_window, followups_in_free_window, over_messaged, qualified_at, "
     "purchases, revenue, first_purchase_at, time_to_close_ms, partition, version, is_deleted, "
-    "click_id"
+    "click_id, start_day, currency"
 )
 
 H72 = 72 * 3600 * 1000
@@ -303,33 +307,33 @@ def insert_fixture_rows(db) -> None:
     ins("ads", ADS_COLS, f"('act_1', 'ad_2', 0, 'cmp_1', 'as_2', {T0}, 'c-2', 1)")
 
     # ---- contacts_partial
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 2, 1, 1, 0, 0, 3, 2)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 5, 5, 5, 5, 5, 1, 5)")  # replay of v1
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 1, 1, 0, 0, 1, 2, 2, 1)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4, 1)")
-    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5, 0)")  # retraction
-    ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1, 0)")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 2, 1, 1, 0, 0, 3, 2, 'USD')")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 0, 5, 5, 5, 5, 5, 1, 5, 'USD')")  # replay of v1
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D2}', 1, 1, 0, 0, 1, 2, 2, 1, 'USD')")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4, 1, 'USD')")
+    ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5, 0, 'USD')")  # retraction
+    ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1, 0, 'BRL')")
 
     # ---- conversation_rows
     fi = T0 + 60000
     conv_a_v1 = (
         f"('act_1', 'ad_1', 'uh_a', {T0}, {fi}, 1, {T0}, 1, {fi}, 0, NULL, NULL, 'none', "
-        f"{fi + H72}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, 'ARAkx')"
+        f"{fi + H72}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, 'ARAkx', '{D2}', 'USD')"
     )
     conv_a_v2 = (
         f"('act_1', 'ad_1', 'uh_a', {T0}, {fi + 600000}, 1, {T0}, 2, {fi}, 5, {fi + 120000}, "
         f"120000, 'le_5m', {fi + H72}, 4, 1, 3, 1, {T0 + 7200000}, 1, 49.9, "
-        f"{T0 + 86400000}, 86400000, 0, 4, 0, 'ARAkx')"
+        f"{T0 + 86400000}, 86400000, 0, 4, 0, 'ARAkx', '{D2}', 'USD')"
     )
     conv_b = (
         f"('act_1', 'ad_1', 'uh_b', {T0 + 5000}, {T0 + 5000}, 1, {T0 + 5000}, 0, NULL, 0, "
-        f"NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 1, 2, 0, NULL)"
+        f"NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 1, 2, 0, NULL, '{D3}', 'USD')"
     )
     conv_c_live = (
         f"('act_1', 'ad_2', 'uh_c', {T0}, {T0}, 1, {T0}, 0, NULL, 0, NULL, NULL, NULL, NULL, "
-        f"0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, NULL)"
+        f"0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, NULL, '{D2}', 'USD')"
     )
-    conv_c_deleted = conv_c_live.replace(", 0, 1, 0, NULL)", ", 0, 2, 1, NULL)")
+    conv_c_deleted = conv_c_live.replace(", 0, 1, 0, NULL,", ", 0, 2, 1, NULL,")
     assert conv_c_deleted != conv_c_live
     ins("conversation_rows", CONV_COLS, conv_a_v2)
     ins("conversation_rows", CONV_COLS, conv_a_v1)  # replayed older version
@@ -400,6 +404,7 @@ FUNNEL_DAILY_COLUMNS = [
     ("cost_per_messaged_conversation", "Nullable(Decimal(18, 4))"),
     ("click_to_message_rate", "Nullable(Float64)"),
     ("outbound_billable", "Int64"),
+    ("currency", "String"),
 ]
 
 D = Decimal
@@ -407,23 +412,23 @@ FUNNEL_DAILY_ROWS = [
     # account, campaign, adset, ad, day,
     # clicks, inbound, started, messaged, ghost, replied, le_5m, le_1h, le_24h, gt_24h,
     # sum_frm, out_in, out_after, over, qualified, purchases, revenue, spend,
-    # impressions, reported, cost_per_conv, cost_per_messaged, rate, billable
+    # impressions, reported, cost_per_conv, cost_per_messaged, rate, billable, currency
     ("act_1", "cmp_2", "as_2", "ad_1", D2,
      4, 4, 3, 2, 1, 2, 1, 1, 0, 0,
      2100000, 4, 1, 0, 1, 1, D("49.9"), D("10"),
-     1000, 2, D("3.3333"), D("5"), 2 / 3, 2),
+     1000, 2, D("3.3333"), D("5"), 2 / 3, 2, "USD"),
     ("act_1", "cmp_2", "as_2", "ad_1", D4,
      0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
      0, 0, 0, 0, 0, 0, D("0"), D("0.0001"),
-     10, 0, None, None, None, 0),
+     10, 0, None, None, None, 0, "USD"),
     ("act_1", "cmp_1", "as_1", "ad_3", D5,
      3, 5, 3, 3, 0, 2, 0, 0, 1, 1,
      97200000, 6, 2, 1, 1, 2, D("100.0001"), D("0.0002"),
-     0, 0, D("0"), D("0"), 1.0, 2),
+     0, 0, D("0"), D("0"), 1.0, 2, "USD"),
     ("act_2", "", "", "ad_9", D2,
      1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
      0, 0, 0, 0, 0, 0, D("0"), D("0"),
-     0, 0, D("0"), D("0"), 1.0, 0),
+     0, 0, D("0"), D("0"), 1.0, 0, "BRL"),
 ]
 
 CONTACTS_DAILY_COLUMNS = [
@@ -435,11 +440,12 @@ CONTACTS_DAILY_COLUMNS = [
     ("unattributed_leads", "Int64"),
     ("unattributed_purchases", "Int64"),
     ("messaging_contacts", "Int64"),
+    ("currency", "String"),
 ]
 
 CONTACTS_DAILY_ROWS = [
-    ("act_1", D2, 3, 1, 1, 1, 2, 3),
-    ("act_2", D4, 0, 3, 2, 0, 0, 0),
+    ("act_1", D2, 3, 1, 1, 1, 2, 3, "USD"),
+    ("act_2", D4, 0, 3, 2, 0, 0, 0, "BRL"),
 ]
 
 CONVERSATIONS_COLUMNS = [
@@ -467,15 +473,32 @@ CONVERSATIONS_COLUMNS = [
     ("first_purchase_at", "Nullable(Int64)"),
     ("time_to_close_ms", "Nullable(Int64)"),
     ("click_id", "Nullable(String)"),
+    ("start_day", "Date"),
+    ("campaign_id", "String"),
+    ("adset_id", "String"),
+    ("currency", "String"),
+    ("started_at_time", "DateTime('UTC')"),
+    ("last_activity_at_time", "DateTime('UTC')"),
+    ("first_inbound_at_time", "Nullable(DateTime('UTC'))"),
+    ("first_reply_at_time", "Nullable(DateTime('UTC'))"),
+    ("qualified_at_time", "Nullable(DateTime('UTC'))"),
+    ("first_purchase_at_time", "Nullable(DateTime('UTC'))"),
 ]
 
 _FI = T0 + 60000
 CONVERSATIONS_ROWS = [
     ("act_1", "ad_1", "uh_a", T0, _FI + 600000, 1, T0, 2, _FI, 5, _FI + 120000,
      120000, "le_5m", _FI + H72, 4, 1, 3, 1, T0 + 7200000, 1, D("49.9"),
-     T0 + 86400000, 86400000, "ARAkx"),
+     T0 + 86400000, 86400000, "ARAkx",
+     D2, "cmp_2", "as_2", "USD", "2026-03-02 10:00:00", "2026-03-02 10:11:00",
+     "2026-03-02 10:01:00", "2026-03-02 10:03:00", "2026-03-02 12:00:00",
+     "2026-03-03 10:00:00"),
+    # start_day is the day sessionize wrote (the account's time zone), not
+    # the UTC day of started_at.
     ("act_1", "ad_1", "uh_b", T0 + 5000, T0 + 5000, 1, T0 + 5000, 0, None, 0, None,
-     None, None, None, 0, 0, 0, 0, None, 0, D("0"), None, None, None),
+     None, None, None, 0, 0, 0, 0, None, 0, D("0"), None, None, None,
+     D3, "cmp_2", "as_2", "USD", "2026-03-02 10:00:05", "2026-03-02 10:00:05",
+     None, None, None, None),
 ]
 
 # The tables' columns: the contract with the Rust writer.
@@ -491,7 +514,7 @@ TABLE_COLUMNS = {
         "followups_in_free_window UInt32, over_messaged UInt8, qualified_at Nullable(Int64), "
         "purchases UInt32, revenue Decimal(18, 4), first_purchase_at Nullable(Int64), "
         "time_to_close_ms Nullable(Int64), partition UInt32, version UInt64, is_deleted UInt8, "
-        "click_id Nullable(String)"
+        "click_id Nullable(String), start_day Date, currency String"
     ),
     "funnel_partial": (
         "account_id String, ad_id String, day Date, partition UInt32, clicks Int64, "
@@ -501,12 +524,13 @@ TABLE_COLUMNS = {
         "outbound_after_free_window Int64, over_messaged_conversations Int64, "
         "qualified_leads Int64, purchases Int64, revenue Decimal(18, 4), "
         "spend Decimal(18, 4), impressions Int64, reported_conversations Int64, version UInt64, "
-        "outbound_billable Int64"
+        "outbound_billable Int64, currency String"
     ),
     "contacts_partial": (
         "account_id String, day Date, partition UInt32, unique_contacts Int64, "
         "organic_inbound_messages Int64, organic_contacts Int64, unattributed_leads Int64, "
-        "unattributed_purchases Int64, version UInt64, messaging_contacts Int64"
+        "unattributed_purchases Int64, version UInt64, messaging_contacts Int64, "
+        "currency String"
     ),
     "ads": (
         "account_id String, ad_id String, partition UInt32, campaign_id String, "
@@ -535,6 +559,10 @@ TABLE_COLUMNS = {
         "status String, error_code Nullable(String), error_message Nullable(String), "
         "attempts UInt32, updated_at Int64, version UInt64"
     ),
+    "dead_letter_reasons": (
+        "worker_topic String, worker_partition UInt32, reason String, day Date, "
+        "records UInt64, version UInt64"
+    ),
 }
 
 TABLE_KEYS = {
@@ -550,6 +578,8 @@ TABLE_KEYS = {
                         "stage, source_topic, source_partition, worker_topic, worker_partition, outcome"),
     "check_canaries": ("ReplacingMergeTree", "canary_id, partition"),
     "capi_exports": ("ReplacingMergeTree", "export_id"),
+    "dead_letter_reasons": ("ReplacingMergeTree",
+                            "worker_topic, worker_partition, reason, day"),
 }
 
 
@@ -605,6 +635,7 @@ def test_migrations_are_rerunnable(db):
     )
     assert dict(rows) == {
         "ads": "ReplacingMergeTree",
+        "awaiting_reply": "View",
         "capi_daily": "View",
         "capi_exports": "ReplacingMergeTree",
         "check_canaries": "ReplacingMergeTree",
@@ -612,6 +643,8 @@ def test_migrations_are_rerunnable(db):
         "contacts_partial": "ReplacingMergeTree",
         "conversation_rows": "ReplacingMergeTree",
         "conversations": "View",
+        "dead_letter_reasons": "ReplacingMergeTree",
+        "dead_letters_daily": "View",
         "funnel_daily": "View",
         "funnel_partial": "ReplacingMergeTree",
         "input_accounting": "View",
@@ -812,3 +845,94 @@ def test_capi_daily_counts_each_export_once_with_its_latest_status(db):
     # Merged, the same.
     db.execute("OPTIMIZE TABLE capi_exports FINAL")
     _assert_rows(_select_view(db, "capi_daily", order)[1], expected)
+
+
+def test_rows_written_before_0009_show_the_utc_day_and_no_currency(db):
+    # A conversation written before migration 0009 has no start_day or
+    # currency of its own: it reads as the UTC day of started_at and ''
+    # until sessionize rewrites it.
+    apply_migrations(db)
+    late_evening = 1772492400000  # 2026-03-02T23:00:00Z
+    old_cols = CONV_COLS.replace(", start_day, currency", "")
+    db.execute(
+        f"INSERT INTO conversation_rows ({old_cols}) VALUES "
+        f"('act_1', 'ad_1', 'uh_o', {late_evening}, {late_evening}, 1, {late_evening}, 0, "
+        "NULL, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, 1, 0, NULL)"
+    )
+    _, _, rows = db.query(
+        "SELECT start_day, currency, campaign_id, started_at_time FROM conversations"
+    )
+    assert rows == [(D2, "", "", "2026-03-02 23:00:00")]
+
+
+def test_awaiting_reply_lists_unanswered_conversations_inside_the_free_window(db):
+    apply_migrations(db)
+    _, _, rows = db.query("SELECT toInt64(toUnixTimestamp(now())) * 1000")
+    now = rows[0][0]
+    minute = 60000
+
+    def conv(user, first_inbound, first_reply, deleted=0, version=1):
+        fi = "NULL" if first_inbound is None else first_inbound
+        fw = "NULL" if first_inbound is None else first_inbound + H72
+        fr = "NULL" if first_reply is None else first_reply
+        bucket = "NULL" if first_inbound is None else ("'none'" if first_reply is None else "'le_5m'")
+        started = (first_inbound or now) - minute
+        return (
+            f"('act_1', 'ad_1', '{user}', {started}, {started + minute}, 1, {started}, "
+            f"{0 if first_inbound is None else 2}, {fi}, {0 if first_reply is None else 1}, "
+            f"{fr}, NULL, {bucket}, {fw}, 0, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, {version}, "
+            f"{deleted}, NULL, '{D2}', 'USD')"
+        )
+
+    db.execute(
+        f"INSERT INTO conversation_rows ({CONV_COLS}) VALUES "
+        + ", ".join([
+            conv("waiting_10m", now - 10 * minute, None),
+            conv("waiting_2d", now - 2 * 24 * 60 * minute, None),
+            conv("answered", now - 10 * minute, now - 9 * minute),
+            conv("window_closed", now - 73 * 60 * minute, None),
+            conv("never_wrote", None, None),
+            conv("deleted", now - minute, None, deleted=1),
+        ])
+    )
+    db.execute("INSERT INTO ads (account_id, ad_id, partition, campaign_id, adset_id, named_at, "
+               "named_by, version) VALUES ('act_1', 'ad_1', 0, 'cmp_1', 'as_1', 1, 'c', 1)")
+    names, types, rows = db.query(
+        "SELECT * FROM awaiting_reply ORDER BY first_inbound_at"
+    )
+    assert list(zip(names, types)) == [
+        ("account_id", "String"), ("campaign_id", "String"), ("adset_id", "String"),
+        ("ad_id", "String"), ("user_hash", "String"), ("started_at", "Int64"),
+        ("first_inbound_at", "Nullable(Int64)"),
+        ("first_inbound_at_time", "Nullable(DateTime('UTC'))"),
+        ("inbound_messages", "UInt32"), ("free_window_ends_at", "Nullable(Int64)"),
+        ("waiting_ms", "Int64"),
+    ]
+    assert [(r[1], r[4], r[6]) for r in rows] == [
+        ("cmp_1", "waiting_2d", now - 2 * 24 * 60 * minute),
+        ("cmp_1", "waiting_10m", now - 10 * minute),
+    ]
+    # waiting_ms is measured at query time: at least what it was when the
+    # rows were written, and not more than a minute later.
+    for row in rows:
+        waited = now - row[6]
+        assert waited <= row[10] < waited + minute, row
+
+
+def test_dead_letters_daily_sums_the_latest_count_of_every_partition(db):
+    apply_migrations(db)
+    cols = "worker_topic, worker_partition, reason, day, records, version"
+    # Partition 0 counted 2 malformed on D2 at offset 5, then 3 at offset 8;
+    # a replay rewrote the older row (version 5) after the newer one.
+    db.execute(f"INSERT INTO dead_letter_reasons ({cols}) VALUES "
+               f"('dead', 0, 'malformed', '{D2}', 2, 5), ('dead', 0, 'malformed', '{D2}', 3, 8)")
+    db.execute(f"INSERT INTO dead_letter_reasons ({cols}) VALUES "
+               f"('dead', 0, 'malformed', '{D2}', 2, 5), "
+               f"('dead', 1, 'malformed', '{D2}', 1, 2), "
+               f"('dead', 1, 'currency_mismatch', '{D3}', 4, 9)")
+    expected = [(D2, "malformed", 4), (D3, "currency_mismatch", 4)]
+    columns, rows = _select_view(db, "dead_letters_daily", "day, reason")
+    assert columns == [("day", "Date"), ("reason", "String"), ("dead_letters", "Int64")]
+    _assert_rows(rows, expected)
+    db.execute("OPTIMIZE TABLE dead_letter_reasons FINAL")
+    _assert_rows(_select_view(db, "dead_letters_daily", "day, reason")[1], expected)

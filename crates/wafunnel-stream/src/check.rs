@@ -149,8 +149,8 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         }
     };
 
-    let sink = crate::sink::Sink::new(&cfg.clickhouse);
-    match sink.client().query("SELECT 1").fetch_one::<u8>().await {
+    let db = crate::sink::client(&cfg.clickhouse);
+    match db.query("SELECT 1").fetch_one::<u8>().await {
         Ok(_) => report("clickhouse reachable", Ok(redact_url(&cfg.clickhouse.url))),
         Err(e) => {
             return report(
@@ -159,7 +159,7 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
             )
         }
     };
-    match crate::sink::is_migrated(sink.client()).await {
+    match crate::sink::is_migrated(&db).await {
         Ok(true) => report(
             "clickhouse migrated",
             Ok(format!("database {}", cfg.clickhouse.database)),
@@ -209,8 +209,7 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
     let canary_id = format!("canary-{now}");
     let started = Instant::now();
     while started.elapsed() < timeout {
-        let seen = sink
-            .client()
+        let seen = db
             .query("SELECT count() FROM check_canaries WHERE canary_id = ?")
             .bind(&canary_id)
             .fetch_one::<u64>()

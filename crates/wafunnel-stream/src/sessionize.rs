@@ -48,10 +48,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
+use wafunnel_core::time::DAY_MS;
 
 use crate::check::CANARY_ACCOUNT;
 use crate::exports::{ExportError, ExportProducer};
-use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, Sink, SinkError};
+use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, ReasonWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::error::{Classify, Fault};
@@ -139,12 +140,53 @@ impl Worker {
 /// when the partition is assigned, never recomputed from the topic, whose
 /// retention may have deleted old dead letters. Until then the partition is
 /// paused and `restored` is false.
-#[derive(Debug)]
+///
+/// The counts per reason and day are kept the same way, each with the
+/// offset below which it holds every dead letter of its key (its version
+/// when restored): a dead letter below it, consumed again after a restart,
+/// is already in the count and is not added twice.
+#[derive(Debug, Default)]
 struct DeadLetterWorker {
     next_offset: i64,
     counts: BTreeMap<SourceKey, u64>,
+    reasons: BTreeMap<ReasonKey, ReasonTally>,
     dirty: bool,
     restored: bool,
+}
+
+/// A dead letter's reason and the UTC day (days since 1970-01-01) of its
+/// Kafka timestamp.
+type ReasonKey = (String, u16);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ReasonTally {
+    records: u64,
+    /// Every dead letter of the key below this offset is in `records`.
+    counted_below: i64,
+    /// Changed since the last batch.
+    changed: bool,
+}
+
+impl DeadLetterWorker {
+    /// Counts the dead letter at `offset`.
+    fn count(&mut self, source: SourceKey, reason: ReasonKey, offset: i64) {
+        *self.counts.entry(source).or_default() += 1;
+        let tally = self.reasons.entry(reason).or_default();
+        if offset >= tally.counted_below {
+            tally.records += 1;
+            tally.changed = true;
+        }
+        self.next_offset = offset + 1;
+        self.dirty = true;
+    }
+}
+
+/// The reason and day of a dead letter.
+fn reason_key(message: &BorrowedMessage<'_>) -> ReasonKey {
+    let reason = kafka::header(message, kafka::REASON).unwrap_or("unknown");
+    let ms = message.timestamp().to_millis().unwrap_or(0);
+    let day = u16::try_from(ms.div_euclid(DAY_MS)).unwrap_or(0);
+    (reason.to_owned(), day)
 }
 
 /// The consumer's context: logs, restores state on assignment, and hands
@@ -234,15 +276,7 @@ impl ConsumerContext for SessionizeContext {
                         continue;
                     }
                     let partition = element.partition() as u32;
-                    owned.dead.insert(
-                        partition,
-                        DeadLetterWorker {
-                            next_offset: 0,
-                            counts: BTreeMap::new(),
-                            dirty: false,
-                            restored: false,
-                        },
-                    );
+                    owned.dead.insert(partition, DeadLetterWorker::default());
                     if let Err(e) = paused.add_partition_offset(
                         element.topic(),
                         element.partition(),
@@ -514,6 +548,17 @@ impl Partitions {
                     version: worker.next_offset as u64,
                 });
             }
+            for ((reason, day), tally) in worker.reasons.iter_mut().filter(|(_, t)| t.changed) {
+                tally.changed = false;
+                batch.reasons.push(ReasonWrite {
+                    worker_topic: dead.to_owned(),
+                    worker_partition: partition,
+                    reason: reason.clone(),
+                    day: *day,
+                    records: tally.records,
+                    version: worker.next_offset as u64,
+                });
+            }
             add_offset(&mut offsets, dead, partition, worker.next_offset);
         }
         (batch, offsets)
@@ -558,7 +603,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     }
     let store = Arc::new(StateStore::new(cfg, partitions[cfg.topics.state.as_str()])?);
     let outputs = Outputs {
-        sink: Sink::new(&cfg.clickhouse),
+        sink: Sink::new(&cfg.clickhouse, accounts.clone()),
         exports: Arc::new(ExportProducer::new(cfg)?),
     };
     let context = SessionizeContext {
@@ -644,10 +689,8 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                 }
                 in_batch += 1;
                 processed += 1;
-                *worker.counts.entry(source(&message)).or_default() += 1;
+                worker.count(source(&message), reason_key(&message), message.offset());
                 metrics().sessionize_dead_lettered.inc();
-                worker.next_offset = message.offset() + 1;
-                worker.dirty = true;
                 continue;
             }
             let Some(worker) = owned.workers.get_mut(&partition) else {
@@ -777,8 +820,13 @@ async fn restore_dead_letter_counts(
         .map(|(&p, _)| p)
         .collect();
     for partition in pending {
-        let counts = match sink.dead_letter_counts(dead, partition).await {
-            Ok(counts) => counts,
+        let read = async {
+            let counts = sink.dead_letter_counts(dead, partition).await?;
+            let reasons = sink.dead_letter_reasons(dead, partition).await?;
+            Ok::<_, SinkError>((counts, reasons))
+        };
+        let (counts, reasons) = match read.await {
+            Ok(read) => read,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(partition, error = %e, "cannot read dead-letter counts yet, retrying");
                 continue;
@@ -795,6 +843,17 @@ async fn restore_dead_letter_counts(
             worker.counts = counts
                 .into_iter()
                 .map(|c| ((c.source_topic, c.source_partition), c.records))
+                .collect();
+            worker.reasons = reasons
+                .into_iter()
+                .map(|r| {
+                    let tally = ReasonTally {
+                        records: r.records,
+                        counted_below: r.version as i64,
+                        changed: false,
+                    };
+                    ((r.reason, r.day), tally)
+                })
                 .collect();
             worker.next_offset = next_offset;
             worker.restored = true;
@@ -995,6 +1054,14 @@ mod tests {
             DeadLetterWorker {
                 next_offset: 2,
                 counts: BTreeMap::from([(("raw".to_owned(), 1), 2)]),
+                reasons: BTreeMap::from([(
+                    ("malformed".to_owned(), 20514),
+                    ReasonTally {
+                        records: 2,
+                        counted_below: 0,
+                        changed: true,
+                    },
+                )]),
                 dirty: true,
                 restored: true,
             },
@@ -1017,6 +1084,12 @@ mod tests {
             ]
         );
         assert_eq!(batch.late.len(), 1);
+        let reasons: Vec<(&str, u16, u64, u64)> = batch
+            .reasons
+            .iter()
+            .map(|r| (r.reason.as_str(), r.day, r.records, r.version))
+            .collect();
+        assert_eq!(reasons, [("malformed", 20514, 2, 2)]);
         assert_eq!(
             offsets(&committed),
             [
@@ -1028,5 +1101,42 @@ mod tests {
         let (again, committed) = owned.take_batch("events", "dead");
         assert!(again.is_empty(), "nothing changed since");
         assert_eq!(committed.count(), 0);
+    }
+
+    #[test]
+    fn a_restored_reason_count_takes_no_dead_letter_twice() {
+        // Restored: 3 malformed dead letters on day 20514, below offset 10,
+        // while the partition's outcomes (written after the reasons) only
+        // reached offset 8: offsets 8 and 9 are consumed again.
+        let mut worker = DeadLetterWorker {
+            next_offset: 8,
+            reasons: BTreeMap::from([(
+                ("malformed".to_owned(), 20514),
+                ReasonTally {
+                    records: 3,
+                    counted_below: 10,
+                    changed: false,
+                },
+            )]),
+            restored: true,
+            ..DeadLetterWorker::default()
+        };
+        let source = || ("raw".to_owned(), 0);
+        let malformed = || ("malformed".to_owned(), 20514);
+        worker.count(source(), malformed(), 8);
+        worker.count(source(), malformed(), 9);
+        worker.count(source(), malformed(), 10);
+        worker.count(source(), ("unknown_type".to_owned(), 20515), 11);
+        let tallies: Vec<(&str, u16, u64)> = worker
+            .reasons
+            .iter()
+            .map(|((reason, day), t)| (reason.as_str(), *day, t.records))
+            .collect();
+        assert_eq!(
+            tallies,
+            [("malformed", 20514, 4), ("unknown_type", 20515, 1)]
+        );
+        assert_eq!(worker.counts[&source()], 4);
+        assert_eq!(worker.next_offset, 12);
     }
 }

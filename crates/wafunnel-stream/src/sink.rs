@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use wafunnel_core::config::Accounts;
 use wafunnel_core::rows::{Changes, ConversationChange, ConversationRow};
-use wafunnel_core::time::Day;
+use wafunnel_core::time::{Day, DayClock};
 
 use wafunnel_runtime::config::ClickHouseConfig;
 use wafunnel_runtime::error::{Classify, Fault};
@@ -144,6 +145,16 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         8,
         "conversation_click_id",
         include_str!("../../../schemas/clickhouse/0008_conversation_click_id.sql"),
+    ),
+    (
+        9,
+        "account_day_and_currency",
+        include_str!("../../../schemas/clickhouse/0009_account_day_and_currency.sql"),
+    ),
+    (
+        10,
+        "dead_letters_daily",
+        include_str!("../../../schemas/clickhouse/0010_dead_letters_daily.sql"),
     ),
 ];
 
@@ -416,10 +427,17 @@ struct ConversationWrite {
     partition: u32,
     version: u64,
     is_deleted: u8,
+    start_day: u16,
+    currency: String,
 }
 
 impl ConversationWrite {
-    fn new(r: ConversationCh, partition: u32, version: u64, is_deleted: u8) -> Self {
+    fn new(
+        r: ConversationCh,
+        (partition, version, is_deleted): (u32, u64, u8),
+        account: &mut AccountDays,
+    ) -> Self {
+        let (start_day, currency) = account.day_and_currency(&r.account_id, r.started_at);
         ConversationWrite {
             account_id: r.account_id,
             ad_id: r.ad_id,
@@ -448,6 +466,8 @@ impl ConversationWrite {
             partition,
             version,
             is_deleted,
+            start_day,
+            currency,
         }
     }
 }
@@ -476,6 +496,7 @@ struct FunnelWrite {
     revenue: i64,
     outbound_billable: i64,
     version: u64,
+    currency: String,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -490,6 +511,7 @@ struct ContactsWrite {
     unattributed_purchases: i64,
     messaging_contacts: i64,
     version: u64,
+    currency: String,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -558,6 +580,32 @@ pub struct DeadLetterCount {
     pub version: u64,
 }
 
+/// The cumulative count of one dead-letter reason and day on one
+/// dead-letter partition: every such dead letter below offset `version`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReasonCount {
+    /// The dead letter's `wafunnel.reason` header.
+    pub reason: String,
+    /// The UTC day of its Kafka timestamp (days since 1970-01-01).
+    pub day: u16,
+    /// Dead letters counted.
+    pub records: u64,
+    /// The dead-letter partition's next offset when it was written.
+    pub version: u64,
+}
+
+/// A [`ReasonCount`] of one dead-letter partition, as written.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ReasonWrite {
+    pub worker_topic: String,
+    pub worker_partition: u32,
+    pub reason: String,
+    pub day: u16,
+    pub records: u64,
+    pub version: u64,
+}
+
 /// A `wafunnel check` canary that reached sessionize (never applied).
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CanaryWrite {
@@ -595,6 +643,8 @@ pub struct Batch {
     pub late: Vec<LateWrite>,
     /// Outcome counts that changed.
     pub outcomes: Vec<OutcomeWrite>,
+    /// Dead-letter counts per reason and day that changed.
+    pub reasons: Vec<ReasonWrite>,
     /// `wafunnel check` canaries seen.
     pub canaries: Vec<CanaryWrite>,
 }
@@ -605,7 +655,38 @@ impl Batch {
         self.changes.iter().all(|(_, _, c)| c.is_empty())
             && self.late.is_empty()
             && self.outcomes.is_empty()
+            && self.reasons.is_empty()
             && self.canaries.is_empty()
+    }
+}
+
+/// Each account's currency and the calendar day, in its time zone, of a
+/// time: the columns that configuration decides. ClickHouse takes a time
+/// zone only as a constant, so the views cannot compute a per-account day.
+struct AccountDays<'a> {
+    accounts: &'a Accounts,
+    clocks: std::collections::HashMap<String, DayClock>,
+}
+
+impl<'a> AccountDays<'a> {
+    fn new(accounts: &'a Accounts) -> Self {
+        AccountDays {
+            accounts,
+            clocks: std::collections::HashMap::new(),
+        }
+    }
+
+    fn currency(&self, account_id: &str) -> String {
+        self.accounts.get(account_id).currency.as_str().to_owned()
+    }
+
+    fn day_and_currency(&mut self, account_id: &str, ms: i64) -> (u16, String) {
+        let currency = self.currency(account_id);
+        let clock = self
+            .clocks
+            .entry(account_id.to_owned())
+            .or_insert_with(|| DayClock::new(self.accounts.get(account_id).time_zone));
+        (day16(clock.day_of(ms)), currency)
     }
 }
 
@@ -613,6 +694,7 @@ impl Batch {
 #[derive(Clone)]
 pub struct Sink {
     db: Client,
+    accounts: Accounts,
 }
 
 impl std::fmt::Debug for Sink {
@@ -637,9 +719,13 @@ where
 }
 
 impl Sink {
-    /// A sink on the configured database.
-    pub fn new(cfg: &ClickHouseConfig) -> Self {
-        Sink { db: client(cfg) }
+    /// A sink on the configured database, writing the currency and days
+    /// of `accounts`.
+    pub fn new(cfg: &ClickHouseConfig, accounts: Accounts) -> Self {
+        Sink {
+            db: client(cfg),
+            accounts,
+        }
     }
 
     /// The client.
@@ -671,6 +757,28 @@ impl Sink {
             .await?)
     }
 
+    /// The dead-letter counts per reason and day this pipeline last wrote
+    /// for one partition of the dead-letter topic (empty if none).
+    pub async fn dead_letter_reasons(
+        &self,
+        dead_letter_topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ReasonCount>, SinkError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT reason, day, \
+                 argMax(records, version) AS last_records, max(version) AS last_version \
+                 FROM dead_letter_reasons \
+                 WHERE worker_topic = ? AND worker_partition = ? \
+                 GROUP BY reason, day",
+            )
+            .bind(dead_letter_topic)
+            .bind(partition)
+            .fetch_all::<ReasonCount>()
+            .await?)
+    }
+
     /// Writes one batch; returns when ClickHouse acknowledged every row.
     pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
         let mut conversations = Vec::new();
@@ -678,6 +786,7 @@ impl Sink {
         let mut contacts = Vec::new();
         let mut ads = Vec::new();
         let mut spend = Vec::new();
+        let mut days = AccountDays::new(&self.accounts);
         for (partition, version, changes) in &batch.changes {
             let (partition, version) = (*partition, *version);
             for change in &changes.conversations {
@@ -713,7 +822,11 @@ impl Sink {
                         1,
                     ),
                 };
-                conversations.push(ConversationWrite::new(row, partition, version, is_deleted));
+                conversations.push(ConversationWrite::new(
+                    row,
+                    (partition, version, is_deleted),
+                    &mut days,
+                ));
             }
             for r in &changes.funnel {
                 let c = &r.counts;
@@ -740,6 +853,7 @@ impl Sink {
                     revenue: c.revenue,
                     outbound_billable: c.outbound_billable,
                     version,
+                    currency: days.currency(&r.account_id),
                 });
             }
             for r in &changes.contacts {
@@ -755,6 +869,7 @@ impl Sink {
                     unattributed_purchases: c.unattributed_purchases,
                     messaging_contacts: c.messaging_contacts,
                     version,
+                    currency: days.currency(&r.account_id),
                 });
             }
             for r in &changes.ads {
@@ -792,6 +907,10 @@ impl Sink {
         write_all::<AdWrite>(&self.db, "ads", &ads).await?;
         write_all::<SpendWrite>(&self.db, "spend_snapshots", &spend).await?;
         write_all::<LateWrite>(&self.db, "late_events", &batch.late).await?;
+        // Before the outcomes: a dead-letter partition resumes at the offset
+        // its record_outcomes rows reached, so its reason counts must be
+        // there by then (counts written further are recognised on restore).
+        write_all::<ReasonWrite>(&self.db, "dead_letter_reasons", &batch.reasons).await?;
         write_all::<OutcomeWrite>(&self.db, "record_outcomes", &batch.outcomes).await?;
         write_all::<CanaryWrite>(&self.db, "check_canaries", &batch.canaries).await?;
         Ok(())
@@ -881,7 +1000,7 @@ mod tests {
             .flat_map(|m| statements(m.2))
             .filter(|s| added_column(s).is_some())
             .count();
-        assert_eq!(added, 3, "0006 adds two columns, 0008 one");
+        assert_eq!(added, 7, "0006 adds two columns, 0008 one, 0009 four");
     }
 
     #[test]

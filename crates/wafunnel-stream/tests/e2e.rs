@@ -2,6 +2,7 @@
 //! `deploy/local/up.sh` (`scripts/test.sh` does it). Each test has its own
 //! topics and its own database.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -9,11 +10,12 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use wafunnel_core::config::UserHasher;
+use wafunnel_core::config::{Accounts, UserHasher};
 use wafunnel_core::event::parse_json_event;
 use wafunnel_core::export::{ConversionExport, ExportDecision};
 use wafunnel_core::sessionizer::{OutcomeCounts, Sessionizer};
 use wafunnel_core::tables::Tables;
+use wafunnel_core::time::DayClock;
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 use wafunnel_runtime::shutdown::Shutdown;
@@ -318,6 +320,7 @@ struct FunnelDailyCh {
     cost_per_messaged_conversation: Option<i64>,
     click_to_message_rate: Option<f64>,
     outbound_billable: i64,
+    currency: String,
 }
 
 #[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
@@ -330,9 +333,28 @@ struct ContactsDailyCh {
     unattributed_leads: i64,
     unattributed_purchases: i64,
     messaging_contacts: i64,
+    currency: String,
 }
 
-fn expected_funnel(tables: &Tables) -> Vec<FunnelDailyCh> {
+/// What `conversations` adds to a conversation's own fields: the account's
+/// day and currency, and the ad's hierarchy.
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct ConversationDimsCh {
+    account_id: String,
+    ad_id: String,
+    user_hash: String,
+    started_at: i64,
+    start_day: u16,
+    campaign_id: String,
+    adset_id: String,
+    currency: String,
+}
+
+fn currency(accounts: &Accounts, account_id: &str) -> String {
+    accounts.get(account_id).currency.as_str().to_owned()
+}
+
+fn expected_funnel(tables: &Tables, accounts: &Accounts) -> Vec<FunnelDailyCh> {
     tables
         .funnel_daily()
         .into_iter()
@@ -366,11 +388,12 @@ fn expected_funnel(tables: &Tables) -> Vec<FunnelDailyCh> {
             cost_per_messaged_conversation: r.cost_per_messaged_conversation.map(|m| m.0),
             click_to_message_rate: r.click_to_message_rate,
             outbound_billable: r.outbound_billable,
+            currency: currency(accounts, &r.account_id),
         })
         .collect()
 }
 
-fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
+fn expected_contacts(tables: &Tables, accounts: &Accounts) -> Vec<ContactsDailyCh> {
     tables
         .contacts_daily()
         .into_iter()
@@ -383,6 +406,7 @@ fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
             unattributed_leads: r.unattributed_leads,
             unattributed_purchases: r.unattributed_purchases,
             messaging_contacts: r.messaging_contacts,
+            currency: currency(accounts, &r.account_id),
         })
         .collect()
 }
@@ -390,12 +414,13 @@ fn expected_contacts(tables: &Tables) -> Vec<ContactsDailyCh> {
 /// The three BI views equal the in-process tables, every row and column.
 async fn assert_views_equal(env: &Env, tables: &Tables) {
     let db = sink::client(&env.cfg.clickhouse);
+    let accounts = env.cfg.accounts().expect("accounts");
     let funnel: Vec<FunnelDailyCh> = db
         .query("SELECT * FROM funnel_daily ORDER BY account_id, campaign_id, adset_id, ad_id, day")
         .fetch_all()
         .await
         .expect("funnel_daily");
-    let expected = expected_funnel(tables);
+    let expected = expected_funnel(tables, &accounts);
     assert_eq!(funnel.len(), expected.len());
     for (got, want) in funnel.iter().zip(&expected) {
         assert_eq!(got, want);
@@ -405,9 +430,17 @@ async fn assert_views_equal(env: &Env, tables: &Tables) {
         .fetch_all()
         .await
         .expect("contacts_daily");
-    assert_eq!(contacts, expected_contacts(tables));
+    assert_eq!(contacts, expected_contacts(tables, &accounts));
     let conversations: Vec<ConversationCh> = db
-        .query("SELECT * FROM conversations ORDER BY account_id, ad_id, user_hash, started_at")
+        .query(
+            "SELECT account_id, ad_id, user_hash, started_at, last_activity_at, clicks, \
+             first_click_at, inbound_messages, first_inbound_at, outbound_messages, \
+             first_reply_at, first_response_ms, response_bucket, free_window_ends_at, \
+             outbound_in_free_window, outbound_after_free_window, followups_in_free_window, \
+             over_messaged, qualified_at, purchases, revenue, first_purchase_at, \
+             time_to_close_ms, click_id \
+             FROM conversations ORDER BY account_id, ad_id, user_hash, started_at",
+        )
         .fetch_all()
         .await
         .expect("conversations");
@@ -428,6 +461,42 @@ async fn assert_views_equal(env: &Env, tables: &Tables) {
     for (got, want) in conversations.iter().zip(&want) {
         assert_eq!(got, want);
     }
+
+    // The account's day and currency, and the hierarchy funnel_daily shows.
+    let hierarchy: HashMap<(String, String), (String, String)> = expected
+        .iter()
+        .map(|r| {
+            let key = (r.account_id.clone(), r.ad_id.clone());
+            (key, (r.campaign_id.clone(), r.adset_id.clone()))
+        })
+        .collect();
+    let dims: Vec<ConversationDimsCh> = db
+        .query(
+            "SELECT account_id, ad_id, user_hash, started_at, start_day, campaign_id, adset_id, \
+             currency FROM conversations ORDER BY account_id, ad_id, user_hash, started_at",
+        )
+        .fetch_all()
+        .await
+        .expect("conversations");
+    let want: Vec<ConversationDimsCh> = want
+        .into_iter()
+        .map(|c| {
+            let mut clock = DayClock::new(accounts.get(&c.account_id).time_zone);
+            let (campaign_id, adset_id) =
+                hierarchy[&(c.account_id.clone(), c.ad_id.clone())].clone();
+            ConversationDimsCh {
+                start_day: clock.day_of(c.started_at).0 as u16,
+                currency: currency(&accounts, &c.account_id),
+                account_id: c.account_id,
+                ad_id: c.ad_id,
+                user_hash: c.user_hash,
+                started_at: c.started_at,
+                campaign_id,
+                adset_id,
+            }
+        })
+        .collect();
+    assert_eq!(dims, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,6 +675,14 @@ async fn dead_letters(env: &Env, expected: usize) -> Vec<DeadLetter> {
     out
 }
 
+/// One row of `dead_letters_daily`, with whether its day is today.
+#[derive(Debug, PartialEq, Eq, Deserialize, clickhouse::Row)]
+struct ReasonDayCh {
+    reason: String,
+    on_today: u8,
+    dead_letters: i64,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
 async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
@@ -690,6 +767,30 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_accounted_for() {
             .find(|l| l.payload == bytes)
             .map(|l| l.reason.clone())
     };
+    // dead_letters_daily: every dead letter once, under its reason, on the
+    // UTC day it was dead-lettered (today).
+    let mut want: Vec<ReasonDayCh> = Vec::new();
+    for letter in &letters {
+        match want.iter_mut().find(|r| r.reason == letter.reason) {
+            Some(row) => row.dead_letters += 1,
+            None => want.push(ReasonDayCh {
+                reason: letter.reason.clone(),
+                on_today: 1,
+                dead_letters: 1,
+            }),
+        }
+    }
+    want.sort_by(|a, b| a.reason.cmp(&b.reason));
+    let got: Vec<ReasonDayCh> = sink::client(&env.cfg.clickhouse)
+        .query(
+            "SELECT reason, toUInt8(day = today()) AS on_today, dead_letters \
+             FROM dead_letters_daily ORDER BY reason, day",
+        )
+        .fetch_all()
+        .await
+        .expect("dead_letters_daily");
+    assert_eq!(got, want);
+
     assert_eq!(reason_of(&truncated).as_deref(), Some("bad_avro"));
     assert_eq!(reason_of(&unknown).as_deref(), Some("unknown_schema_id"));
     let cut = letters
