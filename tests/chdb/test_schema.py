@@ -313,6 +313,10 @@ def insert_fixture_rows(db) -> None:
     ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 1, 0, 0, 0, 0, 4, 1, 'USD')")
     ins("contacts_partial", CONTACTS_COLS, f"('act_1', '{D3}', 0, 0, 0, 0, 0, 0, 5, 0, 'USD')")  # retraction
     ins("contacts_partial", CONTACTS_COLS, f"('act_2', '{D4}', 1, 0, 3, 2, 0, 0, 1, 0, 'BRL')")
+    # Purchases by their own day, on two partitions.
+    ins("contacts_partial", CONTACTS_COLS + ", purchases_on_day, revenue_on_day",
+        f"('act_1', '{D3}', 2, 0, 0, 0, 0, 0, 1, 0, 'USD', 1, 10)",
+        f"('act_1', '{D3}', 3, 0, 0, 0, 0, 0, 1, 0, 'USD', 1, 49.9)")
 
     # ---- conversation_rows
     fi = T0 + 60000
@@ -441,11 +445,15 @@ CONTACTS_DAILY_COLUMNS = [
     ("unattributed_purchases", "Int64"),
     ("messaging_contacts", "Int64"),
     ("currency", "String"),
+    ("purchases_on_day", "Int64"),
+    ("revenue_on_day", "Decimal(18, 4)"),
 ]
 
 CONTACTS_DAILY_ROWS = [
-    ("act_1", D2, 3, 1, 1, 1, 2, 3, "USD"),
-    ("act_2", D4, 0, 3, 2, 0, 0, 0, "BRL"),
+    ("act_1", D2, 3, 1, 1, 1, 2, 3, "USD", 0, D("0")),
+    # Only purchases that day (of conversations started before): a row.
+    ("act_1", D3, 0, 0, 0, 0, 0, 0, "USD", 2, D("59.9")),
+    ("act_2", D4, 0, 3, 2, 0, 0, 0, "BRL", 0, D("0")),
 ]
 
 CONVERSATIONS_COLUMNS = [
@@ -530,7 +538,7 @@ TABLE_COLUMNS = {
         "account_id String, day Date, partition UInt32, unique_contacts Int64, "
         "organic_inbound_messages Int64, organic_contacts Int64, unattributed_leads Int64, "
         "unattributed_purchases Int64, version UInt64, messaging_contacts Int64, "
-        "currency String"
+        "currency String, purchases_on_day Int64, revenue_on_day Decimal(18, 4)"
     ),
     "ads": (
         "account_id String, ad_id String, partition UInt32, campaign_id String, "
@@ -636,6 +644,7 @@ def test_migrations_are_rerunnable(db):
     assert dict(rows) == {
         "ads": "ReplacingMergeTree",
         "awaiting_reply": "View",
+        "revenue_daily": "View",
         "capi_daily": "View",
         "capi_exports": "ReplacingMergeTree",
         "check_canaries": "ReplacingMergeTree",
@@ -936,3 +945,15 @@ def test_dead_letters_daily_sums_the_latest_count_of_every_partition(db):
     _assert_rows(rows, expected)
     db.execute("OPTIMIZE TABLE dead_letter_reasons FINAL")
     _assert_rows(_select_view(db, "dead_letters_daily", "day, reason")[1], expected)
+
+
+def test_revenue_daily(loaded):
+    columns, rows = _select_view(loaded, "revenue_daily", "account_id, day")
+    assert columns == [
+        ("account_id", "String"),
+        ("day", "Date"),
+        ("currency", "String"),
+        ("purchases", "Int64"),
+        ("revenue", "Decimal(18, 4)"),
+    ]
+    _assert_rows(rows, [("act_1", D3, "USD", 2, D("59.9"))])

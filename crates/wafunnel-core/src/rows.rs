@@ -205,6 +205,11 @@ counters! {
         /// Distinct contacts with a conversation started this day that has
         /// an inbound message.
         messaging_contacts: i64,
+        /// Purchases made this day, attributed or not (by purchase day,
+        /// where the funnel counts them on the conversation's start day).
+        purchases_on_day: i64,
+        /// Their value, in 1/10000 of the account currency.
+        revenue_on_day: i64,
     }
 }
 

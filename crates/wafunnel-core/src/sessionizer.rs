@@ -582,6 +582,8 @@ impl Effects<'_> {
                             c.unattributed_leads += s;
                         } else {
                             c.unattributed_purchases += s;
+                            c.purchases_on_day += s;
+                            c.revenue_on_day += step.value * s;
                         }
                     });
                     self.export(step, None);
@@ -604,6 +606,12 @@ impl Effects<'_> {
                 let conv = &state.convs[i];
                 self.conv_changed(conv, Some(&before));
                 let click = conv.click_id.clone().map(|id| (id, conv.click_at));
+                if !is_lead {
+                    self.account_level(day, |c, s| {
+                        c.purchases_on_day += s;
+                        c.revenue_on_day += step.value * s;
+                    });
+                }
                 self.export(step, click);
             }
             EventType::AdSpend => {}

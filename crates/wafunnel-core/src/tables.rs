@@ -63,6 +63,8 @@ pub struct ContactsDailyRow {
     pub unattributed_leads: i64,
     pub unattributed_purchases: i64,
     pub messaging_contacts: i64,
+    pub purchases_on_day: i64,
+    pub revenue_on_day: Money,
 }
 
 type Partitioned<K> = (K, u32);
@@ -161,6 +163,8 @@ impl Tables {
                 unattributed_leads: c.unattributed_leads,
                 unattributed_purchases: c.unattributed_purchases,
                 messaging_contacts: c.messaging_contacts,
+                purchases_on_day: c.purchases_on_day,
+                revenue_on_day: Money(c.revenue_on_day),
             })
             .collect()
     }

@@ -156,6 +156,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "dead_letters_daily",
         include_str!("../../../schemas/clickhouse/0010_dead_letters_daily.sql"),
     ),
+    (
+        11,
+        "revenue_by_purchase_day",
+        include_str!("../../../schemas/clickhouse/0011_revenue_by_purchase_day.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -512,6 +517,8 @@ struct ContactsWrite {
     messaging_contacts: i64,
     version: u64,
     currency: String,
+    purchases_on_day: i64,
+    revenue_on_day: i64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -870,6 +877,8 @@ impl Sink {
                     messaging_contacts: c.messaging_contacts,
                     version,
                     currency: days.currency(&r.account_id),
+                    purchases_on_day: c.purchases_on_day,
+                    revenue_on_day: c.revenue_on_day,
                 });
             }
             for r in &changes.ads {
@@ -1000,7 +1009,10 @@ mod tests {
             .flat_map(|m| statements(m.2))
             .filter(|s| added_column(s).is_some())
             .count();
-        assert_eq!(added, 7, "0006 adds two columns, 0008 one, 0009 four");
+        assert_eq!(
+            added, 9,
+            "0006 adds two columns, 0008 one, 0009 four, 0011 two"
+        );
     }
 
     #[test]

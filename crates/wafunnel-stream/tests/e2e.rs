@@ -334,6 +334,9 @@ struct ContactsDailyCh {
     unattributed_purchases: i64,
     messaging_contacts: i64,
     currency: String,
+    purchases_on_day: i64,
+    /// Decimal(18, 4) as its integer units.
+    revenue_on_day: i64,
 }
 
 /// What `conversations` adds to a conversation's own fields: the account's
@@ -407,6 +410,8 @@ fn expected_contacts(tables: &Tables, accounts: &Accounts) -> Vec<ContactsDailyC
             unattributed_purchases: r.unattributed_purchases,
             messaging_contacts: r.messaging_contacts,
             currency: currency(accounts, &r.account_id),
+            purchases_on_day: r.purchases_on_day,
+            revenue_on_day: r.revenue_on_day.0,
         })
         .collect()
 }

@@ -268,6 +268,9 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                             convs[i].first_purchase.get_or_insert(t);
                             let click = convs[i].click.clone();
                             exports.push(export(accounts, &account, e, click, Some(*value)));
+                            let c = contacts.entry((account.clone(), day)).or_default();
+                            c.purchases_on_day += 1;
+                            c.revenue_on_day += value.0;
                         }
                         None => {
                             contacts
@@ -275,6 +278,9 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
                                 .or_default()
                                 .unattributed_purchases += 1;
                             exports.push(export(accounts, &account, e, None, Some(*value)));
+                            let c = contacts.entry((account.clone(), day)).or_default();
+                            c.purchases_on_day += 1;
+                            c.revenue_on_day += value.0;
                         }
                     }
                 }
@@ -440,6 +446,8 @@ pub(super) fn reference(events: &[Event], windows: Windows, accounts: &Accounts)
             unattributed_leads: c.unattributed_leads,
             unattributed_purchases: c.unattributed_purchases,
             messaging_contacts: c.messaging_contacts,
+            purchases_on_day: c.purchases_on_day,
+            revenue_on_day: Money(c.revenue_on_day),
         })
         .collect();
     exports.sort_by(|a, b| {
