@@ -5,10 +5,9 @@
 //! A day is a calendar day in each account's time zone, as the `day`
 //! columns are. Sums come from the views; contacts and people who messaged
 //! are distinct counts over the conversations that started in the range
-//! (docs/SEMANTICS.md sections 3 and 8), never sums of days. Every query
-//! runs on ClickHouse 18.16 and on current versions: aliases never reuse a
-//! column name, since on 18.16 an alias replaces its column in the whole
-//! SELECT.
+//! (docs/SEMANTICS.md sections 3 and 8), never sums of days. The queries
+//! are in `schemas/clickhouse/queries/report.sql`, where the schema tests
+//! run them on ClickHouse 18.16 and on current ClickHouse.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -84,28 +83,19 @@ impl FunnelSums {
     }
 }
 
-/// The sums of `funnel_daily`, grouped by account and `{key}`.
-const FUNNEL_SUMS: &str = "SELECT account_id, {key} AS group_key, \
-     toDecimal64(sum(spend), 4) AS total_spend, \
-     sum(reported_conversations) AS total_reported, \
-     sum(clicks) AS total_clicks, \
-     sum(conversations_started) AS total_started, \
-     sum(conversations_messaged) AS total_messaged, \
-     sum(inbound_messages) AS total_inbound, \
-     sum(replied_le_5m) AS total_le_5m, \
-     sum(replied_le_1h) AS total_le_1h, \
-     sum(replied_le_24h) AS total_le_24h, \
-     sum(replied_gt_24h) AS total_gt_24h, \
-     sum(sum_first_response_ms) AS total_response_ms, \
-     sum(outbound_in_free_window) AS total_out_free, \
-     sum(outbound_after_free_window) AS total_out_after, \
-     sum(outbound_billable) AS total_billable, \
-     sum(over_messaged_conversations) AS total_over_messaged, \
-     sum(qualified_leads) AS total_leads, \
-     sum(purchases) AS total_purchases, \
-     toDecimal64(sum(revenue), 4) AS total_revenue \
-     FROM funnel_daily WHERE {filter} \
-     GROUP BY account_id, group_key ORDER BY account_id, group_key";
+/// The queries, one file shared with the schema tests.
+const QUERIES: &str = include_str!("../../../schemas/clickhouse/queries/report.sql");
+
+/// The query named `name` of [`QUERIES`], without its semicolon.
+fn sql(name: &str) -> &'static str {
+    let start = QUERIES
+        .find(&format!("-- name: {name}\n"))
+        .unwrap_or_else(|| panic!("no query {name} in queries/report.sql"));
+    let text = &QUERIES[start..];
+    let text = &text[text.find('\n').map_or(0, |i| i + 1)..];
+    let end = text.find("\n-- name: ").unwrap_or(text.len());
+    text[..end].trim().trim_end_matches(';')
+}
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct Distinct {
@@ -129,14 +119,15 @@ struct ExportCount {
     exports: i64,
 }
 
-/// The `WHERE` of the day-keyed views: the range, and the accounts if any
-/// (bound in this order: from, to, accounts).
-fn day_filter(range: &Range) -> &'static str {
-    if range.accounts.is_empty() {
-        "day >= toDate(?) AND day <= toDate(?)"
+/// `query` with its `{accounts}` condition for `range`: every account,
+/// or those asked for (bound after the days).
+fn with_accounts(query: &str, range: &Range) -> String {
+    let accounts = if range.accounts.is_empty() {
+        "1"
     } else {
-        "day >= toDate(?) AND day <= toDate(?) AND has(?, account_id)"
-    }
+        "has(?, account_id)"
+    };
+    query.replace("{accounts}", accounts)
 }
 
 fn bind_range(mut query: clickhouse::query::Query, range: &Range) -> clickhouse::query::Query {
@@ -150,9 +141,7 @@ fn bind_range(mut query: clickhouse::query::Query, range: &Range) -> clickhouse:
 }
 
 async fn funnel_sums(db: &Client, range: &Range, key: &str) -> anyhow::Result<Vec<FunnelSums>> {
-    let sql = FUNNEL_SUMS
-        .replace("{key}", key)
-        .replace("{filter}", day_filter(range));
+    let sql = with_accounts(sql("funnel_sums"), range).replace("{key}", key);
     bind_range(db.query(&sql), range)
         .fetch_all::<FunnelSums>()
         .await
@@ -170,19 +159,7 @@ async fn distinct_users(
 ) -> anyhow::Result<(Vec<Distinct>, Distinct)> {
     // The ad's campaign is the one `funnel_daily` joins: the latest named.
     let per_campaign = db
-        .query(
-            "SELECT ifNull(h.campaign_id, '') AS campaign, \
-             toInt64(uniqExact(user_hash)) AS people, \
-             toInt64(uniqExactIf(user_hash, inbound_messages > 0)) AS messaging \
-             FROM (SELECT account_id, ad_id, user_hash, inbound_messages FROM conversations \
-                   WHERE account_id = ? AND started_at >= ? AND started_at < ?) AS c \
-             ANY LEFT JOIN ( \
-                 SELECT account_id, ad_id, \
-                 argMax(campaign_id, (named_at, named_by)) AS campaign_id \
-                 FROM ads FINAL WHERE account_id = ? GROUP BY account_id, ad_id \
-             ) AS h USING (account_id, ad_id) \
-             GROUP BY campaign ORDER BY campaign",
-        )
+        .query(sql("people_by_campaign"))
         .bind(account)
         .bind(start_ms)
         .bind(end_ms)
@@ -191,13 +168,7 @@ async fn distinct_users(
         .await
         .context("cannot count the contacts of conversations by campaign")?;
     let whole = db
-        .query(
-            "SELECT '' AS campaign, \
-             toInt64(uniqExact(user_hash)) AS people, \
-             toInt64(uniqExactIf(user_hash, inbound_messages > 0)) AS messaging \
-             FROM conversations \
-             WHERE account_id = ? AND started_at >= ? AND started_at < ?",
-        )
+        .query(sql("people"))
         .bind(account)
         .bind(start_ms)
         .bind(end_ms)
@@ -216,22 +187,11 @@ pub(crate) async fn load(
 ) -> anyhow::Result<Report> {
     let by_campaign = funnel_sums(db, range, "campaign_id").await?;
     let by_day = funnel_sums(db, range, "toString(day)").await?;
-    let sql = format!(
-        "SELECT account_id, sum(organic_inbound_messages) AS organic, \
-         sum(unattributed_leads + unattributed_purchases) AS unattributed \
-         FROM contacts_daily WHERE {} GROUP BY account_id",
-        day_filter(range)
-    );
-    let not_from_ads = bind_range(db.query(&sql), range)
+    let not_from_ads = bind_range(db.query(&with_accounts(sql("not_from_ads"), range)), range)
         .fetch_all::<NotFromAds>()
         .await
         .context("cannot read contacts_daily")?;
-    let sql = format!(
-        "SELECT account_id, event_name, status, sum(exports) AS total_exports \
-         FROM capi_daily WHERE {} GROUP BY account_id, event_name, status",
-        day_filter(range)
-    );
-    let exports = bind_range(db.query(&sql), range)
+    let exports = bind_range(db.query(&with_accounts(sql("exports"), range)), range)
         .fetch_all::<ExportCount>()
         .await
         .context("cannot read capi_daily")?;
@@ -314,4 +274,24 @@ pub(crate) async fn load(
         )],
         accounts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_query_is_one_select_of_the_file() {
+        for name in [
+            "funnel_sums",
+            "people_by_campaign",
+            "people",
+            "not_from_ads",
+            "exports",
+        ] {
+            let q = sql(name);
+            assert!(q.starts_with("SELECT "), "{name}: {q}");
+            assert!(!q.contains(';') && !q.contains("-- name:"), "{name}: {q}");
+        }
+    }
 }
