@@ -12,6 +12,8 @@
 
 use std::fmt::Write;
 
+use chrono::Datelike;
+
 use wafunnel_core::money::Money;
 
 use crate::report::{
@@ -502,12 +504,22 @@ fn costs_over_time(page: &mut String, scope: Scope<'_>, a: &AccountReport) {
         .max()
         .unwrap_or(0)
         .max(1);
-    let n = a.days.len() as i64;
+    // Days sit at their date: a day without rows is a gap, not skipped.
+    let ordinal: Vec<i64> = a
+        .days
+        .iter()
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(&d.day, "%Y-%m-%d")
+                .map_or(0, |date| i64::from(date.num_days_from_ce()))
+        })
+        .collect();
+    let first = ordinal.first().copied().unwrap_or(0);
+    let span = ordinal.last().copied().unwrap_or(0) - first;
     let x_of = |i: usize| {
-        LEFT + if n <= 1 {
+        LEFT + if span == 0 {
             WIDTH / 2
         } else {
-            WIDTH * i as i64 / (n - 1)
+            WIDTH * (ordinal[i] - first) / span
         }
     };
     let y_of = |v: i64| TOP + PLOT - PLOT * v / max;
@@ -530,10 +542,14 @@ fn costs_over_time(page: &mut String, scope: Scope<'_>, a: &AccountReport) {
     );
     for (k, ((label, metric, _), points)) in series.iter().zip(&values).enumerate() {
         let colour = SERIES[k];
-        // A day without a denominator breaks the line instead of dropping to 0.
+        // A day without a denominator, or without rows, breaks the line
+        // instead of dropping to 0.
         let mut run: Vec<String> = Vec::new();
         let mut lines = String::new();
         for (i, v) in points.iter().enumerate() {
+            if i > 0 && ordinal[i] != ordinal[i - 1] + 1 {
+                flush(&mut lines, &mut run, colour);
+            }
             match v {
                 Some(v) => run.push(format!("{},{}", x_of(i), y_of(*v))),
                 None => flush(&mut lines, &mut run, colour),
