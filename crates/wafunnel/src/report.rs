@@ -333,7 +333,7 @@ impl Report {
 /// What the report's words mean, printed with every report.
 pub(crate) const LEGEND: [(&str, &str); 7] = [
     ("Meta says", "the conversations Meta's Ads Manager reports for the ads (its reported_conversations)"),
-    ("started", "conversations that began with a click on the ad or a first message from it"),
+    ("started", "conversations a person opened with a click on the ad or a message from it; one per person and ad, a new one after 7 days without activity"),
     ("messaged", "conversations started with at least one inbound message from the person"),
     ("ghosts", "started minus messaged: clicks that opened WhatsApp but never became a message"),
     ("contacts", "distinct people with a conversation started in the range (a distinct count, not a sum of days)"),
