@@ -180,9 +180,33 @@ const ACCOUNTS: [(&str, &str, &str); 3] = [
     ("act_3003", "EUR", "Europe/Madrid"),
 ];
 
+/// A test's database, dropped when the test ends, passed or failed.
+struct Database {
+    name: String,
+    client: clickhouse::Client,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Drop runs outside async code: a thread of its own waits for it.
+        let (client, name) = (self.client.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().expect("runtime").block_on(
+                client
+                    .query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(),
+            )
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
+
 /// A database of its own, filled with the tables of generated traffic
 /// sessionized in process, and the configuration that reads it.
-async fn populated_database(dir: &Path) -> (PathBuf, String, clickhouse::Client) {
+async fn populated_database(dir: &Path) -> (PathBuf, Database) {
     let url = env("CLICKHOUSE_URL");
     let database = format!("wafunnel_report_{}", std::process::id());
     let mut toml = format!(
@@ -201,6 +225,11 @@ async fn populated_database(dir: &Path) -> (PathBuf, String, clickhouse::Client)
     let config = dir.join("wafunnel.toml");
     std::fs::write(&config, &toml).expect("write config");
     let cfg = wafunnel_runtime::config::Config::from_toml(&toml).expect("test config");
+    let sink = Sink::new(&cfg.clickhouse);
+    let database = Database {
+        name: database,
+        client: sink.client().clone(),
+    };
     run(&["migrate"], Some(&config));
 
     let gen = wafunnel_gen::GenConfig::scaled(6000);
@@ -209,18 +238,17 @@ async fn populated_database(dir: &Path) -> (PathBuf, String, clickhouse::Client)
     let now = gen.valid_now_ms();
     let mut sessionizer = Sessionizer::new(0, Windows::default(), accounts.clone());
     for record in wafunnel_gen::generate(&gen).records {
-        if let Ok(event) = parse_json_event(&record.line, &accounts, &hasher, now) {
-            sessionizer.apply(&event);
-        }
+        let event = parse_json_event(&record.line, &accounts, &hasher, now)
+            .expect("generated lines are valid");
+        sessionizer.apply(&event);
     }
     sessionizer.finish();
     let batch = Batch {
         changes: vec![(0, 1, sessionizer.drain())],
         ..Batch::default()
     };
-    let sink = Sink::new(&cfg.clickhouse);
     sink.write(&batch).await.expect("write the tables");
-    (config, database, sink.client().clone())
+    (config, database)
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -259,7 +287,8 @@ struct DayRange {
 #[ignore = "needs chromium and ClickHouse (CLICKHOUSE_URL)"]
 async fn the_clickhouse_page_shows_the_numbers_of_the_views() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, database, db) = populated_database(dir.path()).await;
+    let (config, database) = populated_database(dir.path()).await;
+    let db = &database.client;
     // Six busy days inside the data (traffic thins out at its end), so
     // that the busy days around them must be left out.
     let days = db
@@ -443,8 +472,4 @@ async fn the_clickhouse_page_shows_the_numbers_of_the_views() {
         &("act_1001".into(), None, "capi_no_click_id".into()),
         "1",
     );
-    db.query(&format!("DROP DATABASE IF EXISTS {database}"))
-        .execute()
-        .await
-        .expect("drop the test database");
 }
