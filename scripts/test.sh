@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs what it needs,
 # starts a local Kafka broker and ClickHouse server (deploy/local), runs
 # format and lint checks, unit, property and golden tests, the ClickHouse
-# schema tests on the local server and on current ClickHouse (chdb), and the
+# schema tests on the local server and on current ClickHouse (chdb), the HTML
+# report rendered in headless Chromium, and the
 # end-to-end tests against the real services, chaos test included
 # (WAFUNNEL_CHAOS=0 skips it), then stops the services.
 set -euo pipefail
@@ -13,9 +14,11 @@ export WAFUNNEL_LOCAL="${WAFUNNEL_LOCAL:-$root/.local}"
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # The Rust build needs only crates.io (librdkafka, OpenSSL and zstd are
-# built from source); the tests need a ClickHouse server.
+# built from source); the tests need a ClickHouse server, and Chromium to
+# render the HTML report.
 need_apt=()
 command -v clickhouse-server >/dev/null 2>&1 || need_apt+=(clickhouse-server clickhouse-client)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -47,6 +50,9 @@ export KAFKA_BOOTSTRAP CLICKHOUSE_URL KAFKA_SASL_BOOTSTRAP KAFKA_TLS_CA KAFKA_TL
 
 echo "== ClickHouse schema on the local server and on chdb"
 CLICKHOUSE_URL="$CLICKHOUSE_URL" "$venv/bin/python" -m pytest tests/chdb -q -p no:cacheprovider
+
+echo "== the HTML report in headless Chromium, offline and from ClickHouse"
+cargo test -p wafunnel --test browser --locked -- --include-ignored
 
 echo "== capi service on Kafka and ClickHouse, with a Graph API stand-in"
 cargo build -p wafunnel --locked

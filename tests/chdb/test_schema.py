@@ -957,3 +957,56 @@ def test_revenue_daily(loaded):
         ("revenue", "Decimal(18, 4)"),
     ]
     _assert_rows(rows, [("act_1", D3, "USD", 2, D("59.9"))])
+
+
+# --------------------------------------------------------------------------
+# The queries of `wafunnel report` (schemas/clickhouse/queries/report.sql)
+# --------------------------------------------------------------------------
+
+REPORT_QUERIES = MIGRATIONS_DIR / "queries" / "report.sql"
+
+
+def report_query(name: str, *binds: str, key: str = "campaign_id", accounts: str = "1") -> str:
+    """The named query with its placeholders filled as the Rust side does."""
+    text = REPORT_QUERIES.read_text()
+    body = text.split(f"-- name: {name}\n", 1)[1].split("\n-- name: ", 1)[0]
+    sql = body.strip().rstrip(";").replace("{key}", key).replace("{accounts}", accounts)
+    for value in binds:
+        sql = sql.replace("?", value, 1)
+    assert "?" not in sql, sql
+    return sql
+
+
+def test_report_queries_read_the_views(loaded):
+    days = ("'2026-03-01'", "'2026-03-31'")
+    # Sums by campaign and by day equal the view's own sums.
+    for key, column in (("campaign_id", "campaign_id"), ("toString(day)", "toString(day)")):
+        _, _, rows = loaded.query(report_query("funnel_sums", *days, key=key))
+        _, _, direct = loaded.query(
+            f"SELECT account_id, {column} AS k, sum(spend) AS s, sum(conversations_started) AS st, "
+            "sum(inbound_messages) AS im, sum(revenue) AS rv FROM funnel_daily "
+            "GROUP BY account_id, k ORDER BY account_id, k"
+        )
+        assert [(r[0], r[1], r[2], r[5], r[7], r[19]) for r in rows] == direct
+    _, _, only = loaded.query(
+        report_query("funnel_sums", *days, "['act_2']", accounts="has(?, account_id)")
+    )
+    assert {r[0] for r in only} == {"act_2"}
+    # Distinct people over the conversations of a time range, per campaign
+    # and for the account; the campaign is the one funnel_daily names.
+    _, _, people = loaded.query(report_query("people", "'act_1'", "0", str(T0 + 86_400_000)))
+    _, _, direct = loaded.query(
+        "SELECT '' AS c, toInt64(uniqExact(user_hash)) AS p, "
+        "toInt64(uniqExactIf(user_hash, inbound_messages > 0)) AS m FROM conversations "
+        f"WHERE account_id = 'act_1' AND started_at < {T0 + 86_400_000}"
+    )
+    assert people == direct and people[0][1] > 0
+    _, _, by_campaign = loaded.query(
+        report_query("people_by_campaign", "'act_1'", "0", "9999999999999", "'act_1'")
+    )
+    _, _, campaigns = loaded.query(
+        "SELECT DISTINCT campaign_id FROM funnel_daily WHERE account_id = 'act_1'"
+    )
+    assert by_campaign and {r[0] for r in by_campaign} <= {c[0] for c in campaigns}
+    for name in ("not_from_ads", "exports"):
+        loaded.query(report_query(name, *days))

@@ -6,15 +6,20 @@
 //!   insights rows) through the normalizers `replay` uses.
 //! - `replay FILE` does the same for an NDJSON event log (`-` for stdin).
 //!
-//! Both can write the three BI tables as NDJSON with `--out DIR`.
+//! Both can write the three BI tables as NDJSON with `--out DIR`, and the
+//!   report as an HTML page with `--html FILE`.
+//! - `report` prints the same report from the ClickHouse views for a range
+//!   of days (and writes it as HTML with `--html FILE`).
 //! - `migrate`, `ingest`, `sessionize` and `check` run the streaming
 //!   pipeline on Kafka and ClickHouse (see `wafunnel-stream`); `webhook`
 //!   receives Meta's webhooks and `capi` sends the Conversions API exports
 //!   (see `wafunnel-webhook` and `wafunnel-capi`).
 
+mod html;
 mod offline;
 mod report;
 mod services;
+mod warehouse;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -112,6 +117,9 @@ struct OutputArgs {
     /// --dry-run` writes).
     #[arg(long, value_name = "FILE")]
     capi_out: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page with charts.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// An account's Conversions API destination, as
     /// `ACCOUNT=DATASET_ID/WABA_ID` (repeatable). The demo's accounts have
     /// placeholders; a replay's exports of an account without one are not

@@ -364,7 +364,11 @@ pub(crate) fn finish(
 ) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
-    crate::report::render(result, &mut stdout).context("cannot write the report")?;
+    let report = crate::report::Report::from_run(result);
+    crate::report::render(&report, &mut stdout).context("cannot write the report")?;
+    if let Some(path) = &output.html {
+        crate::html::write(&report, path)?;
+    }
     let exports = result.tables.exports();
     let requests = wafunnel_capi::payload::requests(&exports, destinations);
     if let Some(dir) = &output.out {

@@ -37,6 +37,21 @@ pub(crate) enum ServiceCommand {
         #[arg(long, value_name = "FILE", requires = "dry_run")]
         out: Option<std::path::PathBuf>,
     },
+    /// Print the marketer report of a range of days from the ClickHouse views.
+    Report {
+        /// An ad account to report on (repeatable; default: every account with rows in the range).
+        #[arg(long = "account", value_name = "ID")]
+        accounts: Vec<String>,
+        /// The first day, YYYY-MM-DD, in each account's time zone.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// The last day, YYYY-MM-DD, inclusive.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Also write the report as one self-contained HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+    },
     /// Check the broker, the topics and ClickHouse, then send a canary event end to end.
     Check {
         /// Create missing topics.
@@ -82,6 +97,25 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                 "applied {applied} migration(s) to database {}",
                 cfg.clickhouse.database
             );
+        }
+        ServiceCommand::Report {
+            accounts,
+            from,
+            to,
+            html,
+        } => {
+            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+            let settings = cfg.accounts()?;
+            let db = wafunnel_stream::sink::client(&cfg.clickhouse);
+            let range = crate::warehouse::Range { accounts, from, to };
+            let report = crate::warehouse::load(&db, &settings, &cfg.clickhouse.database, &range)
+                .await
+                .with_context(|| format!("report: {clickhouse}"))?;
+            crate::report::render(&report, &mut std::io::stdout().lock())
+                .context("cannot write the report")?;
+            if let Some(path) = &html {
+                crate::html::write(&report, path)?;
+            }
         }
         ServiceCommand::Ingest => {
             let shutdown = start_service(&cfg).await?;

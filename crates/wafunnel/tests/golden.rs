@@ -118,6 +118,8 @@ fn demo_prints_the_report_and_writes_the_tables() {
         "free 72h window",
         "qualified leads",
         "told to Meta (Conversions API)",
+        "ghosts: started minus messaged",
+        "Meta says -> started: Meta counts a conversation per person per ad once per 7 days",
     ] {
         assert!(report.contains(needle), "missing `{needle}` in\n{report}");
     }
