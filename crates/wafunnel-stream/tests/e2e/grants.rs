@@ -261,6 +261,23 @@ async fn a_clients_user_reads_its_accounts_in_every_view_and_nothing_else() {
         &readonly,
     );
     refused(a.0, a.1, "SET prefer_localhost_replica = 1", &readonly);
+    // Table functions would read as another user: `remote` as the
+    // cluster's, `url` over HTTP.
+    refused(
+        a.0,
+        a.1,
+        &format!("SELECT count() FROM remote('127.0.0.1', {main}.funnel_partial, 'default', '')"),
+        &readonly,
+    );
+    refused(
+        a.0,
+        a.1,
+        &format!(
+            "SELECT count() FROM url('{}/?query=SELECT+1', TSV, 'x UInt8')",
+            env("CLICKHOUSE_URL").trim_end_matches('/')
+        ),
+        &readonly,
+    );
     refused(a.0, "not-the-password", "SELECT 1", &[193, 516]);
 
     // A view added later is covered by running grants again, a's new
