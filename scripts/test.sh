@@ -45,7 +45,7 @@ trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
 # Not `eval "$(...)"`: a failed start would go unnoticed by `set -e`.
 endpoints=$(deploy/local/up.sh)
 eval "$endpoints"
-export KAFKA_BOOTSTRAP CLICKHOUSE_URL KAFKA_SASL_BOOTSTRAP KAFKA_TLS_CA KAFKA_TLS_CERT KAFKA_TLS_KEY \
+export KAFKA_BOOTSTRAP CLICKHOUSE_URL CLICKHOUSE_USERS_DIR KAFKA_SASL_BOOTSTRAP KAFKA_TLS_CA KAFKA_TLS_CERT KAFKA_TLS_KEY \
   KAFKA_SCRAM_USER KAFKA_SCRAM_PASSWORD KAFKA_PLAIN_USER KAFKA_PLAIN_PASSWORD
 
 echo "== ClickHouse schema on the local server and on chdb"

@@ -10,6 +10,11 @@
 #   clickhouse.sh status    print state; exit 0 if running, 3 if not
 #   clickhouse.sh reset     stop and delete the data
 #
+# Users files in $WAFUNNEL_LOCAL/clickhouse/users.d (e.g. the one `wafunnel
+# grants --users-dir` writes) are merged into users.xml and reloaded by the
+# running server within seconds. The cluster `wafunnel_self` (this server, as
+# `default`) is the one `wafunnel grants` reads client databases through.
+#
 # Environment: WAFUNNEL_LOCAL (default <repo>/.local),
 # CLICKHOUSE_HTTP_PORT (8123), CLICKHOUSE_TCP_PORT (9000),
 # CLICKHOUSE_START_TIMEOUT (60 s), CLICKHOUSE_STOP_TIMEOUT (30 s).
@@ -59,7 +64,7 @@ install_server() {
 }
 
 write_configs() {
-  mkdir -p "$CDIR/data" "$CDIR/tmp" "$CDIR/user_files" "$CDIR/format_schemas" "$LOGS"
+  mkdir -p "$CDIR/data" "$CDIR/tmp" "$CDIR/user_files" "$CDIR/format_schemas" "$LOGS" "$CDIR/users.d"
   # <yandex> is the root element understood by every ClickHouse version,
   # including Debian's 18.16.
   cat >"$CONF" <<EOF
@@ -93,6 +98,17 @@ write_configs() {
   <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
   <max_session_timeout>3600</max_session_timeout>
   <default_session_timeout>60</default_session_timeout>
+  <remote_servers>
+    <wafunnel_self>
+      <shard>
+        <replica>
+          <host>127.0.0.1</host>
+          <port>$CLICKHOUSE_TCP_PORT</port>
+          <user>default</user>
+        </replica>
+      </shard>
+    </wafunnel_self>
+  </remote_servers>
 </yandex>
 EOF
   cat >"$USERS" <<'EOF'

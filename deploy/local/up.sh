@@ -6,7 +6,8 @@
 # certificate required), KAFKA_TLS_CA, KAFKA_TLS_CERT, KAFKA_TLS_KEY (PEM
 # files: CA, client certificate, client key), KAFKA_SCRAM_USER,
 # KAFKA_SCRAM_PASSWORD (SCRAM-SHA-256 and -512), KAFKA_PLAIN_USER,
-# KAFKA_PLAIN_PASSWORD (PLAIN), CLICKHOUSE_URL; see kafka.sh for the details.
+# KAFKA_PLAIN_PASSWORD (PLAIN), CLICKHOUSE_URL, CLICKHOUSE_USERS_DIR (the
+# server's users.d, reloaded while it runs); see kafka.sh for the details.
 # Ports follow KAFKA_PORT, KAFKA_SASL_PORT, KAFKA_CONTROLLER_PORT,
 # CLICKHOUSE_HTTP_PORT and CLICKHOUSE_TCP_PORT; state lives under
 # WAFUNNEL_LOCAL (default <repo>/.local).
@@ -29,3 +30,4 @@ fi
 
 "$here/kafka.sh" env
 echo "CLICKHOUSE_URL=http://127.0.0.1:${CLICKHOUSE_HTTP_PORT:-8123}"
+printf 'CLICKHOUSE_USERS_DIR=%q\n' "${WAFUNNEL_LOCAL:-$(cd "$here/../.." && pwd)/.local}/clickhouse/users.d"

@@ -108,6 +108,30 @@ pub struct Config {
     /// Conversions API exports (`wafunnel capi`).
     #[serde(default)]
     pub capi: CapiConfig,
+    /// The agency's clients, by name (`[clients.acme]`): `wafunnel grants`
+    /// gives each a read-only ClickHouse user that sees its accounts only.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+/// One client of the agency: the ad accounts its BI tool may read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Its ad account ids, as in events.
+    pub accounts: Vec<String>,
+    /// Its ClickHouse password, best from `WAFUNNEL__CLIENTS__<NAME>__PASSWORD`.
+    /// Without one, `wafunnel grants` generates one when it creates the
+    /// user, prints it once, and keeps it on later runs.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Where its BI tool may connect from, as IP networks (`203.0.113.0/24`).
+    #[serde(default = "default_client_networks")]
+    pub networks: Vec<String>,
+}
+
+fn default_client_networks() -> Vec<String> {
+    vec!["::/0".into()]
 }
 
 /// Conversions API exports: when the engine emits them and how
@@ -640,6 +664,16 @@ pub struct ClickHouseConfig {
     /// Password (env `WAFUNNEL_CLICKHOUSE_PASSWORD`); never logged.
     #[serde(default)]
     pub password: Secret,
+    /// On ClickHouse before 24.2, the cluster (`remote_servers` in the
+    /// server's configuration) of one shard, this server, whose user may
+    /// read the database: the client databases of `wafunnel grants` read
+    /// through it.
+    #[serde(default = "default_clients_cluster")]
+    pub clients_cluster: String,
+}
+
+fn default_clients_cluster() -> String {
+    "wafunnel_self".into()
 }
 
 fn default_database() -> String {
@@ -940,6 +974,19 @@ pub fn parse_duration_ms(text: &str) -> Option<i64> {
     n.checked_mul(scale).filter(|ms| *ms > 0)
 }
 
+/// An IP address, or one with a prefix length (`10.0.0.0/8`, `::/0`).
+fn is_network(text: &str) -> bool {
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= bits))
+}
+
 /// Environment variables of earlier versions, and the settings they set.
 const SHORT_NAMES: &[(&str, &str)] = &[
     ("WAFUNNEL_USER_HASH_KEY", "user_hash_key"),
@@ -1099,6 +1146,7 @@ impl Config {
             ));
         }
         self.accounts()?;
+        self.check_clients()?;
         let mut numbers = std::collections::HashSet::new();
         for (number, account) in self.phone_numbers() {
             if !numbers.insert(number.clone()) {
@@ -1117,6 +1165,46 @@ impl Config {
         }
         if self.state.snapshot_interval_ms == 0 {
             return Err(invalid("state.snapshot_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn check_clients(&self) -> Result<(), ConfigError> {
+        for (name, client) in &self.clients {
+            let invalid = |key: &str, detail: String| ConfigError::Invalid {
+                setting: format!("clients.{name}{key}"),
+                detail,
+            };
+            // Names become database and user names, and arrive lowercased
+            // from the environment.
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(
+                    "",
+                    "a client name is lowercase letters, digits and `_`".into(),
+                ));
+            }
+            if client.accounts.is_empty() {
+                return Err(invalid(".accounts", "list at least one account".into()));
+            }
+            if let Some(a) = client.accounts.iter().find(|a| a.trim().is_empty()) {
+                return Err(invalid(".accounts", format!("`{a}` is not an account id")));
+            }
+            if client.networks.is_empty() {
+                return Err(invalid(".networks", "list at least one network".into()));
+            }
+            if let Some(n) = client.networks.iter().find(|n| !is_network(n)) {
+                return Err(invalid(
+                    ".networks",
+                    format!("`{n}` is not an IP address or network"),
+                ));
+            }
+            if client.password.as_ref().is_some_and(|p| p.0.is_empty()) {
+                return Err(invalid(".password", "is empty".into()));
+            }
         }
         Ok(())
     }
@@ -1642,6 +1730,49 @@ time_zone = "America/Sao_Paulo"
             ),
         ] {
             let err = Config::from_toml(&format!("{MINIMAL}\n[capi]\n{section}\n"))
+                .expect_err(setting)
+                .to_string();
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn clients_take_their_password_from_the_environment() {
+        let text = format!(
+            "{MINIMAL}\n[clients.acme]\naccounts = [\"act_1001\", \"act_2002\"]\n[clients.b2]\naccounts = [\"act_3\"]\nnetworks = [\"10.0.0.0/8\"]\n"
+        );
+        let cfg = load_text_with_env(&text, &[("WAFUNNEL__CLIENTS__ACME__PASSWORD", "4242")])
+            .expect("valid");
+        let acme = &cfg.clients["acme"];
+        assert_eq!(acme.accounts, ["act_1001", "act_2002"]);
+        assert_eq!(acme.password.as_ref().map(Secret::expose), Some("4242"));
+        assert_eq!(acme.networks, ["::/0"]);
+        assert!(cfg.clients["b2"].password.is_none());
+        assert_eq!(cfg.clickhouse.clients_cluster, "wafunnel_self");
+        assert!(!format!("{cfg:?}").contains("4242"));
+    }
+
+    #[test]
+    fn a_wrong_client_names_its_setting() {
+        for (section, setting) in [
+            ("[clients.Acme]\naccounts = [\"a\"]", "clients.Acme"),
+            ("[clients.acme]\naccounts = []", "clients.acme.accounts"),
+            (
+                "[clients.acme]\naccounts = [\" \"]",
+                "clients.acme.accounts",
+            ),
+            (
+                "[clients.acme]\naccounts = [\"a\"]\nnetworks = [\"10.0.0.0/33\"]",
+                "clients.acme.networks",
+            ),
+            (
+                "[clients.acme]\naccounts = [\"a\"]\npassword = \"\"",
+                "clients.acme.password",
+            ),
+            ("[clients.acme]\naccount = [\"a\"]", "clients.acme.account"),
+        ] {
+            let err = Config::from_toml(&format!("{MINIMAL}\n{section}\n"))
                 .expect_err(setting)
                 .to_string();
             assert!(err.contains(setting), "{setting}: {err}");

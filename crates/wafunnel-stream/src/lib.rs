@@ -28,6 +28,7 @@
 pub mod check;
 pub mod dead_letter;
 pub mod exports;
+pub mod grants;
 pub mod ingest;
 pub mod sessionize;
 pub mod sink;

@@ -23,6 +23,8 @@ use wafunnel_stream::sink::{self, ConversationCh};
 
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/grants.rs"]
+mod grants;
 #[path = "../../wafunnel-capi/tests/graph/mod.rs"]
 mod graph;
 #[path = "e2e/ops.rs"]

@@ -13,7 +13,9 @@
 //! - `migrate`, `ingest`, `sessionize` and `check` run the streaming
 //!   pipeline on Kafka and ClickHouse (see `wafunnel-stream`); `webhook`
 //!   receives Meta's webhooks and `capi` sends the Conversions API exports
-//!   (see `wafunnel-webhook` and `wafunnel-capi`).
+//!   (see `wafunnel-webhook` and `wafunnel-capi`); `grants` gives each
+//!   client of the agency a read-only ClickHouse user that sees its own
+//!   accounts only (see `wafunnel_stream::grants`).
 
 mod html;
 mod offline;

@@ -21,6 +21,13 @@ use wafunnel_runtime::shutdown::Shutdown;
 pub(crate) enum ServiceCommand {
     /// Create the ClickHouse database and apply the schema migrations.
     Migrate,
+    /// Give each configured client (`[clients.NAME]`) a read-only ClickHouse user that sees its accounts only, in every BI view.
+    Grants {
+        /// On ClickHouse before 24.2: the server's `users.d` directory, where the users file
+        /// is written (the server reloads it); without it the file is printed for the operator.
+        #[arg(long, value_name = "DIR")]
+        users_dir: Option<std::path::PathBuf>,
+    },
     /// Consume the raw topics: validate, hash users, re-key to the internal topic, dead-letter bad records.
     Ingest,
     /// Consume the internal topic, sessionize, and write the tables to ClickHouse.
@@ -115,6 +122,36 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                 .context("cannot write the report")?;
             if let Some(path) = &html {
                 crate::html::write(&report, path)?;
+            }
+        }
+        ServiceCommand::Grants { users_dir } => {
+            let outcome = wafunnel_stream::grants::run(&cfg, users_dir.as_deref())
+                .await
+                .map_err(|e| fatal("grants", e.fault(), &format!("{clickhouse}: {e}")))?;
+            for client in &outcome.clients {
+                println!(
+                    "client {}: user and database {}, {} view(s): {}",
+                    client.client,
+                    client.user,
+                    client.views.len(),
+                    client.views.join(", ")
+                );
+                // Printed this once: only its hash is stored.
+                if let Some(password) = &client.generated_password {
+                    println!(
+                        "client {}: generated password {} (shown once: give it to the client now)",
+                        client.client,
+                        password.expose()
+                    );
+                }
+            }
+            match &outcome.users_file {
+                Some(Ok(path)) => println!("wrote {}", path.display()),
+                Some(Err(text)) => {
+                    println!("install this users file in the server's users.d directory:");
+                    print!("{text}");
+                }
+                None => {}
             }
         }
         ServiceCommand::Ingest => {

@@ -225,7 +225,7 @@ async fn populated_database(dir: &Path) -> (PathBuf, Database) {
     let config = dir.join("wafunnel.toml");
     std::fs::write(&config, &toml).expect("write config");
     let cfg = wafunnel_runtime::config::Config::from_toml(&toml).expect("test config");
-    let sink = Sink::new(&cfg.clickhouse);
+    let sink = Sink::new(&cfg.clickhouse, cfg.accounts().expect("accounts"));
     let database = Database {
         name: database,
         client: sink.client().clone(),
