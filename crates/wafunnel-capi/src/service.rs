@@ -368,18 +368,10 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, CapiError> {
         settings: Arc::new(settings),
     };
     let db = sink::client(&cfg.clickhouse);
-    let mut client = kafka::client_config(&cfg.kafka);
-    if !cfg.kafka.properties.contains_key("session.timeout.ms") {
-        // A killed instance's partitions wait this long for a new owner.
-        client.set("session.timeout.ms", "10000");
-    }
-    let consumer: StreamConsumer<LogContext> = client
-        .set("group.id", &cfg.kafka.capi_group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(LogContext)
-        .map_err(kafka::redact)?;
+    let consumer: StreamConsumer<LogContext> =
+        kafka::committing_consumer_config(&cfg.kafka, &cfg.kafka.capi_group)
+            .create_with_context(LogContext)
+            .map_err(kafka::redact)?;
     consumer.subscribe(&[&topic])?;
     metrics().set_ready(true);
     tracing::info!(
@@ -447,13 +439,10 @@ pub async fn dry_run(
     let Some(&count) = partitions.get(&topic) else {
         return Err(CapiError::MissingTopic(topic));
     };
-    let consumer: BaseConsumer<LogContext> = kafka::client_config(&cfg.kafka)
-        .set("group.id", &cfg.kafka.capi_group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(LogContext)
-        .map_err(kafka::redact)?;
+    let consumer: BaseConsumer<LogContext> =
+        kafka::committing_consumer_config(&cfg.kafka, &cfg.kafka.capi_group)
+            .create_with_context(LogContext)
+            .map_err(kafka::redact)?;
     let exports = blocking(|| -> Result<Vec<ConversionExport>, CapiError> {
         let mut wanted = TopicPartitionList::new();
         for partition in 0..count {

@@ -129,6 +129,27 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// The settings of a consumer in `group` that commits its offsets itself,
+/// after its outputs are acknowledged: no auto-commit, only committed
+/// transactions (`read_committed`), from the earliest record where the group
+/// has no offset or its offset is below the log start (records deleted must
+/// not make it jump to the end and skip what is left). A killed member's
+/// partitions wait `session.timeout.ms` for a new owner: 10 s unless set
+/// (librdkafka's default is 45 s); heartbeats come from a background thread,
+/// so a long batch does not expire the session.
+pub fn committing_consumer_config(cfg: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut client = client_config(cfg);
+    if !cfg.properties.contains_key("session.timeout.ms") {
+        client.set("session.timeout.ms", "10000");
+    }
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    client
+}
+
 /// The settings of a producer whose records count only once Kafka has
 /// them: idempotent, acknowledged by every in-sync replica (`acks=all`),
 /// and given up after `timeout`, so a caller that stopped waiting for a

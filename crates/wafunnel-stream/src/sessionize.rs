@@ -622,24 +622,12 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
     } else {
         None
     };
-    let mut client = kafka::client_config(&cfg.kafka);
-    if !cfg.kafka.properties.contains_key("session.timeout.ms") {
-        // A killed instance's partitions wait this long for a new owner
-        // (librdkafka's default is 45 s); heartbeats come from a background
-        // thread, so a long snapshot or batch does not expire the session.
-        client.set("session.timeout.ms", "10000");
-    }
-    let consumer: StreamConsumer<SessionizeContext> = client
-        .set("group.id", &cfg.kafka.sessionize_group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        // A resume offset below the log start (records deleted) must not
-        // jump to the end and skip what is left.
-        .set("auto.offset.reset", "earliest")
-        // The rebalance handler assigns and unassigns whole sets: an eager protocol.
-        .set("partition.assignment.strategy", "roundrobin")
-        .create_with_context(context)
-        .map_err(kafka::redact)?;
+    let consumer: StreamConsumer<SessionizeContext> =
+        kafka::committing_consumer_config(&cfg.kafka, &cfg.kafka.sessionize_group)
+            // The rebalance handler assigns and unassigns whole sets: an eager protocol.
+            .set("partition.assignment.strategy", "roundrobin")
+            .create_with_context(context)
+            .map_err(kafka::redact)?;
     consumer.subscribe(&[&internal, &dead])?;
     metrics().set_ready(true);
     let flush_interval = Duration::from_millis(cfg.batch.flush_interval_ms);
