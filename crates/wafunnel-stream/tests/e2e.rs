@@ -1030,6 +1030,31 @@ fn local_script(script: &str, command: &str) {
     assert!(status.success(), "{script} {command} failed");
 }
 
+/// Waits until the state topic holds a snapshot of one of the partitions.
+async fn wait_for_a_snapshot(env_: &Env, partitions: i32, logs: &std::path::Path) {
+    let consumer: rdkafka::consumer::BaseConsumer<LogContext> =
+        kafka::create(&kafka::client_config(&env_.cfg.kafka)).expect("consumer");
+    let started = Instant::now();
+    loop {
+        let written: i64 = (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&env_.cfg.topics.state, p, Duration::from_secs(10))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum();
+        if written > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no snapshot written; logs in {}",
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
 async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
@@ -1078,6 +1103,11 @@ async fn kills_outages_and_broker_restarts_do_not_change_the_tables() {
     ingest.start();
     sessionize.iter_mut().for_each(Service::start);
     capi.start();
+    // Faults start once a snapshot exists: every kill stalls the group's
+    // rebalance until the dead member's session times out, so a schedule
+    // started earlier could run to its end before any partition was
+    // snapshotted, and the restores it is meant to exercise would not happen.
+    wait_for_a_snapshot(&env_, 4, &dir).await;
 
     // A fixed schedule of faults, spread over the run: kill -9 of a
     // sessionize instance ten times, of ingest three times and of capi
