@@ -8,6 +8,7 @@
 #                                        webhook bodies and insights rows on their
 #                                        own raw topics, the rest as JSON
 #   PARTITIONS=4                         partitions of the raw and internal topics
+#   INGESTS=1 SESSIONIZES=1              instances of each service, in their consumer groups
 #   SKEW=6h                              windows.max_partition_skew (default: the config's)
 #   TIMEOUT=900                          seconds to wait for one format before failing
 #
@@ -17,8 +18,12 @@
 # processes and the clock runs until `input_accounting` in ClickHouse counts
 # every record (so every row they produced is written and queryable; for
 # `meta`, every event of every body, as input_accounting counts them). CPU is
-# read from /proc/<pid>/stat (utime+stime) of each stage, of the Kafka
-# broker and of the ClickHouse server, as deltas over the run.
+# read from /proc/<pid>/stat (utime+stime) of each stage (summed over its
+# instances), of the Kafka broker and of the ClickHouse server, as deltas
+# over the run; peak resident memory from /proc/<pid>/status (VmHWM, the
+# largest instance). "steady" is the rate between 10 % and 90 % of the
+# records counted (no start-up, no tail); "per cpu-second" divides the
+# records by the CPU-seconds of the wafunnel services alone.
 # Prints one result line per format; the services are left running
 # (deploy/local/down.sh stops them).
 set -euo pipefail
@@ -28,6 +33,8 @@ export WAFUNNEL_LOCAL="${WAFUNNEL_LOCAL:-$root/.local}"
 events="${1:-1000000}"
 formats="${FORMATS:-json avro-single-object}"
 partitions="${PARTITIONS:-4}"
+ingests="${INGESTS:-1}"
+sessionizes="${SESSIONIZES:-1}"
 
 eval "$(deploy/local/up.sh)"
 export KAFKA_BOOTSTRAP CLICKHOUSE_URL
@@ -47,6 +54,16 @@ cpu_ticks() { # utime+stime of a pid, in clock ticks (0 if gone)
   fi
 }
 secs() { awk -v t="$1" -v k="$tck" 'BEGIN { printf "%.1f", t / k }'; }
+sum_ticks() { # utime+stime of several pids, summed
+  local total=0 p
+  for p in "$@"; do total=$((total + $(cpu_ticks "$p"))); done
+  echo "$total"
+}
+peak_mb() { # the largest VmHWM of several pids, in MB
+  local p
+  for p in "$@"; do awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true; done |
+    sort -n | tail -1 | awk '{ printf "%.0f", $1 / 1024 }'
+}
 now() { date +%s.%N; }
 ch() { curl -sS --fail "$CLICKHOUSE_URL/${1:+?database=$1}" --data-binary "$2"; }
 
@@ -76,7 +93,7 @@ for format in $formats; do
     raw_topics="{ name = \"$raw\", format = \"json\" }, { name = \"$raw-webhook\", format = \"whatsapp-webhook\" }, { name = \"$raw-insights\", format = \"meta-insights\" }"
     extra_topics=("$raw-webhook:$partitions" "$raw-insights:$partitions")
   fi
-  for t in "$raw:$partitions" ${extra_topics[@]+"${extra_topics[@]}"} "events-$suffix:$partitions" "dead-$suffix:1"; do
+  for t in "$raw:$partitions" ${extra_topics[@]+"${extra_topics[@]}"} "events-$suffix:$partitions" "dead-$suffix:1" "capi-$suffix:$partitions"; do
     deploy/local/kafka-topics.sh --create --if-not-exists --topic "${t%%:*}" \
       --partitions "${t##*:}" --replication-factor 1 >/dev/null
   done
@@ -99,6 +116,7 @@ raw = [$raw_topics]
 internal = "events-$suffix"
 dead_letter = "dead-$suffix"
 state = "state-$suffix"
+capi = "capi-$suffix"
 [clickhouse]
 url = "$CLICKHOUSE_URL"
 database = "$database"
@@ -125,41 +143,61 @@ EOF
   k0=$(cpu_ticks "$kafka_pid")
   c0=$(cpu_ticks "$ch_pid")
   t0=$(now)
-  RUST_LOG=warn "$bin" --config "$cfg" ingest 2>"$work/ingest-$suffix.log" &
-  ingest_pid=$!
-  RUST_LOG=warn "$bin" --config "$cfg" sessionize 2>"$work/sessionize-$suffix.log" &
-  sessionize_pid=$!
-  pids+=("$ingest_pid" "$sessionize_pid")
+  ingest_pids=()
+  for i in $(seq "$ingests"); do
+    RUST_LOG=warn WAFUNNEL__METRICS__LISTEN=127.0.0.1:0 "$bin" --config "$cfg" ingest 2>"$work/ingest-$i-$suffix.log" &
+    ingest_pids+=("$!")
+  done
+  sessionize_pids=()
+  for i in $(seq "$sessionizes"); do
+    RUST_LOG=warn WAFUNNEL__METRICS__LISTEN=127.0.0.1:0 "$bin" --config "$cfg" sessionize 2>"$work/sessionize-$i-$suffix.log" &
+    sessionize_pids+=("$!")
+  done
+  # Each instance serves its metrics on a port of its own (any free one).
+  pids+=("${ingest_pids[@]}" "${sessionize_pids[@]}")
   counted=0
+  t10="" t90=""
   deadline=$((SECONDS + ${TIMEOUT:-900}))
   while [ "${counted:-0}" -lt "$records" ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "bench-e2e: only ${counted:-0} of $records records accounted for after ${TIMEOUT:-900}s" >&2
       exit 1
     fi
-    if ! kill -0 "$ingest_pid" 2>/dev/null || ! kill -0 "$sessionize_pid" 2>/dev/null; then
-      echo "bench-e2e: a service stopped; its log:" >&2
-      tail -20 "$work"/*-"$suffix".log >&2
-      exit 1
-    fi
+    for p in "${pids[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        echo "bench-e2e: a service stopped; its log:" >&2
+        tail -n 20 "$work"/*-"$suffix".log >&2
+        exit 1
+      fi
+    done
     sleep 0.2
     counted=$(ch "$database" "SELECT sum(records) FROM input_accounting" 2>/dev/null || echo 0)
+    if [ -z "$t10" ] && [ "${counted:-0}" -ge $((records / 10)) ]; then t10=$(now) c10=$counted; fi
+    if [ -z "$t90" ] && [ "${counted:-0}" -ge $((records * 9 / 10)) ]; then t90=$(now) c90=$counted; fi
   done
   t1=$(now)
-  ti=$(cpu_ticks "$ingest_pid")
-  ts=$(cpu_ticks "$sessionize_pid")
+  ti=$(sum_ticks "${ingest_pids[@]}")
+  ts=$(sum_ticks "${sessionize_pids[@]}")
   k1=$(cpu_ticks "$kafka_pid")
   c1=$(cpu_ticks "$ch_pid")
-  kill -INT "$ingest_pid" "$sessionize_pid"
-  wait "$ingest_pid" "$sessionize_pid" || true
+  mi=$(peak_mb "${ingest_pids[@]}")
+  ms=$(peak_mb "${sessionize_pids[@]}")
+  kill -INT "${pids[@]}"
+  wait "${pids[@]}" || true
   pids=()
   elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   rate=$(awk -v n="$records" -v e="$elapsed" 'BEGIN { printf "%.0f", n / e }')
+  steady=$(awk -v a="$t10" -v b="$t90" -v n=$((c90 - c10)) 'BEGIN { printf "%.0f", (b > a) ? n / (b - a) : 0 }')
+  per=$(awk -v n="$records" -v i="$ti" -v s="$ts" -v k="$tck" 'BEGIN {
+    printf "ingest %.1f, sessionize %.1f; %.0f records per cpu-second of the services",
+      i / k * 1e6 / n, s / k * 1e6 / n, n / ((i + s) / k) }')
   rows=$(ch "$database" "SELECT count() FROM conversations")
   outcomes=$(ch "$database" "SELECT concat('applied ', toString(sum(applied)), ', duplicate ', toString(sum(duplicate)),
     ', late ', toString(sum(late)), ', dead-lettered ', toString(sum(dead_lettered))) FROM input_accounting")
   echo "$format: $records records in ${elapsed}s = $rate records/s end to end;" \
     "cpu s: ingest $(secs "$ti"), sessionize $(secs "$ts"), kafka $(secs $((k1 - k0))), clickhouse $(secs $((c1 - c0)));" \
+    "steady $steady records/s (10 to 90 %); cpu µs per record: $per;" \
+    "instances: $ingests ingest, $sessionizes sessionize; peak rss MB: ingest $mi, sessionize $ms;" \
     "$outcomes; $rows conversations"
   ch "" "DROP DATABASE IF EXISTS $database" >/dev/null
 done
