@@ -307,14 +307,27 @@ impl Event {
     /// The Kafka key that keeps what must be processed together on one
     /// partition: the contact for contact events, the ad for spend.
     pub fn partition_key(&self) -> String {
-        match &self.body {
-            Body::AdSpend { ad_id, .. } => format!("{}\u{1f}ad\u{1f}{}", self.account_id, ad_id),
-            _ => format!(
+        let mut key = String::new();
+        self.write_partition_key(&mut key);
+        key
+    }
+
+    /// Appends [`Event::partition_key`] to `out`, so a caller can reuse one
+    /// buffer for every record.
+    pub fn write_partition_key(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = match &self.body {
+            Body::AdSpend { ad_id, .. } => {
+                write!(out, "{}\u{1f}ad\u{1f}{}", self.account_id, ad_id)
+            }
+            _ => write!(
+                out,
                 "{}\u{1f}user\u{1f}{}",
                 self.account_id,
                 self.user().map_or(0, |u| u.0)
             ),
-        }
+        };
     }
 }
 

@@ -19,6 +19,8 @@
 //!   [`tables::Tables`] merges the rows of any number of partitions into the
 //!   three BI tables exactly as the ClickHouse views do.
 //! - Raw user ids never get past validation: only a keyed hash is stored.
+//! - [`wire`] is the versioned binary form of a validated event on the
+//!   internal topic; `decode(encode(e)) == e`.
 
 pub mod config;
 pub mod event;
@@ -28,3 +30,4 @@ pub mod rows;
 pub mod sessionizer;
 pub mod tables;
 pub mod time;
+pub mod wire;

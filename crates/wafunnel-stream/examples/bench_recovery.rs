@@ -144,7 +144,14 @@ snapshot_interval_ms = 3600000
             T0 + 3_600_000 + i64::from(run),
         );
         let event = parse_json_event(probe.as_bytes(), &accounts, &hasher, now).expect("valid");
-        let payload = serde_json::to_vec(&event).expect("encode");
+        // Written as ingest writes its records.
+        let mut payload = Vec::new();
+        let source = wafunnel_core::wire::Source {
+            topic: "bench-recovery-probe",
+            partition: 0,
+            offset: i64::from(run),
+        };
+        wafunnel_core::wire::encode_event(&source, &event, &mut payload);
         producer
             .send(
                 FutureRecord::<(), _>::to(&cfg.topics.internal)

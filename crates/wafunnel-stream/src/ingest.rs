@@ -4,14 +4,17 @@
 //! - Each raw record is decoded with its topic's format and validated with
 //!   the configured accounts, the user-hash key, and its own Kafka timestamp
 //!   as the clock (so a replay decides exactly as the first run did).
-//! - A valid record becomes the JSON of the validated event (the raw user id
-//!   is already replaced by its keyed hash) on the internal topic, keyed by
-//!   `Event::partition_key` so one contact's events, and one ad's spend,
-//!   share a partition. Headers carry the source topic, partition, offset.
+//! - A valid record becomes the validated event (the raw user id is already
+//!   replaced by its keyed hash) on the internal topic, in the binary form
+//!   of [`crate::internal`] with the source topic, partition and offset
+//!   inside it, keyed by `Event::partition_key` so one contact's events, and
+//!   one ad's spend, share a partition.
 //! - An invalid record goes, as its raw bytes, to the dead-letter topic with
 //!   the reason code, detail and source in headers.
 //! - A batch's outputs and its consumed offsets are committed in one Kafka
 //!   transaction: each record is forwarded or dead-lettered exactly once.
+//!   Records are produced without a future per record ([`crate::forward`]):
+//!   the commit waits for every delivery and fails if one failed.
 //!   When a transaction fails, it is aborted and the same batch, still in
 //!   memory, is processed again; if the process dies instead, the next owner
 //!   reads the batch again from the last committed offsets.
@@ -28,22 +31,25 @@
 //!   other in event time (see [`Alignment`]), so a backfill cannot turn
 //!   good events into late ones downstream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use wafunnel_avro::{AvroCodec, CachingRegistry, Decoder, Format, HttpRegistry};
 use wafunnel_core::config::{Accounts, UserHasher};
-use wafunnel_core::event::Rejection;
+use wafunnel_core::event::{Event, Rejection};
+use wafunnel_core::wire::Source;
 
 use wafunnel_runtime::config::Config;
 
 use crate::check::CANARY_ACCOUNT;
 use crate::dead_letter;
+use crate::forward;
+use crate::internal::Encoder;
 use wafunnel_runtime::error::{Classify, Fault};
 use wafunnel_runtime::kafka::{self, ConnectError, LogContext};
 use wafunnel_runtime::metrics::metrics;
@@ -99,20 +105,21 @@ impl Classify for IngestError {
     }
 }
 
-/// The result of deciding one record.
+/// The result of deciding one record. Events are kept as events: they are
+/// encoded when produced, into buffers reused for the whole batch.
 enum Decision {
     Forward {
-        key: String,
-        payload: Vec<u8>,
-        event_time: i64,
+        event: Event,
     },
     /// A `wafunnel check` canary: forwarded like an event, but its time
     /// (now) takes no part in the event-time alignment.
-    Canary { key: String, payload: Vec<u8> },
+    Canary {
+        event: Event,
+    },
     /// A record that holds several events (a webhook body): each is
     /// forwarded, or dead-lettered on its own; `event_time` is the latest.
     Many {
-        events: Vec<(String, Vec<u8>)>,
+        events: Vec<Event>,
         rejected: Vec<(&'static str, String)>,
         event_time: i64,
     },
@@ -129,9 +136,8 @@ impl Decision {
     /// The event time that places the record in the alignment, if it has one.
     fn event_time(&self) -> Option<i64> {
         match self {
-            Decision::Forward { event_time, .. } | Decision::Many { event_time, .. } => {
-                Some(*event_time)
-            }
+            Decision::Forward { event } => Some(event.time),
+            Decision::Many { event_time, .. } => Some(*event_time),
             Decision::Canary { .. } | Decision::Ignored | Decision::DeadLetter { .. } => None,
         }
     }
@@ -228,7 +234,7 @@ pub struct IngestCounts {
 
 struct Ingest {
     consumer: StreamConsumer<LogContext>,
-    producer: FutureProducer<LogContext>,
+    producer: forward::Producer,
     decoders: HashMap<String, Decoder<HttpRegistry>>,
     accounts: Accounts,
     hasher: UserHasher,
@@ -378,7 +384,7 @@ impl Ingest {
             .set("enable.idempotence", "true")
             .set("linger.ms", "20")
             .set("compression.type", "lz4");
-        let producer: FutureProducer<LogContext> = kafka::create(&producer_config)?;
+        let producer = forward::create(&producer_config)?;
         // Fence any earlier instance first: only then are the committed
         // offsets final (a fenced one cannot commit past them any more).
         kafka::blocking(|| producer.init_transactions(TXN_TIMEOUT))?;
@@ -739,20 +745,8 @@ impl Ingest {
             },
         };
         match raw.validate(&self.accounts, &self.hasher, now) {
-            Ok(event) => {
-                let payload = encode(&event)?;
-                if event.account_id == CANARY_ACCOUNT {
-                    return Ok(Decision::Canary {
-                        key: event.partition_key(),
-                        payload,
-                    });
-                }
-                Ok(Decision::Forward {
-                    key: event.partition_key(),
-                    payload,
-                    event_time: event.time,
-                })
-            }
+            Ok(event) if event.account_id == CANARY_ACCOUNT => Ok(Decision::Canary { event }),
+            Ok(event) => Ok(Decision::Forward { event }),
             Err(rejection) => Ok(dead_letter(&rejection)),
         }
     }
@@ -772,7 +766,7 @@ impl Ingest {
             match raw.validate(&self.accounts, &self.hasher, now) {
                 Ok(event) => {
                     event_time = event_time.max(event.time);
-                    events.push((event.partition_key(), encode(&event)?));
+                    events.push(event);
                 }
                 Err(rejection) => rejected.push((
                     rejection.code(),
@@ -807,7 +801,7 @@ impl Ingest {
                 tracing::warn!(error = %e, "cannot abort the transaction, starting a new producer")
             }
         }
-        let producer: FutureProducer<LogContext> = kafka::create(&self.producer_config)?;
+        let producer = forward::create(&self.producer_config)?;
         match kafka::blocking(|| producer.init_transactions(TXN_TIMEOUT)) {
             Ok(()) => {
                 self.producer = producer;
@@ -880,86 +874,8 @@ impl Ingest {
         shutdown: &Shutdown,
     ) -> Result<IngestCounts, IngestError> {
         kafka::blocking(|| self.producer.begin_transaction())?;
-        let mut counts = IngestCounts::default();
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for (message, decision) in batch {
-            let partition = message.partition().to_string();
-            let offset = message.offset().to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: kafka::SOURCE_TOPIC,
-                    value: Some(message.topic()),
-                })
-                .insert(Header {
-                    key: kafka::SOURCE_PARTITION,
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: kafka::SOURCE_OFFSET,
-                    value: Some(&offset),
-                });
-            let forward = |key: &str, payload: &[u8]| {
-                (
-                    self.internal.as_str(),
-                    Some(key.as_bytes().to_vec()),
-                    payload.to_vec(),
-                    headers.clone(),
-                )
-            };
-            let mut records = Vec::with_capacity(1);
-            match decision {
-                Decision::Forward { key, payload, .. } | Decision::Canary { key, payload } => {
-                    counts.forwarded += 1;
-                    records.push(forward(key, payload));
-                }
-                Decision::Many {
-                    events, rejected, ..
-                } => {
-                    counts.forwarded += events.len() as u64;
-                    counts.dead_lettered += rejected.len() as u64;
-                    records.extend(events.iter().map(|(key, payload)| forward(key, payload)));
-                    for (reason, detail) in rejected {
-                        records.push(self.dead_letter_record(
-                            message,
-                            headers.clone(),
-                            reason,
-                            detail,
-                        ));
-                    }
-                }
-                Decision::Ignored => {
-                    counts.ignored += 1;
-                    // Keyed by its source, so its source's markers share a partition.
-                    let key = format!("{}/{}", message.topic(), message.partition());
-                    let headers = headers.clone().insert(Header {
-                        key: kafka::KIND,
-                        value: Some(kafka::KIND_IGNORED),
-                    });
-                    records.push((
-                        self.internal.as_str(),
-                        Some(key.into_bytes()),
-                        Vec::new(),
-                        headers,
-                    ));
-                }
-                Decision::DeadLetter { reason, detail } => {
-                    counts.dead_lettered += 1;
-                    records.push(self.dead_letter_record(message, headers.clone(), reason, detail));
-                }
-            }
-            for record in records {
-                deliveries.push(self.send(record).await?);
-            }
-            next.insert(
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            );
-        }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        }
+        let counts = self.produce_batch(batch)?;
+        let offsets = next_offsets(batch)?;
         let group = self
             .consumer
             .group_metadata()
@@ -968,8 +884,9 @@ impl Ingest {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
         })?;
-        // A commit that timed out may still complete: it is asked again
-        // (librdkafka's contract), never abandoned for a new transaction.
+        // The commit waits for every delivery and fails if one failed. One
+        // that timed out may still complete: it is asked again (librdkafka's
+        // contract), never abandoned for a new transaction.
         loop {
             match kafka::blocking(|| self.producer.commit_transaction(TXN_TIMEOUT)) {
                 Ok(()) => break,
@@ -982,14 +899,77 @@ impl Ingest {
                 Err(e) => return Err(e.into()),
             }
         }
-        for delivery in deliveries {
-            if let Ok(Err((e, _))) = delivery.await {
-                // The transaction committed, so this cannot be a lost record;
-                // it would have failed the commit. Log for the operator.
-                tracing::warn!(error = %e, "delivery report error after commit");
+        Ok(counts)
+    }
+
+    /// Produces the outputs of `batch` into the open transaction: events and
+    /// markers to the internal topic, rejections to the dead-letter topic.
+    fn produce_batch(
+        &self,
+        batch: &[(OwnedMessage, Decision)],
+    ) -> Result<IngestCounts, IngestError> {
+        let mut counts = IngestCounts::default();
+        let mut encoder = Encoder::default();
+        for (message, decision) in batch {
+            let source = Source {
+                topic: message.topic(),
+                partition: message.partition() as u32,
+                offset: message.offset(),
+            };
+            let mut forward = |event: &Event| {
+                let (key, payload) = encoder.event(&source, event);
+                forward::send(
+                    &self.producer,
+                    BaseRecord::to(&self.internal).key(key).payload(payload),
+                )
+            };
+            match decision {
+                Decision::Forward { event } | Decision::Canary { event } => {
+                    counts.forwarded += 1;
+                    forward(event)?;
+                }
+                Decision::Many {
+                    events, rejected, ..
+                } => {
+                    counts.forwarded += events.len() as u64;
+                    counts.dead_lettered += rejected.len() as u64;
+                    for event in events {
+                        forward(event)?;
+                    }
+                    for (reason, detail) in rejected {
+                        self.send_dead_letter(message, reason, detail)?;
+                    }
+                }
+                Decision::Ignored => {
+                    counts.ignored += 1;
+                    let (key, payload) = encoder.ignored(&source);
+                    forward::send(
+                        &self.producer,
+                        BaseRecord::to(&self.internal).key(key).payload(payload),
+                    )?;
+                }
+                Decision::DeadLetter { reason, detail } => {
+                    counts.dead_lettered += 1;
+                    self.send_dead_letter(message, reason, detail)?;
+                }
             }
         }
         Ok(counts)
+    }
+
+    fn send_dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<(), IngestError> {
+        let (topic, key, payload, headers) = self.dead_letter_record(message, reason, detail);
+        let mut record = BaseRecord::to(topic).payload(&payload).headers(headers);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        forward::send(&self.producer, record)?;
+        Ok(())
     }
 
     /// The dead letter of `message` for `reason`: its payload and key with
@@ -997,7 +977,6 @@ impl Ingest {
     fn dead_letter_record<'s>(
         &'s self,
         message: &OwnedMessage,
-        headers: OwnedHeaders,
         reason: &'static str,
         detail: &str,
     ) -> (&'s str, Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
@@ -1008,7 +987,21 @@ impl Ingest {
             reason,
             "dead-lettered"
         );
-        let mut headers = headers
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(7)
+            .insert(Header {
+                key: kafka::SOURCE_TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: kafka::SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: kafka::SOURCE_OFFSET,
+                value: Some(&offset),
+            })
             .insert(Header {
                 key: kafka::REASON,
                 value: Some(reason),
@@ -1043,28 +1036,6 @@ impl Ingest {
             (false, None) => None,
         };
         (self.dead_letter.as_str(), key, written.bytes, headers)
-    }
-
-    async fn send(
-        &self,
-        (topic, key, payload, headers): (&str, Option<Vec<u8>>, Vec<u8>, OwnedHeaders),
-    ) -> Result<rdkafka::producer::DeliveryFuture, IngestError> {
-        loop {
-            let mut record = FutureRecord::to(topic)
-                .payload(&payload)
-                .headers(headers.clone());
-            if let Some(key) = &key {
-                record = record.key(key);
-            }
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // Backpressure: the local queue is full until the broker catches up.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
     }
 }
 
@@ -1112,9 +1083,26 @@ fn resume_offsets(
     Ok(resume)
 }
 
-fn encode(event: &wafunnel_core::event::Event) -> Result<Vec<u8>, IngestError> {
-    serde_json::to_vec(event)
-        .map_err(|e| IngestError::Config(format!("cannot encode a validated event: {e}")))
+/// The offsets a batch's transaction commits: past each partition's last
+/// record. A batch spans few partitions, so a list beats a map keyed by an
+/// owned topic name per record.
+fn next_offsets(batch: &[(OwnedMessage, Decision)]) -> Result<TopicPartitionList, KafkaError> {
+    let mut next: Vec<(&str, i32, i64)> = Vec::new();
+    for (message, _) in batch {
+        let (topic, partition) = (message.topic(), message.partition());
+        match next
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && *t == topic)
+        {
+            Some((_, _, offset)) => *offset = (*offset).max(message.offset() + 1),
+            None => next.push((topic, partition, message.offset() + 1)),
+        }
+    }
+    let mut offsets = TopicPartitionList::with_capacity(next.len());
+    for (topic, partition, offset) in next {
+        offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(offsets)
 }
 
 fn dead_letter(rejection: &Rejection) -> Decision {

@@ -28,8 +28,10 @@
 pub mod check;
 pub mod dead_letter;
 pub mod exports;
+pub mod forward;
 pub mod grants;
 pub mod ingest;
+pub mod internal;
 pub mod sessionize;
 pub mod sink;
 pub mod state;

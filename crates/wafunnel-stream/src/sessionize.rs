@@ -32,7 +32,9 @@
 //! - Every internal record is counted as applied, duplicate or late, every
 //!   dead letter as dead-lettered, per source topic and partition, in
 //!   `record_outcomes` (the `input_accounting` view sums them). The counts
-//!   are cumulative and part of the snapshot.
+//!   are cumulative and part of the snapshot. The source of an internal
+//!   record is read from its payload, or from its headers for records of
+//!   the earlier JSON form ([`crate::internal`]), which are read as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -46,12 +48,13 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use wafunnel_core::config::{Accounts, Windows};
-use wafunnel_core::event::Event;
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 use wafunnel_core::time::DAY_MS;
+use wafunnel_core::wire::{Content, Source};
 
 use crate::check::CANARY_ACCOUNT;
 use crate::exports::{ExportError, ExportProducer};
+use crate::internal;
 use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, ReasonWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
 use wafunnel_runtime::config::Config;
@@ -497,6 +500,32 @@ fn source(message: &BorrowedMessage<'_>) -> SourceKey {
     (topic, partition)
 }
 
+/// Adds one record of `source` to its outcome's count. The key is built
+/// from a buffer kept between records: a record of a source already
+/// counted allocates nothing.
+fn count_outcome(
+    outcomes: &mut BTreeMap<(SourceKey, &'static str), u64>,
+    source: &Source<'_>,
+    outcome: &'static str,
+) {
+    thread_local! {
+        static KEY: std::cell::RefCell<(SourceKey, &'static str)> =
+            const { std::cell::RefCell::new(((String::new(), 0), "")) };
+    }
+    KEY.with_borrow_mut(|key| {
+        key.0 .0.clear();
+        key.0 .0.push_str(source.topic);
+        key.0 .1 = source.partition;
+        key.1 = outcome;
+        match outcomes.get_mut(key) {
+            Some(records) => *records += 1,
+            None => {
+                outcomes.insert(key.clone(), 1);
+            }
+        }
+    });
+}
+
 #[derive(Debug, Default)]
 struct Partitions {
     workers: HashMap<u32, Worker>,
@@ -692,35 +721,35 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
             worker.next_offset = message.offset() + 1;
             worker.dirty = true;
             worker.since_snapshot += 1;
-            let payload = message.payload().unwrap_or_default();
-            // Markers have no payload: events never pay for the header lookup.
-            let outcome = if payload.is_empty()
-                && kafka::header(&message, kafka::KIND) == Some(kafka::KIND_IGNORED)
-            {
-                // A valid input record that had nothing to count: counted once.
-                metrics().sessionize_ignored.inc();
-                "ignored"
-            } else {
-                match serde_json::from_slice::<Event>(payload) {
+            let record = internal::decode(message.payload().unwrap_or_default(), |key| {
+                kafka::header(&message, key)
+            });
+            let (source, outcome) = match record {
+                Ok(record) => match record.content {
+                    Content::Ignored => {
+                        // A valid input record that had nothing to count: counted once.
+                        metrics().sessionize_ignored.inc();
+                        (record.source, "ignored")
+                    }
                     // A check's canary only proves the path: it is recorded
                     // where the check reads it, never applied or counted.
-                    Ok(event) if event.account_id == CANARY_ACCOUNT => {
+                    Content::Event(event) if event.account_id == CANARY_ACCOUNT => {
                         owned.canaries.push(CanaryWrite {
-                            canary_id: event.event_id.clone(),
+                            canary_id: event.event_id,
                             partition,
                             offset: message.offset(),
                             event_time: event.time,
                         });
                         continue;
                     }
-                    Ok(event) => match worker.sessionizer.apply(&event) {
+                    Content::Event(event) => match worker.sessionizer.apply(&event) {
                         Outcome::Applied => {
                             metrics().sessionize_applied.inc();
-                            "applied"
+                            (record.source, "applied")
                         }
                         Outcome::Duplicate => {
                             metrics().sessionize_duplicate.inc();
-                            "duplicate"
+                            (record.source, "duplicate")
                         }
                         Outcome::Late { watermark } => {
                             metrics().sessionize_late.inc();
@@ -728,31 +757,29 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                                 topic: internal.clone(),
                                 partition,
                                 offset: message.offset(),
-                                account_id: event.account_id.clone(),
-                                event_id: event.event_id.clone(),
                                 event_type: event.event_type().as_str().to_owned(),
                                 event_time: event.time,
                                 watermark,
                                 reason:
                                     "older than the partition watermark minus the allowed lateness"
                                         .into(),
-                                raw: String::from_utf8_lossy(payload).into_owned(),
+                                // Readable whatever the record's form.
+                                raw: serde_json::to_string(&event).unwrap_or_default(),
+                                account_id: event.account_id,
+                                event_id: event.event_id,
                             });
-                            "late"
+                            (record.source, "late")
                         }
                     },
-                    Err(e) => {
-                        // Only ingest writes this topic; a record it did not write
-                        // is counted, logged and skipped rather than stopping the partition.
-                        tracing::error!(partition, offset = message.offset(), error = %e, "undecodable internal record");
-                        "dead_lettered"
-                    }
+                },
+                Err(undecodable) => {
+                    // Only ingest writes this topic; a record it did not write
+                    // is counted, logged and skipped rather than stopping the partition.
+                    tracing::error!(partition, offset = message.offset(), error = %undecodable.error, "undecodable internal record");
+                    (undecodable.source, "dead_lettered")
                 }
             };
-            *worker
-                .outcomes
-                .entry((source(&message), outcome))
-                .or_default() += 1;
+            count_outcome(&mut worker.outcomes, &source, outcome);
         }
         let stopping = shutdown.is_stopping();
         flush(&outputs, &consumer, &internal, &dead, &shutdown).await?;

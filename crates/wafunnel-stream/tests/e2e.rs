@@ -614,9 +614,12 @@ async fn assert_exports_emitted(
     let mut latest = vec![i64::MIN; partitions as usize];
     while let Ok(message) = tokio::time::timeout(Duration::from_secs(5), internal.recv()).await {
         let message = message.expect("consume");
-        if let Ok(event) = serde_json::from_slice::<wafunnel_core::event::Event>(
-            message.payload().unwrap_or_default(),
-        ) {
+        if let Ok(wafunnel_core::wire::Record {
+            content: wafunnel_core::wire::Content::Event(event),
+            ..
+        }) = wafunnel_stream::internal::decode(message.payload().unwrap_or_default(), |key| {
+            kafka::header(&message, key)
+        }) {
             let slot = &mut latest[message.partition() as usize];
             *slot = (*slot).max(event.time);
         }

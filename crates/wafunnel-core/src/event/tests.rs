@@ -223,3 +223,31 @@ fn spend_dates_are_within_what_clickhouse_stores() {
         );
     }
 }
+
+#[test]
+fn partition_keys_stay_what_earlier_records_were_keyed_by() {
+    // A contact's new events must land on the partition of its old ones.
+    let click = parse(
+        r#"{"event_id":"c","type":"ad_click","account_id":"act_1","user_id":"u1","event_time":1772445660000,"ad_id":"ad_1"}"#,
+    )
+    .expect("valid");
+    let user = click.user().expect("a contact").0;
+    assert_eq!(
+        click.partition_key(),
+        format!("act_1\u{1f}user\u{1f}{user}")
+    );
+    let spend = parse(
+        r#"{"event_id":"s","type":"ad_spend","account_id":"act_1","event_time":1772445660000,"ad_id":"ad_7","date":"2026-03-02","spend":"1","currency":"USD"}"#,
+    )
+    .expect("valid");
+    assert_eq!(spend.partition_key(), "act_1\u{1f}ad\u{1f}ad_7");
+    let mut reused = String::from("left over");
+    reused.clear();
+    spend.write_partition_key(&mut reused);
+    click.write_partition_key(&mut reused);
+    assert_eq!(
+        reused,
+        spend.partition_key() + &click.partition_key(),
+        "appends"
+    );
+}
