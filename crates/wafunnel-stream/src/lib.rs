@@ -29,6 +29,7 @@ pub mod check;
 pub mod dead_letter;
 pub mod exports;
 pub mod grants;
+mod in_flight;
 pub mod ingest;
 pub mod sessionize;
 pub mod sink;
