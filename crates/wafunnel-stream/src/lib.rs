@@ -30,6 +30,7 @@ pub mod dead_letter;
 pub mod exports;
 pub mod forward;
 pub mod grants;
+mod in_flight;
 pub mod ingest;
 pub mod internal;
 pub mod sessionize;

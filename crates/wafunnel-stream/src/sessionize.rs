@@ -22,13 +22,24 @@
 //!   so rows rewritten after a restore, or written late by an instance that
 //!   lost the partition, are identical or older than what ClickHouse keeps:
 //!   the views do not change.
-//! - A batch is written to ClickHouse, retrying while it is unavailable
-//!   (consumption waits meanwhile: memory stays bounded by one batch); only
-//!   then are its Conversions API exports produced to the capi topic and
-//!   acknowledged ([`crate::exports`]), and only then are the offsets
-//!   committed and, when due, the partition's state snapshotted. A snapshot
-//!   therefore never runs ahead of ClickHouse or of the capi topic.
-//!   Committed offsets report progress and lag; restores use snapshots.
+//! - A batch is written to ClickHouse, retrying while it is unavailable;
+//!   only then are its Conversions API exports produced to the capi topic
+//!   and acknowledged ([`crate::exports`]), and only then are its offsets
+//!   committed. The batch is delivered in the background while the next one
+//!   is collected and applied ([`crate::in_flight`]), but at most one is in
+//!   flight: the next is taken from the sessionizers only once the previous
+//!   one was acknowledged, in order, so while ClickHouse is down
+//!   consumption stops after one more batch (memory stays bounded by two).
+//! - When a partition's snapshot is due, and when stopping, the batch is
+//!   delivered before anything more is applied, and the snapshot taken
+//!   after its acknowledgement: it holds exactly the state whose rows are
+//!   all acknowledged. A snapshot therefore never runs ahead of ClickHouse
+//!   or of the capi topic. A revocation waits for the batch in flight
+//!   before it writes, commits and snapshots the revoked partitions. A
+//!   batch that fails (refused, or the stop abandoned) stops the service
+//!   with every partition given up unsnapshotted: their next owners replay
+//!   from the last snapshots. Committed offsets report progress and lag;
+//!   restores use snapshots.
 //! - Every internal record is counted as applied, duplicate or late, every
 //!   dead letter as dead-lettered, per source topic and partition, in
 //!   `record_outcomes` (the `input_accounting` view sums them). The counts
@@ -54,6 +65,7 @@ use wafunnel_core::wire::{Content, Source};
 
 use crate::check::CANARY_ACCOUNT;
 use crate::exports::{ExportError, ExportProducer};
+use crate::in_flight::{InFlight, Settled};
 use crate::internal;
 use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, ReasonWrite, Sink, SinkError};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
@@ -207,6 +219,12 @@ struct SessionizeContext {
     shutdown: Shutdown,
     /// Set when a partition cannot be resumed exactly; the loop stops on it.
     fatal: Mutex<Option<String>>,
+    /// The batch delivered while the loop collects the next; settled by the
+    /// loop, or by a revocation before it gives partitions up. Held across
+    /// the wait, so a revocation can never miss a batch being settled.
+    in_flight: tokio::sync::Mutex<InFlight<TopicPartitionList, SessionizeError>>,
+    /// A batch in flight failed while a revocation settled it; the loop stops on it.
+    failed: Mutex<Option<SessionizeError>>,
 }
 
 impl ClientContext for SessionizeContext {
@@ -350,10 +368,11 @@ impl SessionizeContext {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the revoked partitions' work, commits their offsets and
-    /// snapshots their state, so that the next owner starts where this one
-    /// stopped. Best effort: whatever fails here, the next owner reproduces
-    /// the same rows from the last snapshot.
+    /// Settles the batch in flight, then writes the revoked partitions'
+    /// work, commits their offsets and snapshots their state, so that the
+    /// next owner starts where this one stopped. Best effort: whatever
+    /// fails here, the next owner reproduces the same rows from the last
+    /// snapshot.
     fn hand_over(&self, consumer: &BaseConsumer<Self>, mut leaving: Partitions) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -361,11 +380,43 @@ impl SessionizeContext {
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return;
         }
+        let deadline = Instant::now() + HAND_OVER_WAIT;
+        // The batch in flight may hold rows of the leaving partitions that
+        // their snapshots would cover: it is acknowledged first, or nothing
+        // of theirs is committed or snapshotted.
+        let settled = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let mut in_flight = self.in_flight.lock().await;
+                in_flight.settle_before(deadline).await
+            })
+        });
+        match settled {
+            Some(Settled::Idle) => {}
+            Some(Settled::Acknowledged { completes, elapsed }) => {
+                tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "batch written");
+                if let Err(e) = consumer.commit(&completes, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "failed to commit offsets before a revocation");
+                }
+            }
+            None => {
+                // It goes on in the background; the loop settles it later.
+                tracing::warn!(
+                    "batch in flight not acknowledged in time, the revoked partitions' next owner replays them"
+                );
+                return;
+            }
+            Some(Settled::Failed(e)) => {
+                tracing::warn!(error = %e, "batch in flight not delivered, the revoked partitions' next owner replays them");
+                self.forget_undelivered();
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                return;
+            }
+        }
         let (batch, offsets) = leaving.take_batch(&self.internal, &self.dead);
         let written = batch.is_empty()
             || tokio::task::block_in_place(|| {
-                handle.block_on(tokio::time::timeout(
-                    HAND_OVER_WAIT,
+                handle.block_on(tokio::time::timeout_at(
+                    deadline.into(),
                     self.outputs.deliver(&batch, &self.shutdown),
                 ))
             })
@@ -384,6 +435,20 @@ impl SessionizeContext {
                 snapshot(&self.store, partition, worker);
             }
         }
+    }
+
+    /// Drops every partition's work after a batch could not be delivered:
+    /// its rows were drained from the sessionizers, so no state that covers
+    /// them may be snapshotted or handed over. The partitions' next owners
+    /// (this instance after a restart, or another) replay them from their
+    /// last snapshots.
+    fn forget_undelivered(&self) {
+        let mut owned = self.lock();
+        tracing::warn!(
+            partitions = owned.workers.len(),
+            "batch not delivered, its partitions are given up without a snapshot"
+        );
+        *owned = Partitions::default();
     }
 
     /// A partition resumes at its snapshot's offset, or replays from its
@@ -592,6 +657,28 @@ impl Partitions {
         }
         (batch, offsets)
     }
+
+    /// The offsets in `offsets` of the partitions still owned.
+    fn owned_offsets(&self, offsets: &TopicPartitionList, internal: &str) -> TopicPartitionList {
+        let mut owned = TopicPartitionList::new();
+        for element in offsets.elements() {
+            let partition = element.partition() as u32;
+            let held = if element.topic() == internal {
+                self.workers.contains_key(&partition)
+            } else {
+                self.dead.contains_key(&partition)
+            };
+            if !held {
+                continue;
+            }
+            if let Err(e) =
+                owned.add_partition_offset(element.topic(), element.partition(), element.offset())
+            {
+                tracing::error!(partition, error = %e, "cannot add offset to commit");
+            }
+        }
+        owned
+    }
 }
 
 fn add_offset(offsets: &mut TopicPartitionList, topic: &str, partition: u32, next: i64) {
@@ -645,6 +732,8 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
         owned: Mutex::new(Partitions::default()),
         shutdown: shutdown.clone(),
         fatal: Mutex::new(None),
+        in_flight: tokio::sync::Mutex::default(),
+        failed: Mutex::new(None),
     };
     let admin: Option<AdminClient<LogContext>> = if cfg.state.delete_snapshotted_records {
         Some(kafka::create(&kafka::client_config(&cfg.kafka))?)
@@ -782,14 +871,27 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
             count_outcome(&mut worker.outcomes, &source, outcome);
         }
         let stopping = shutdown.is_stopping();
-        flush(&outputs, &consumer, &internal, &dead, &shutdown).await?;
+        settle(&consumer).await?;
+        let due = |worker: &Worker| {
+            worker.since_snapshot > 0
+                && (stopping
+                    || worker.since_snapshot >= cfg.state.snapshot_records
+                    || worker.last_snapshot.elapsed() >= snapshot_interval)
+        };
+        let snapshotting = stopping || consumer.context().lock().workers.values().any(due);
+        if !snapshotting {
+            start_delivery(&outputs, &consumer, &internal, &dead, &shutdown).await;
+        } else {
+            // A snapshot covers everything applied, so it is taken only once
+            // all of it is acknowledged: this batch is delivered before
+            // anything more is applied.
+            flush(&outputs, &consumer, &internal, &dead, &shutdown).await?;
+        }
         let mut deletable = TopicPartitionList::new();
         {
             let mut owned = consumer.context().lock();
             for (&partition, worker) in owned.workers.iter_mut() {
-                let due = worker.since_snapshot >= cfg.state.snapshot_records
-                    || worker.last_snapshot.elapsed() >= snapshot_interval;
-                if worker.since_snapshot > 0 && (due || stopping) {
+                if snapshotting && due(worker) {
                     snapshot(&store, partition, worker);
                     if let Some(below) = worker.deletable_below.take() {
                         add_offset(&mut deletable, &internal, partition, below);
@@ -989,7 +1091,65 @@ impl Outputs {
     }
 }
 
-/// Writes everything changed since the last flush, then commits the offsets.
+/// Takes everything changed since the last batch and delivers it in the
+/// background ([`crate::in_flight`]); its offsets are committed once it is
+/// acknowledged ([`settle`]). Nothing may be in flight.
+async fn start_delivery(
+    outputs: &Outputs,
+    consumer: &StreamConsumer<SessionizeContext>,
+    internal: &str,
+    dead: &str,
+    shutdown: &Shutdown,
+) {
+    let (batch, offsets) = consumer.context().lock().take_batch(internal, dead);
+    if batch.is_empty() {
+        return;
+    }
+    let outputs = outputs.clone();
+    let shutdown = shutdown.clone();
+    consumer.context().in_flight.lock().await.start(
+        async move { outputs.deliver(&batch, &shutdown).await },
+        offsets,
+    );
+}
+
+/// Waits for the batch in flight to be acknowledged, then commits the
+/// offsets it completes (of the partitions still owned: a revocation that
+/// could not wait for it gave the others up). A batch that failed stops
+/// the loop, its partitions given up unsaved.
+async fn settle(consumer: &StreamConsumer<SessionizeContext>) -> Result<(), SessionizeError> {
+    let context = consumer.context();
+    let failed = context
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let settled = context.in_flight.lock().await.settle().await;
+    match settled {
+        Settled::Idle => Ok(()),
+        Settled::Acknowledged { completes, elapsed } => {
+            tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "batch written");
+            let offsets = context.lock().owned_offsets(&completes, &context.internal);
+            if offsets.count() > 0 {
+                if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                    // Offsets only report progress here: the next start replays anyway.
+                    tracing::warn!(error = %e, "failed to commit offsets");
+                }
+            }
+            Ok(())
+        }
+        Settled::Failed(e) => {
+            context.forget_undelivered();
+            Err(e)
+        }
+    }
+}
+
+/// Writes everything changed since the last batch, then commits the
+/// offsets. Nothing may be in flight.
 async fn flush(
     outputs: &Outputs,
     consumer: &StreamConsumer<SessionizeContext>,
@@ -1002,7 +1162,10 @@ async fn flush(
         return Ok(());
     }
     let started = Instant::now();
-    outputs.deliver(&batch, shutdown).await?;
+    if let Err(e) = outputs.deliver(&batch, shutdown).await {
+        consumer.context().forget_undelivered();
+        return Err(e);
+    }
     tracing::debug!(
         rows = batch.outcomes.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
