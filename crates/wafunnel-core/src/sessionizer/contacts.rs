@@ -72,6 +72,10 @@ pub(super) struct Contacts {
     hasher: DefaultHashBuilder,
     /// Slots by the hour their maintenance is due; may hold stale entries.
     schedule: BTreeMap<i64, Vec<u32>>,
+    /// Entries of one hour not in `schedule` yet: events arrive roughly in
+    /// time order, so most entries go to the hour of the previous one, and
+    /// this saves a search of `schedule` for each.
+    recent: (i64, Vec<u32>),
 }
 
 impl Contacts {
@@ -157,12 +161,24 @@ impl Contacts {
             return;
         }
         contact.scheduled = due;
-        self.schedule.entry(due).or_default().push(slot);
+        if self.recent.0 != due {
+            self.flush_recent();
+            self.recent.0 = due;
+        }
+        self.recent.1.push(slot);
+    }
+
+    fn flush_recent(&mut self) {
+        if !self.recent.1.is_empty() {
+            let (due, slots) = std::mem::take(&mut self.recent);
+            self.schedule.entry(due).or_default().extend(slots);
+        }
     }
 
     /// The contacts of the earliest hour due at `watermark`, if any: each
     /// once, in key order, unscheduled.
     pub(super) fn pop_due(&mut self, watermark: i64) -> Option<Vec<u32>> {
+        self.flush_recent();
         let entry = self.schedule.first_entry()?;
         if *entry.key() > watermark {
             return None;

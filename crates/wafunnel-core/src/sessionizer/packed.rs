@@ -50,20 +50,37 @@ impl Default for PackedState {
 impl PackedState {
     /// The packed form of `state`: compact when it fits, boxed otherwise.
     pub(super) fn pack(mut state: ContactState) -> PackedState {
-        let compact = state.evicted_messaged_days.is_empty()
-            && match state.convs.as_slice() {
-                [] => true,
-                [conv] => CompactConv::fits(conv),
-                _ => false,
-            };
-        if !compact {
-            return PackedState::Wide(Box::new(state));
+        PackedState::pack_from(&mut state, None)
+    }
+
+    /// [`PackedState::pack`], taking what it keeps out of `state` and reusing
+    /// `spare` for the rare fields if they are set.
+    #[inline]
+    fn pack_from(state: &mut ContactState, spare: Option<Box<Rare>>) -> PackedState {
+        if state.evicted_messaged_days.is_empty() {
+            let (last_start_day, last_organic_day) = (state.last_start_day, state.last_organic_day);
+            match state.convs.as_mut_slice() {
+                [] => {
+                    return PackedState::Compact {
+                        last_start_day,
+                        last_organic_day,
+                        conv: None,
+                    }
+                }
+                [conv] => {
+                    if let Some(mut compact) = CompactConv::narrow(conv) {
+                        compact.rare = Rare::take_from(conv, spare);
+                        return PackedState::Compact {
+                            last_start_day,
+                            last_organic_day,
+                            conv: Some(compact),
+                        };
+                    }
+                }
+                _ => {}
+            }
         }
-        PackedState::Compact {
-            last_start_day: state.last_start_day,
-            last_organic_day: state.last_organic_day,
-            conv: state.convs.pop().map(CompactConv::new),
-        }
+        PackedState::Wide(Box::new(std::mem::take(state)))
     }
 
     /// A copy of the state as the fold holds it.
@@ -85,6 +102,13 @@ impl PackedState {
 
     /// Takes the state out, leaving the empty one.
     pub(super) fn take(&mut self) -> ContactState {
+        self.take_parts().0
+    }
+
+    /// Takes the state out, leaving the empty one, with the box of its rare
+    /// fields (emptied) for [`PackedState::pack_from`].
+    #[inline]
+    fn take_parts(&mut self) -> (ContactState, Option<Box<Rare>>) {
         match std::mem::take(self) {
             PackedState::Compact {
                 last_start_day,
@@ -92,17 +116,23 @@ impl PackedState {
                 conv,
             } => {
                 let mut convs = SmallVec::new();
-                if let Some(conv) = conv {
-                    convs.push(conv.into_conv());
+                let mut spare = None;
+                if let Some(mut conv) = conv {
+                    spare = conv.rare.take();
+                    let rare = spare
+                        .as_deref_mut()
+                        .map_or(Rare::UNSET, |r| std::mem::replace(r, Rare::UNSET));
+                    convs.push(conv.to_conv(rare));
                 }
-                ContactState {
+                let state = ContactState {
                     convs,
                     last_start_day,
                     last_organic_day,
                     evicted_messaged_days: Vec::new(),
-                }
+                };
+                (state, spare)
             }
-            PackedState::Wide(state) => *state,
+            PackedState::Wide(state) => (*state, None),
         }
     }
 
@@ -118,14 +148,14 @@ impl PackedState {
                     _ => false,
                 };
             if compact {
-                let state = std::mem::take(&mut **state);
-                *self = PackedState::pack(state);
+                *self = PackedState::pack_from(state, None);
             }
             return result;
         }
-        let mut state = self.take();
+        // The rare fields' box is reused: no allocation per event.
+        let (mut state, spare) = self.take_parts();
         let result = f(&mut state);
-        *self = PackedState::pack(state);
+        *self = PackedState::pack_from(&mut state, spare);
         result
     }
 
@@ -199,6 +229,7 @@ impl CompactConv {
     }
 
     /// Everything but the rare fields, if every one is in range.
+    #[inline]
     fn narrow(c: &Conv) -> Option<CompactConv> {
         let s = c.started_at;
         Some(CompactConv {
@@ -221,32 +252,11 @@ impl CompactConv {
         })
     }
 
-    /// `conv`, which [`CompactConv::fits`].
-    fn new(conv: Conv) -> CompactConv {
-        let mut compact = Self::narrow(&conv).expect("checked by fits");
-        let rare = Rare {
-            qualified_at: conv.qualified_at,
-            first_purchase_at: conv.first_purchase_at,
-            revenue: conv.revenue,
-            purchases: conv.purchases,
-            click_id: conv.click_id,
-            click_at: conv.click_at,
-        };
-        if rare != Rare::UNSET {
-            compact.rare = Some(Box::new(rare));
-        }
-        compact
-    }
-
     fn unpack(&self) -> Conv {
         self.to_conv(self.rare.as_deref().cloned().unwrap_or(Rare::UNSET))
     }
 
-    fn into_conv(mut self) -> Conv {
-        let rare = self.rare.take().map_or(Rare::UNSET, |r| *r);
-        self.to_conv(rare)
-    }
-
+    #[inline]
     fn to_conv(&self, rare: Rare) -> Conv {
         let s = self.started_at;
         Conv {
@@ -276,6 +286,36 @@ impl CompactConv {
 }
 
 impl Rare {
+    /// The rare fields of `conv`, taken out of it, in `spare` if given;
+    /// none if unset.
+    #[inline]
+    fn take_from(conv: &mut Conv, spare: Option<Box<Rare>>) -> Option<Box<Rare>> {
+        let unset = conv.qualified_at == NONE
+            && conv.first_purchase_at == NONE
+            && conv.revenue == 0
+            && conv.purchases == 0
+            && conv.click_id.is_none()
+            && conv.click_at == NONE;
+        if unset {
+            return None;
+        }
+        let rare = Rare {
+            qualified_at: conv.qualified_at,
+            first_purchase_at: conv.first_purchase_at,
+            revenue: conv.revenue,
+            purchases: conv.purchases,
+            click_id: conv.click_id.take(),
+            click_at: conv.click_at,
+        };
+        Some(match spare {
+            Some(mut spare) => {
+                *spare = rare;
+                spare
+            }
+            None => Box::new(rare),
+        })
+    }
+
     const UNSET: Rare = Rare {
         qualified_at: NONE,
         first_purchase_at: NONE,
