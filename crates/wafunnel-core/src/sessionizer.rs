@@ -626,7 +626,8 @@ pub struct Sessionizer {
     ad_names: Vec<Arc<str>>,
     ad_index: HashMap<Arc<str>, u32>,
     contacts: Contacts,
-    dirty_contacts: Vec<ContactKey>,
+    /// Contacts changed since the last drain, with the slot they had then.
+    dirty_contacts: Vec<(u32, ContactKey)>,
     pending_deletes: HashMap<ContactKey, Vec<(u32, i64)>>,
     pending_rows: Vec<ConversationChange>,
     seen: HashSet<u128>,
@@ -984,7 +985,7 @@ impl Sessionizer {
         let contact = contacts.slot(slot);
         if !contact.dirty {
             contact.dirty = true;
-            dirty_contacts.push(key);
+            dirty_contacts.push((slot, key));
         }
         let tail = contact.tail.get_or_insert_with(|| {
             Box::new(Tail {
@@ -1199,8 +1200,8 @@ impl Sessionizer {
             exports: std::mem::take(&mut self.exports.out),
             ..Changes::default()
         };
-        for key in std::mem::take(&mut self.dirty_contacts) {
-            if let Some(contact) = self.contacts.get_mut(&key) {
+        for (slot, key) in std::mem::take(&mut self.dirty_contacts) {
+            if let Some(contact) = self.contacts.get_at(slot, &key) {
                 if contact.dirty {
                     contact.dirty = false;
                     materialize(

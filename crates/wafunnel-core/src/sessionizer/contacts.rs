@@ -23,19 +23,21 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::{ContactKey, PackedState, Tail, UNSCHEDULED};
 use crate::time::HOUR_MS;
 
-/// One contact's slot.
+/// One contact's slot. In this order, the key is in the slot's first 20
+/// bytes, so a lookup compares it within one cache line.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Contact {
     user: [u64; 2],
-    /// When its maintenance is due (a whole hour), or [`UNSCHEDULED`].
-    pub(super) scheduled: i64,
-    pub(super) tail: Option<Box<Tail>>,
-    pub(super) state: PackedState,
     account: u32,
     /// Rows changed since the last drain (never saved: a state is saved drained).
     pub(super) dirty: bool,
     /// False for a slot that waits for reuse.
     live: bool,
+    /// When its maintenance is due (a whole hour), or [`UNSCHEDULED`].
+    pub(super) scheduled: i64,
+    pub(super) tail: Option<Box<Tail>>,
+    pub(super) state: PackedState,
 }
 
 impl Contact {
@@ -95,6 +97,15 @@ impl Contacts {
             .index
             .find(self.hasher.hash_one(key), |&i| slots[i as usize].is(key))?;
         Some(&mut self.slots[slot as usize])
+    }
+
+    /// The contact of `key`, looked for in `slot` first: where it was,
+    /// unless it was removed since.
+    pub(super) fn get_at(&mut self, slot: u32, key: &ContactKey) -> Option<&mut Contact> {
+        if self.slots[slot as usize].is(key) {
+            return Some(&mut self.slots[slot as usize]);
+        }
+        self.get_mut(key)
     }
 
     pub(super) fn slot(&mut self, slot: u32) -> &mut Contact {
@@ -183,18 +194,22 @@ impl Contacts {
         if *entry.key() > watermark {
             return None;
         }
-        let (due, mut due_slots) = entry.remove_entry();
-        let slots = &mut self.slots;
-        due_slots.retain(|&i| {
-            let c = &slots[i as usize];
-            c.live && c.scheduled == due
-        });
-        due_slots.sort_unstable_by_key(|&i| slots[i as usize].key());
-        due_slots.dedup();
-        for &i in &due_slots {
-            slots[i as usize].scheduled = UNSCHEDULED;
-        }
-        Some(due_slots)
+        let (due, due_slots) = entry.remove_entry();
+        // A slot's first entry unschedules it, so the others are skipped.
+        // Keys are read once each: sorting slots by their key would read the
+        // slots at random on every comparison.
+        let mut keyed: Vec<(ContactKey, u32)> = due_slots
+            .into_iter()
+            .filter_map(|i| {
+                let c = &mut self.slots[i as usize];
+                (c.live && c.scheduled == due).then(|| {
+                    c.scheduled = UNSCHEDULED;
+                    (c.key(), i)
+                })
+            })
+            .collect();
+        keyed.sort_unstable_by_key(|&(key, _)| key);
+        Some(keyed.into_iter().map(|(_, i)| i).collect())
     }
 
     /// Adds a contact read from a snapshot, with its schedule.
