@@ -47,7 +47,12 @@ use crate::rows::{
 };
 use crate::time::{Day, DayClock, HOUR_MS};
 
+mod contacts;
+mod packed;
 mod state;
+
+use contacts::{Contact, Contacts};
+use packed::PackedState;
 
 pub use state::StateError;
 
@@ -257,23 +262,14 @@ impl Step {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct Tail {
-    checkpoint: ContactState,
+    checkpoint: PackedState,
     steps: Vec<Step>,
 }
 
 // The `dirty` flags are not saved: a state is saved only when drained, so
 // every one of them is false.
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Contact {
-    state: ContactState,
-    tail: Option<Box<Tail>>,
-    scheduled: i64,
-    #[serde(skip)]
-    dirty: bool,
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct FunnelEntry {
@@ -629,11 +625,11 @@ pub struct Sessionizer {
     account_index: HashMap<Arc<str>, u32>,
     ad_names: Vec<Arc<str>>,
     ad_index: HashMap<Arc<str>, u32>,
-    contacts: HashMap<ContactKey, Contact>,
-    dirty_contacts: Vec<ContactKey>,
+    contacts: Contacts,
+    /// Contacts changed since the last drain, with the slot they had then.
+    dirty_contacts: Vec<(u32, ContactKey)>,
     pending_deletes: HashMap<ContactKey, Vec<(u32, i64)>>,
     pending_rows: Vec<ConversationChange>,
-    schedule: BTreeMap<i64, Vec<ContactKey>>,
     seen: HashSet<u128>,
     seen_by_hour: BTreeMap<i64, Vec<u128>>,
     watermark: i64,
@@ -661,11 +657,10 @@ impl Sessionizer {
             account_index: HashMap::new(),
             ad_names: Vec::new(),
             ad_index: HashMap::new(),
-            contacts: HashMap::new(),
+            contacts: Contacts::default(),
             dirty_contacts: Vec::new(),
             pending_deletes: HashMap::new(),
             pending_rows: Vec::new(),
-            schedule: Default::default(),
             seen: HashSet::new(),
             seen_by_hour: Default::default(),
             watermark: i64::MIN,
@@ -711,8 +706,8 @@ impl Sessionizer {
             funnel_keys: self.funnel.len(),
             ..StateStats::default()
         };
-        for contact in self.contacts.values() {
-            stats.conversations += contact.state.convs.len();
+        for contact in self.contacts.iter() {
+            stats.conversations += contact.state.conversations();
             stats.kept_events += contact.tail.as_ref().map_or(0, |t| t.steps.len());
         }
         stats
@@ -971,7 +966,6 @@ impl Sessionizer {
             contacts_dirty,
             dirty_contacts,
             pending_deletes,
-            schedule,
             exports,
             ..
         } = self;
@@ -987,20 +981,17 @@ impl Sessionizer {
             contacts_dirty,
             exports,
         };
-        let contact = contacts.entry(key).or_insert_with(|| Contact {
-            state: ContactState::default(),
-            tail: None,
-            scheduled: UNSCHEDULED,
-            dirty: false,
-        });
+        let slot = contacts.get_or_insert(key);
+        let contact = contacts.slot(slot);
         if !contact.dirty {
             contact.dirty = true;
-            dirty_contacts.push(key);
+            dirty_contacts.push((slot, key));
         }
         let tail = contact.tail.get_or_insert_with(|| {
             Box::new(Tail {
                 checkpoint: contact.state.clone(),
-                steps: Vec::new(),
+                // Most tails never hold a second event.
+                steps: Vec::with_capacity(1),
             })
         });
         let in_order = tail
@@ -1008,35 +999,35 @@ impl Sessionizer {
             .last()
             .is_none_or(|last| last.order() < step.order());
         if in_order {
-            fx.step(&mut contact.state, &step);
+            contact.state.with(|state| fx.step(state, &step));
             tail.steps.push(step);
         } else {
             compact(tail, horizon, &mut fx);
             fx.sign = -1;
-            let mut replay = tail.checkpoint.clone();
+            let mut replay = tail.checkpoint.unpack();
             for s in &tail.steps {
                 fx.step(&mut replay, s);
             }
             let at = tail.steps.partition_point(|s| s.order() < step.order());
             tail.steps.insert(at, step);
             fx.sign = 1;
-            let mut replay = tail.checkpoint.clone();
+            let mut replay = tail.checkpoint.unpack();
             for s in &tail.steps {
                 fx.step(&mut replay, s);
             }
-            let old = std::mem::replace(&mut contact.state, replay);
+            let old = contact.state.take();
             let gone: Vec<(u32, i64)> = old
                 .convs
                 .iter()
                 .filter(|o| {
-                    !contact
-                        .state
+                    !replay
                         .convs
                         .iter()
                         .any(|n| n.ad == o.ad && n.started_at == o.started_at)
                 })
                 .map(|o| (o.ad, o.started_at))
                 .collect();
+            contact.state = PackedState::pack(replay);
             if !gone.is_empty() {
                 pending_deletes.entry(key).or_default().extend(gone);
             }
@@ -1045,7 +1036,7 @@ impl Sessionizer {
             .steps
             .first()
             .map_or(UNSCHEDULED, |s| s.time + windows.lateness_ms + 1);
-        schedule_at(schedule, contact, key, due);
+        contacts.schedule(slot, due);
     }
 
     /// Runs the maintenance that the watermark made due: compaction of kept
@@ -1076,27 +1067,18 @@ impl Sessionizer {
         {
             self.exports.emitted.pop_first();
         }
-        while let Some(entry) = self.schedule.first_entry() {
-            if *entry.key() > self.watermark {
-                break;
-            }
-            let (due, keys) = entry.remove_entry();
-            for key in keys {
-                self.maintain_contact(key, due, horizon);
+        while let Some(due) = self.contacts.pop_due(self.watermark) {
+            for slot in due {
+                self.maintain_contact(slot, horizon);
             }
         }
         self.evict_aggregates(horizon);
     }
 
-    fn maintain_contact(&mut self, key: ContactKey, due: i64, horizon: i64) {
+    fn maintain_contact(&mut self, slot: u32, horizon: i64) {
         let retention = self.windows.retention_ms();
-        let Some(contact) = self.contacts.get_mut(&key) else {
-            return;
-        };
-        if contact.scheduled != due {
-            return;
-        }
-        contact.scheduled = UNSCHEDULED;
+        let contact = self.contacts.slot(slot);
+        let key = contact.key();
         let account = &mut self.accounts[key.account as usize];
         let horizon_day = account.clock.day_of(horizon).0;
         let mut fx = Effects {
@@ -1123,18 +1105,20 @@ impl Sessionizer {
         } else {
             let watermark = self.watermark;
             let evictable = |c: &Conv| c.last_activity_at < watermark - retention;
-            if contact.state.convs.iter().any(evictable) {
+            let mut state = contact.state.take();
+            if state.convs.iter().any(evictable) {
                 if contact.dirty {
+                    contact.dirty = false;
                     materialize(
                         key,
-                        contact,
+                        &state,
                         &self.accounts[key.account as usize].id,
                         &self.ad_names,
                         &mut self.pending_deletes,
                         &mut self.pending_rows,
                     );
                 }
-                for conv in contact.state.convs.iter().filter(|c| evictable(c)) {
+                for conv in state.convs.iter().filter(|c| evictable(c)) {
                     if let Some(entry) =
                         self.funnel
                             .get_mut(&(key.account, conv.ad, Day(conv.start_day)))
@@ -1148,55 +1132,48 @@ impl Sessionizer {
                         entry.live_conversations -= 1;
                     }
                 }
-                let state = &mut contact.state;
                 for conv in state.convs.iter().filter(|c| evictable(c)) {
                     let day = conv.start_day;
                     if conv.inbound > 0 && !state.evicted_messaged_days.contains(&day) {
                         state.evicted_messaged_days.push(day);
                     }
                 }
-                contact.state.convs.retain(|c| !evictable(c));
+                state.convs.retain(|c| !evictable(c));
             }
             // A day behind the horizon gets no new conversation, but one of
             // its conversations still held may become messaged.
-            let state = &mut contact.state;
             let convs = &state.convs;
             state
                 .evicted_messaged_days
                 .retain(|d| *d >= horizon_day || convs.iter().any(|c| c.start_day == *d));
-            let removable = contact.state.convs.is_empty()
-                && contact.state.last_organic_day < horizon_day
-                && contact.state.last_start_day < horizon_day;
+            let removable = state.convs.is_empty()
+                && state.last_organic_day < horizon_day
+                && state.last_start_day < horizon_day;
             if removable {
                 if contact.dirty {
+                    contact.dirty = false;
                     materialize(
                         key,
-                        contact,
+                        &state,
                         &self.accounts[key.account as usize].id,
                         &self.ad_names,
                         &mut self.pending_deletes,
                         &mut self.pending_rows,
                     );
                 }
-                self.contacts.remove(&key);
+                self.contacts.remove(slot);
                 return;
             }
-            next = contact
-                .state
+            next = state
                 .convs
                 .iter()
                 .map(|c| c.last_activity_at + retention + 1)
                 .min()
                 .unwrap_or(self.watermark + 24 * HOUR_MS);
+            contact.state = PackedState::pack(state);
         }
-        let contact = self.contacts.get_mut(&key).expect("present");
         // Never due again within this maintenance pass.
-        schedule_at(
-            &mut self.schedule,
-            contact,
-            key,
-            next.max(self.watermark + 1),
-        );
+        self.contacts.schedule(slot, next.max(self.watermark + 1));
     }
 
     fn evict_aggregates(&mut self, horizon: i64) {
@@ -1223,12 +1200,13 @@ impl Sessionizer {
             exports: std::mem::take(&mut self.exports.out),
             ..Changes::default()
         };
-        for key in std::mem::take(&mut self.dirty_contacts) {
-            if let Some(contact) = self.contacts.get_mut(&key) {
+        for (slot, key) in std::mem::take(&mut self.dirty_contacts) {
+            if let Some(contact) = self.contacts.get_at(slot, &key) {
                 if contact.dirty {
+                    contact.dirty = false;
                     materialize(
                         key,
-                        contact,
+                        &contact.state.unpack(),
                         &self.accounts[key.account as usize].id,
                         &self.ad_names,
                         &mut self.pending_deletes,
@@ -1315,45 +1293,28 @@ fn compact(tail: &mut Tail, horizon: i64, fx: &mut Effects<'_>) {
         return;
     }
     let sign = std::mem::replace(&mut fx.sign, 0);
-    for s in &tail.steps[..n] {
-        fx.step(&mut tail.checkpoint, s);
-    }
+    let steps = &tail.steps[..n];
+    tail.checkpoint.with(|checkpoint| {
+        for s in steps {
+            fx.step(checkpoint, s);
+        }
+    });
     fx.sign = sign;
     tail.steps.drain(..n);
 }
 
-fn schedule_at(
-    schedule: &mut BTreeMap<i64, Vec<ContactKey>>,
-    contact: &mut Contact,
-    key: ContactKey,
-    due: i64,
-) {
-    if due == UNSCHEDULED {
-        return;
-    }
-    // Round up to the hour: maintenance runs once per watermark hour.
-    let due = due.div_euclid(HOUR_MS) * HOUR_MS + HOUR_MS;
-    if contact.scheduled <= due {
-        return;
-    }
-    contact.scheduled = due;
-    schedule.entry(due).or_default().push(key);
-}
-
 fn materialize(
     key: ContactKey,
-    contact: &mut Contact,
+    state: &ContactState,
     account_id: &Arc<str>,
     ad_names: &[Arc<str>],
     pending_deletes: &mut HashMap<ContactKey, Vec<(u32, i64)>>,
     out: &mut Vec<ConversationChange>,
 ) {
-    contact.dirty = false;
     let user_hash = key.user();
     if let Some(deletes) = pending_deletes.remove(&key) {
         for (ad, started_at) in deletes {
-            if !contact
-                .state
+            if !state
                 .convs
                 .iter()
                 .any(|c| c.ad == ad && c.started_at == started_at)
@@ -1367,7 +1328,7 @@ fn materialize(
             }
         }
     }
-    for conv in &contact.state.convs {
+    for conv in &state.convs {
         out.push(ConversationChange::Upsert(conversation_row(
             conv,
             account_id,

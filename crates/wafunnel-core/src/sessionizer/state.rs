@@ -3,8 +3,8 @@
 //!
 //! Contract:
 //! - **What a snapshot holds**: everything folded from the events applied so
-//!   far: contacts with their conversations and the events kept for
-//!   reordering, the dedup ids, the maintenance schedule, the partition
+//!   far: contacts with their conversations, the events kept for reordering
+//!   and when their maintenance is due, the dedup ids, the partition
 //!   aggregates, ad names and hierarchy, spend snapshots, the watermark and
 //!   the outcome counts. It holds no rows: it is taken right after a drain,
 //!   and [`Sessionizer::save`] refuses otherwise ([`StateError::Undrained`]).
@@ -16,9 +16,10 @@
 //! - **Exact resume**: `load(save(s))` followed by any events yields exactly
 //!   the drains `s` would have yielded.
 //! - **Deterministic**: the bytes are a pure function of the events applied
-//!   and of where they were drained (hash maps are written in key order,
-//!   not in their seed-dependent iteration order), so a replay of the same
-//!   prefix, drained at the same points, writes the same bytes.
+//!   and of where they were drained (hash maps and contacts are written in
+//!   key order, not in their seed-dependent or slot order, and contacts in the
+//!   form the fold holds them, not their packed form in memory), so a replay
+//!   of the same prefix, drained at the same points, writes the same bytes.
 //! - **Checked, never misread**: the bytes start with a format version and
 //!   end with an xxh3-64 checksum of the rest. A snapshot of another version
 //!   is refused ([`StateError::Version`]); so is one truncated, damaged or
@@ -37,8 +38,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use super::{
-    AccountState, AdDim, Contact, ContactKey, ContactsEntry, Exports, FunnelEntry, OutcomeCounts,
-    Sessionizer, Snapshot,
+    AccountState, AdDim, Contact, ContactKey, ContactState, Contacts, ContactsEntry, Exports,
+    FunnelEntry, OutcomeCounts, PackedState, Sessionizer, Snapshot, Step, Tail,
 };
 use crate::config::{Accounts, Windows};
 use crate::time::{Day, DayClock};
@@ -49,7 +50,8 @@ use crate::time::{Day, DayClock};
 /// contact, and their totals (`outbound_billable`, `messaging_contacts`).
 /// 3: click ids of conversations and kept events, Conversions API exports
 /// pending and emitted.
-pub(super) const FORMAT_VERSION: u32 = 3;
+/// 4: no maintenance schedule: it is rebuilt from each contact's due time.
+pub(super) const FORMAT_VERSION: u32 = 4;
 
 /// Why a state could not be saved or loaded. Every variant is fatal for the
 /// snapshot at hand: none is worth retrying as is. A failed load means
@@ -111,8 +113,7 @@ impl Sessionizer {
             counts: self.counts,
             accounts: self.accounts.iter().map(|a| &a.id).collect(),
             ad_names: &self.ad_names,
-            contacts: Sorted::new(&self.contacts, |k| k),
-            schedule: &self.schedule,
+            contacts: ContactsRef::new(&self.contacts),
             seen_by_hour: &self.seen_by_hour,
             funnel: Sorted::new(&self.funnel, |(account, ad, day)| (account, ad, day.0)),
             contacts_daily: Sorted::new(&self.contacts_daily, |(account, day)| (account, day.0)),
@@ -205,7 +206,6 @@ impl Sessionizer {
         s.maintained_hour = state.maintained_hour;
         s.counts = state.counts;
         s.contacts = state.contacts;
-        s.schedule = state.schedule;
         s.funnel = state
             .funnel
             .into_iter()
@@ -238,8 +238,7 @@ struct StateRef<'a> {
     /// Account ids by index; the day clocks come from the configuration.
     accounts: Vec<&'a Arc<str>>,
     ad_names: &'a [Arc<str>],
-    contacts: Sorted<'a, ContactKey, Contact>,
-    schedule: &'a BTreeMap<i64, Vec<ContactKey>>,
+    contacts: ContactsRef<'a>,
     #[serde(serialize_with = "dedup_ids")]
     seen_by_hour: &'a BTreeMap<i64, Vec<u128>>,
     funnel: Sorted<'a, (u32, u32, i32), FunnelEntry>,
@@ -259,14 +258,99 @@ struct State {
     counts: OutcomeCounts,
     accounts: Vec<Arc<str>>,
     ad_names: Vec<Arc<str>>,
-    contacts: HashMap<ContactKey, Contact>,
-    schedule: BTreeMap<i64, Vec<ContactKey>>,
+    contacts: Contacts,
     seen_by_hour: BTreeMap<i64, Vec<Hash128>>,
     funnel: HashMap<(u32, u32, i32), FunnelEntry>,
     contacts_daily: HashMap<(u32, i32), ContactsEntry>,
     ads: HashMap<(u32, u32), AdDim>,
     spend: HashMap<(u32, u32, i32), Snapshot>,
     exports: Exports,
+}
+
+/// The contacts in key order.
+struct ContactsRef<'a>(Vec<(ContactKey, &'a Contact)>);
+
+impl<'a> ContactsRef<'a> {
+    fn new(contacts: &'a Contacts) -> Self {
+        // The keys sit beside the references: sorting compares them often.
+        let mut sorted: Vec<(ContactKey, &Contact)> =
+            contacts.iter().map(|c| (c.key(), c)).collect();
+        sorted.sort_unstable_by_key(|&(key, _)| key);
+        ContactsRef(sorted)
+    }
+}
+
+impl Serialize for ContactsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|&(key, c)| {
+            let saved = SavedContactRef {
+                state: c.state.unpack(),
+                tail: c.tail.as_ref().map(|tail| SavedTailRef {
+                    checkpoint: tail.checkpoint.unpack(),
+                    steps: &tail.steps,
+                }),
+                scheduled: c.scheduled,
+            };
+            (key, saved)
+        }))
+    }
+}
+
+/// A contact as saved, borrowed. [`SavedContact`] must list the same fields.
+#[derive(Serialize)]
+struct SavedContactRef<'a> {
+    state: ContactState,
+    tail: Option<SavedTailRef<'a>>,
+    scheduled: i64,
+}
+
+#[derive(Serialize)]
+struct SavedTailRef<'a> {
+    checkpoint: ContactState,
+    steps: &'a [Step],
+}
+
+/// A contact as saved, owned.
+#[derive(Deserialize)]
+struct SavedContact {
+    state: ContactState,
+    tail: Option<SavedTail>,
+    scheduled: i64,
+}
+
+#[derive(Deserialize)]
+struct SavedTail {
+    checkpoint: ContactState,
+    steps: Vec<Step>,
+}
+
+/// Read straight into the slots: no map of a million contacts in between.
+impl<'de> Deserialize<'de> for Contacts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Saved;
+        impl<'de> Visitor<'de> for Saved {
+            type Value = Contacts;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of contacts")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Contacts, A::Error> {
+                let mut contacts = Contacts::default();
+                while let Some((key, saved)) = map.next_entry::<ContactKey, SavedContact>()? {
+                    let tail = saved.tail.map(|tail| {
+                        Box::new(Tail {
+                            checkpoint: PackedState::pack(tail.checkpoint),
+                            steps: tail.steps,
+                        })
+                    });
+                    contacts.restore(key, PackedState::pack(saved.state), tail, saved.scheduled);
+                }
+                Ok(contacts)
+            }
+        }
+        deserializer.deserialize_map(Saved)
+    }
 }
 
 /// A hash map's entries in key order, with the key in its saved form.
