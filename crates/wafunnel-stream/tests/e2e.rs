@@ -76,6 +76,7 @@ internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
 state = "state-{suffix}"
 capi = "capi-{suffix}"
+alignment = "alignment-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
@@ -137,6 +138,9 @@ snapshot_interval_ms = 1000
         )
         .await
         .expect("create state topic");
+        kafka::create_alignment_topic(&cfg.kafka, &cfg.topics.alignment, None)
+            .await
+            .expect("create alignment topic");
         sink::migrate(&cfg.clickhouse).await.expect("migrate");
         Env {
             cfg,
