@@ -606,10 +606,14 @@ impl Ingest {
     /// Moves the held records of partitions that are no longer ahead into the batch.
     fn release(&mut self, batch: &mut Vec<(OwnedMessage, Decision)>) -> Result<(), IngestError> {
         loop {
+            if self.alignment.held.is_empty() {
+                return Ok(());
+            }
+            let horizon = self.alignment.horizon();
             let ready = self.alignment.held.iter().find_map(|(p, queue)| {
                 let (_, decision) = queue.front()?;
                 match decision.event_time() {
-                    Some(t) if self.alignment.ahead(p, t) => None,
+                    Some(t) if horizon.ahead(p, t) => None,
                     _ => Some(p.clone()),
                 }
             });

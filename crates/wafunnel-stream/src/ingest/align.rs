@@ -98,6 +98,45 @@ pub(super) struct Alignment {
     pub(super) paused: HashSet<Partition>,
 }
 
+/// The slowest and second slowest positions of all partitions: the
+/// slowest of the partitions other than any one is one of the two, so
+/// judging a record costs no pass over the partitions.
+pub(super) struct Horizon<'a> {
+    skew_ms: i64,
+    /// The slowest position, and its partition if it is this instance's.
+    slowest: Option<(i64, Option<&'a Partition>)>,
+    /// The slowest position of the partitions but that one.
+    second: Option<i64>,
+}
+
+impl<'a> Horizon<'a> {
+    fn add(&mut self, position: i64, partition: Option<&'a Partition>) {
+        match self.slowest {
+            Some((slowest, _)) if position >= slowest => {
+                self.second = Some(self.second.map_or(position, |s| s.min(position)));
+            }
+            slowest => {
+                self.second = slowest.map(|(s, _)| s);
+                self.slowest = Some((position, partition));
+            }
+        }
+    }
+
+    /// The slowest position among the partitions other than `except`.
+    fn floor(&self, except: &Partition) -> Option<i64> {
+        match self.slowest {
+            Some((_, Some(p))) if p == except => self.second,
+            slowest => slowest.map(|(s, _)| s),
+        }
+    }
+
+    /// Whether a record of `p` at `event_time` runs too far ahead.
+    pub(super) fn ahead(&self, p: &Partition, event_time: i64) -> bool {
+        self.floor(p)
+            .is_some_and(|floor| event_time > floor.saturating_add(self.skew_ms))
+    }
+}
+
 /// What an instance publishes about one raw partition it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Entry {
@@ -147,19 +186,26 @@ impl Alignment {
         Some(self.forwarded.get(p).copied().unwrap_or(i64::MIN))
     }
 
-    /// The slowest position among the other partitions, of every instance.
-    fn floor(&self, except: &Partition) -> Option<i64> {
-        self.assigned
-            .iter()
-            .filter(|p| *p != except)
-            .filter_map(|p| self.position(p))
-            .chain(self.others.0)
-            .min()
+    /// Where every partition stands now, to judge any number of records.
+    pub(super) fn horizon(&self) -> Horizon<'_> {
+        let mut horizon = Horizon {
+            skew_ms: self.skew_ms,
+            slowest: None,
+            second: None,
+        };
+        for p in &self.assigned {
+            if let Some(position) = self.position(p) {
+                horizon.add(position, Some(p));
+            }
+        }
+        if let Some(others) = self.others.0 {
+            horizon.add(others, None);
+        }
+        horizon
     }
 
     pub(super) fn ahead(&self, p: &Partition, event_time: i64) -> bool {
-        self.floor(p)
-            .is_some_and(|floor| event_time > floor.saturating_add(self.skew_ms))
+        self.horizon().ahead(p, event_time)
     }
 
     /// Whether this instance or another holds records back.
@@ -457,6 +503,50 @@ mod tests {
         a.at_end.insert(p(1));
         a.forget(&[p(1)]);
         assert_eq!(a.position(&p(1)), Some(i64::MIN));
+    }
+
+    #[test]
+    fn the_horizon_is_the_slowest_of_the_other_partitions() {
+        let mut a = Alignment::new(HOUR, (0..4).map(p).collect());
+        a.assigned = (0..3).map(p).collect();
+        a.published.insert(p(3), entry(Some(7 * HOUR), false));
+        a.refresh_others();
+        let cases: [[Option<i64>; 3]; 5] = [
+            [Some(5), Some(5), Some(9)],
+            [Some(9), Some(5), None],
+            [None, None, None],
+            [Some(8), Some(2), Some(3)],
+            [Some(1), Some(1), Some(1)],
+        ];
+        for case in cases {
+            for (i, position) in case.iter().enumerate() {
+                let partition = p(i as i32);
+                a.at_end.remove(&partition);
+                match position {
+                    Some(hours) => {
+                        a.forwarded.insert(partition, hours * HOUR);
+                    }
+                    None => {
+                        a.at_end.insert(partition);
+                    }
+                }
+            }
+            let horizon = a.horizon();
+            for i in 0..3 {
+                let floor = case
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .filter_map(|(_, hours)| hours.map(|h| h * HOUR))
+                    .chain([7 * HOUR])
+                    .min();
+                assert_eq!(
+                    horizon.floor(&p(i as i32)),
+                    floor,
+                    "{case:?}, partition {i}"
+                );
+            }
+        }
     }
 
     #[test]
