@@ -561,9 +561,17 @@ pub struct KafkaConfig {
     /// are never printed (they may hold secrets).
     #[serde(default, deserialize_with = "lenient_string_map")]
     pub properties: BTreeMap<String, String>,
-    /// Consumer group of `wafunnel ingest`.
+    /// Consumer group of `wafunnel ingest`: its instances share the raw
+    /// partitions in it.
     #[serde(default = "default_ingest_group")]
     pub ingest_group: String,
+    /// This ingest instance's name in its group: its transactional id is
+    /// `<ingest_group>-<ingest_instance>`, so no two running instances may
+    /// share it. Kept across restarts of one instance (a pod's name), a
+    /// restart aborts at once a transaction its killed predecessor left
+    /// open. Default: random, new for every process.
+    #[serde(default, deserialize_with = "lenient_option")]
+    pub ingest_instance: Option<String>,
     /// Consumer group of `wafunnel sessionize` (offsets are committed for lag monitoring).
     #[serde(default = "default_sessionize_group")]
     pub sessionize_group: String,
@@ -631,6 +639,11 @@ pub struct TopicsConfig {
     /// read by `wafunnel capi`. Created with `internal_partitions` partitions.
     #[serde(default = "default_capi_topic")]
     pub capi: String,
+    /// Compacted topic where ingest instances publish how far in event time
+    /// each raw partition they own has come, so that together they keep
+    /// every raw partition within `windows.max_partition_skew`.
+    #[serde(default = "default_alignment_topic")]
+    pub alignment: String,
 }
 
 fn default_internal() -> String {
@@ -644,6 +657,9 @@ fn default_state() -> String {
 }
 fn default_capi_topic() -> String {
     "wafunnel-capi".into()
+}
+fn default_alignment_topic() -> String {
+    "wafunnel-ingest-alignment".into()
 }
 fn default_partitions() -> i32 {
     4
@@ -1118,6 +1134,9 @@ impl Config {
         if self.topics.raw.is_empty() {
             return Err(invalid("topics.raw", "list at least one raw topic"));
         }
+        if self.kafka.ingest_instance.as_deref() == Some("") {
+            return Err(invalid("kafka.ingest_instance", "must not be empty"));
+        }
         if self.topics.internal_partitions < 1 {
             return Err(invalid("topics.internal_partitions", "must be at least 1"));
         }
@@ -1480,6 +1499,8 @@ time_zone = "America/Sao_Paulo"
                 "[{name=\"env-raw\",format=\"json\"}]",
             ),
             ("WAFUNNEL__BATCH__MAX_RECORDS", "123"),
+            ("WAFUNNEL__KAFKA__INGEST_INSTANCE", "ingest-0"),
+            ("WAFUNNEL__TOPICS__ALIGNMENT", "env-alignment"),
             ("WAFUNNEL__SERVICE__SHUTDOWN_GRACE", "7s"),
             ("WAFUNNEL_CLICKHOUSE_PASSWORD", "short-name-still-works"),
             ("WAFUNNEL_BIN", "/not/a/setting"),
@@ -1504,6 +1525,8 @@ time_zone = "America/Sao_Paulo"
         assert_eq!(cfg.topics.raw.len(), 1);
         assert_eq!(cfg.topics.raw[0].name, "env-raw");
         assert_eq!(cfg.batch.max_records, 123);
+        assert_eq!(cfg.kafka.ingest_instance.as_deref(), Some("ingest-0"));
+        assert_eq!(cfg.topics.alignment, "env-alignment");
         assert_eq!(cfg.shutdown_grace().expect("grace"), Duration::from_secs(7));
         let shown = format!("{cfg:?}");
         assert!(

@@ -324,6 +324,29 @@ const STATE_TOPIC_SETTINGS: &[(&str, &str)] = &[
     ("max.message.bytes", "2097152"),
 ];
 
+/// Settings of the ingest alignment topic: compacted, so it keeps each raw
+/// partition's latest position; small segments, so it stays small.
+const ALIGNMENT_TOPIC_SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "1048576"),
+    ("segment.ms", "600000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+];
+
+/// Creates the compacted ingest alignment topic, of one partition, if it
+/// does not exist yet.
+pub async fn create_alignment_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    replication: Option<i32>,
+) -> Result<(), KafkaError> {
+    let layout = TopicLayout {
+        partitions: Some(1),
+        replication,
+    };
+    create_with(cfg, &[(name, layout)], ALIGNMENT_TOPIC_SETTINGS).await
+}
+
 /// Settings of the internal topic: it is the source of truth a partition is
 /// replayed from when no snapshot can be used, so it keeps everything.
 const INTERNAL_TOPIC_SETTINGS: &[(&str, &str)] = &[("retention.ms", "-1")];

@@ -65,6 +65,8 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
     // Conversions API exports: as many partitions as the internal topic, whose
     // partitions emit them.
     wanted.push((&cfg.topics.capi, internal));
+    // Where ingest instances publish their raw partitions' positions.
+    wanted.push((&cfg.topics.alignment, layout(Some(1))));
     let missing: Vec<(&str, TopicLayout)> = wanted
         .iter()
         .copied()
@@ -77,6 +79,8 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
                 kafka::create_state_topic(&cfg.kafka, name, layout).await
             } else if name == cfg.topics.internal {
                 kafka::create_internal_topic(&cfg.kafka, name, layout).await
+            } else if name == cfg.topics.alignment {
+                kafka::create_alignment_topic(&cfg.kafka, name, layout.replication).await
             } else if name == cfg.topics.dead_letter {
                 let retention = cfg.dead_letter_retention_ms().unwrap_or(-1);
                 kafka::create_dead_letter_topic(&cfg.kafka, name, layout, retention).await

@@ -15,21 +15,29 @@
 //!   transaction: each record is forwarded or dead-lettered exactly once.
 //!   Records are produced without a future per record ([`crate::forward`]):
 //!   the commit waits for every delivery and fails if one failed.
-//!   When a transaction fails, it is aborted and the same batch, still in
-//!   memory, is processed again; if the process dies instead, the next owner
+//!   When a transaction fails, it is resolved (aborted, or completed by a
+//!   new producer's initialisation) and every owned partition is read again
+//!   from its committed offsets; if the process dies instead, the next owner
 //!   reads the batch again from the last committed offsets.
 //! - A retryable decode failure (schema registry unreachable) makes ingest
 //!   wait and retry instead of dead-lettering good records.
-//! - One instance reads every raw partition (assigned, not subscribed).
-//!   All instances of one `kafka.ingest_group` share one transactional id,
-//!   so a second one fences the first (which stops) instead of forwarding
-//!   every record again.
+//! - Instances share the raw partitions in the consumer group
+//!   `kafka.ingest_group` (see [`group`]: eager rebalances; records of a
+//!   revoked partition not yet committed are dropped, and its next owner
+//!   reads them from the committed offsets). Each instance has its own
+//!   transactional id, `<ingest_group>-<ingest_instance>`, and commits its
+//!   offsets with the consumer's group metadata, so an instance the group
+//!   has moved on from cannot commit (KIP-447). Two running instances given
+//!   one `kafka.ingest_instance` fence each other: the fenced one stops.
 //! - A `wafunnel check` canary is forwarded in its partition's order but
 //!   takes no part in the alignment, so a check never holds a partition
 //!   back or makes an event late.
 //! - Raw partitions are kept within `windows.max_partition_skew` of each
-//!   other in event time (see [`Alignment`]), so a backfill cannot turn
-//!   good events into late ones downstream.
+//!   other in event time, across instances (see [`align`]), so a backfill
+//!   cannot turn good events into late ones downstream.
+
+mod align;
+mod group;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -50,8 +58,13 @@ use crate::check::CANARY_ACCOUNT;
 use crate::dead_letter;
 use crate::forward;
 use crate::internal::Encoder;
+use align::{
+    Alignment, AlignmentTopic, Partition, END_CHECK_EVERY, END_CONFIRM, HOLD_BEFORE_PAUSE,
+};
+use group::GroupContext;
+use rand::RngCore as _;
 use wafunnel_runtime::error::{Classify, Fault};
-use wafunnel_runtime::kafka::{self, ConnectError, LogContext};
+use wafunnel_runtime::kafka::{self, ConnectError};
 use wafunnel_runtime::metrics::metrics;
 use wafunnel_runtime::shutdown::Shutdown;
 
@@ -72,9 +85,12 @@ pub enum IngestError {
     /// Bad configuration: fatal.
     #[error("configuration: {0}")]
     Config(String),
-    /// Another ingest instance with the same configuration took over.
-    #[error("fenced: another ingest instance took over transactional id {0} (one ingest runs per kafka.ingest_group; this one stops)")]
+    /// Another ingest instance with the same transactional id took over.
+    #[error("fenced: another ingest instance took over transactional id {0} (each running instance needs its own kafka.ingest_instance; this one stops)")]
     Fenced(String),
+    /// The assigned partitions' committed offsets could not be read.
+    #[error("cannot start the assigned raw partitions: {0}")]
+    Resume(String),
     /// The stop was abandoned before the batch in hand was committed (the
     /// next run reads it again from the committed offsets).
     #[error("stopped before the last batch was committed (the next run reads it again)")]
@@ -85,9 +101,10 @@ impl Classify for IngestError {
     fn fault(&self) -> Fault {
         match self {
             IngestError::Kafka(e) if is_fatal(e) => Fault::User,
-            IngestError::Kafka(_) | IngestError::Decode(_) | IngestError::Abandoned => {
-                Fault::External
-            }
+            IngestError::Kafka(_)
+            | IngestError::Decode(_)
+            | IngestError::Abandoned
+            | IngestError::Resume(_) => Fault::External,
             IngestError::Connect(e) => e.fault(),
             IngestError::Config(_) | IngestError::Fenced(_) => Fault::User,
         }
@@ -100,7 +117,8 @@ impl Classify for IngestError {
             IngestError::Connect(_)
             | IngestError::Config(_)
             | IngestError::Fenced(_)
-            | IngestError::Abandoned => false,
+            | IngestError::Abandoned
+            | IngestError::Resume(_) => false,
         }
     }
 }
@@ -143,83 +161,8 @@ impl Decision {
     }
 }
 
-type Partition = (String, i32);
-
 /// Records decided and waiting for one transaction.
 type Decided = Vec<(OwnedMessage, Decision)>;
-
-/// Keeps the raw partitions within `skew_ms` of each other in event time.
-///
-/// Kafka gives no order across partitions: a backfill may deliver one
-/// partition's month before another's first day, and downstream everything
-/// behind the watermark by more than the allowed lateness would be late. A
-/// partition whose next event is further ahead than `skew_ms` of the
-/// slowest partition is paused, its record held, until the others catch up.
-/// The slowest partition is never held, so this never deadlocks; a
-/// partition that stays at its end while it holds another back stops holding
-/// it (it is idle) until it delivers again.
-///
-/// Idleness is confirmed only while a record is held: a partition that was
-/// at its end before a burst (every partition of a quiet pipeline before a
-/// backfill) must not be idle when the burst starts, or the first partition
-/// fetched would run ahead of the others' records that are on their way.
-struct Alignment {
-    skew_ms: i64,
-    assigned: Vec<Partition>,
-    forwarded: HashMap<Partition, i64>,
-    at_end: std::collections::HashSet<Partition>,
-    /// When each partition was first seen at its end, not yet confirmed.
-    end_seen: HashMap<Partition, Instant>,
-    /// When each partition's end was last asked of the broker.
-    end_checked: HashMap<Partition, Instant>,
-    held: HashMap<Partition, std::collections::VecDeque<(OwnedMessage, Decision)>>,
-    /// Since when some record has been held, without a break.
-    holding_since: Option<Instant>,
-    paused: std::collections::HashSet<Partition>,
-}
-
-/// Records held for a partition that runs ahead before it is paused.
-const HOLD_BEFORE_PAUSE: usize = 5_000;
-/// How long a partition must stay at its end before it stops holding others
-/// back: right after a broker restart, its high watermark can be stale.
-const END_CONFIRM: Duration = Duration::from_secs(2);
-/// Asking the broker where a partition ends is a round trip: with a trickle
-/// of small batches, every batch reaches the end again, and asking each time
-/// made ingest spend its time waiting on those answers.
-const END_CHECK_EVERY: Duration = Duration::from_millis(500);
-
-impl Alignment {
-    /// Where a partition stands: its next held event, else the last event forwarded.
-    fn position(&self, p: &Partition) -> Option<i64> {
-        if self.at_end.contains(p) {
-            return None;
-        }
-        if let Some(event_time) = self
-            .held
-            .get(p)
-            .and_then(|q| q.front())
-            .and_then(|(_, d)| d.event_time())
-        {
-            return Some(event_time);
-        }
-        // A partition that delivered nothing yet may be far behind: it holds others back.
-        Some(self.forwarded.get(p).copied().unwrap_or(i64::MIN))
-    }
-
-    /// The slowest position among the other partitions.
-    fn floor(&self, except: &Partition) -> Option<i64> {
-        self.assigned
-            .iter()
-            .filter(|p| *p != except)
-            .filter_map(|p| self.position(p))
-            .min()
-    }
-
-    fn ahead(&self, p: &Partition, event_time: i64) -> bool {
-        self.floor(p)
-            .is_some_and(|floor| event_time > floor.saturating_add(self.skew_ms))
-    }
-}
 
 /// Counts of one ingest run, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +176,7 @@ pub struct IngestCounts {
 }
 
 struct Ingest {
-    consumer: StreamConsumer<LogContext>,
+    consumer: StreamConsumer<GroupContext>,
     producer: forward::Producer,
     decoders: HashMap<String, Decoder<HttpRegistry>>,
     accounts: Accounts,
@@ -244,6 +187,7 @@ struct Ingest {
     flush_interval: Duration,
     counts: IngestCounts,
     alignment: Alignment,
+    positions: AlignmentTopic,
     dead_letters: dead_letter::Policy,
     transactional_id: String,
     producer_config: rdkafka::ClientConfig,
@@ -251,7 +195,8 @@ struct Ingest {
 }
 
 /// Runs ingest until `shutdown` stops it: the batch in hand is committed
-/// first (retried until the stop is abandoned).
+/// first; if its transaction fails, it is resolved (retried until the stop
+/// is abandoned) and the batch is left to be read again.
 pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, IngestError> {
     let partitions = match kafka::connect(&cfg.kafka, &shutdown).await {
         Ok(partitions) => partitions,
@@ -259,64 +204,39 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, Inges
         Err(ConnectError::Stopped(_)) => return Ok(IngestCounts::default()),
         Err(e) => return Err(e.into()),
     };
-    let mut ingest = Ingest::new(cfg, &partitions)?;
+    let mut ingest = Ingest::new(cfg, &partitions).await?;
     metrics().set_ready(true);
     tracing::info!(topics = ?cfg.topics.raw.iter().map(|t| &t.name).collect::<Vec<_>>(), "ingest started");
     while !shutdown.is_stopping() {
         let batch = ingest.collect(&shutdown).await?;
         if batch.is_empty() {
+            if ingest.positions.publication_due() {
+                ingest.publish_positions();
+            }
             continue;
         }
-        let mut batch = batch;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match ingest.commit_batch(&batch, &shutdown).await {
-                Ok(counts) => {
-                    ingest.counts.forwarded += counts.forwarded;
-                    ingest.counts.dead_lettered += counts.dead_lettered;
-                    ingest.counts.ignored += counts.ignored;
-                    metrics().ingest_forwarded.inc_by(counts.forwarded);
-                    metrics().ingest_dead_lettered.inc_by(counts.dead_lettered);
-                    metrics()
-                        .paused_partitions
-                        .set(ingest.alignment.paused.len() as i64);
-                    metrics().set_ready(true);
-                    break;
-                }
-                Err(IngestError::Kafka(e)) if is_fatal(&e) => {
-                    return Err(IngestError::Fenced(ingest.transactional_id.clone()))
-                }
-                Err(e) if !e.is_retryable() => return Err(e),
-                Err(e) => {
-                    metrics().kafka_transaction_retries.inc();
-                    metrics().set_ready(false);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest batch failed, retrying");
-                    if !shutdown.sleep(delay).await {
-                        return Err(IngestError::Abandoned);
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    // The failed transaction is resolved (aborted, or
-                    // completed by a new producer's init) before the batch
-                    // is tried again, and what it did commit is not redone.
-                    if let Err(e) = ingest.settle().await {
-                        if !e.is_retryable() {
-                            return Err(e);
-                        }
-                        tracing::warn!(error = %e, "cannot settle the failed transaction yet");
-                        continue;
-                    }
-                    match ingest.drop_committed(batch) {
-                        Ok(left) => batch = left,
-                        Err((e, kept)) => {
-                            batch = kept;
-                            tracing::warn!(error = %e, "cannot read committed offsets yet");
-                            continue;
-                        }
-                    }
-                    if batch.is_empty() {
-                        break;
-                    }
-                }
+        match ingest.commit_batch(&batch, &shutdown).await {
+            Ok(counts) => {
+                ingest.counts.forwarded += counts.forwarded;
+                ingest.counts.dead_lettered += counts.dead_lettered;
+                ingest.counts.ignored += counts.ignored;
+                metrics().ingest_forwarded.inc_by(counts.forwarded);
+                metrics().ingest_dead_lettered.inc_by(counts.dead_lettered);
+                metrics()
+                    .paused_partitions
+                    .set(ingest.alignment.paused.len() as i64);
+                metrics().set_ready(true);
+                ingest.publish_positions();
+            }
+            Err(IngestError::Kafka(e)) if is_fatal(&e) => {
+                return Err(IngestError::Fenced(ingest.transactional_id.clone()))
+            }
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                metrics().kafka_transaction_retries.inc();
+                metrics().set_ready(false);
+                tracing::warn!(error = %e, "ingest batch failed, reading it again");
+                ingest.recover(&shutdown).await?;
             }
         }
     }
@@ -329,11 +249,15 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<IngestCounts, Inges
     Ok(ingest.counts)
 }
 
-/// One transactional id per ingest group: a second instance started with
-/// the same configuration fences the first (whose next commit fails and
-/// which then exits) instead of forwarding every record a second time.
+/// This instance's own transactional id, `<ingest_group>-<ingest_instance>`,
+/// with a random instance name unless one is configured.
 fn transactional_id(cfg: &Config) -> String {
-    format!("{}-transactions", cfg.kafka.ingest_group)
+    let instance = cfg.kafka.ingest_instance.clone().unwrap_or_else(|| {
+        let mut bytes = [0u8; 8];
+        rand::rng().fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    });
+    format!("{}-{instance}", cfg.kafka.ingest_group)
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
@@ -348,25 +272,20 @@ fn is_fatal(e: &KafkaError) -> bool {
 }
 
 impl Ingest {
-    fn new(cfg: &Config, partitions: &HashMap<String, i32>) -> Result<Self, IngestError> {
-        let consumer: StreamConsumer<LogContext> = kafka::create(
-            kafka::client_config(&cfg.kafka)
-                .set("group.id", &cfg.kafka.ingest_group)
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("isolation.level", "read_committed")
+    async fn new(cfg: &Config, partitions: &HashMap<String, i32>) -> Result<Self, IngestError> {
+        let consumer: StreamConsumer<GroupContext> =
+            kafka::committing_consumer_config(&cfg.kafka, &cfg.kafka.ingest_group)
                 .set("enable.partition.eof", "true")
                 .set("fetch.wait.max.ms", "100")
                 // Small fetches keep the partitions interleaved, so that event
                 // time advances evenly and nothing looks late downstream.
-                .set("max.partition.fetch.bytes", "65536"),
-        )?;
-        // One instance owns every raw partition, assigned directly rather
-        // than through group rebalances: event-time alignment needs to see
-        // all partitions, and a restarted instance must not run ahead on
-        // some while others wait for a dead member's session to expire.
-        // Offsets still commit to the group, inside the transactions.
-        let mut assignment = TopicPartitionList::new();
+                .set("max.partition.fetch.bytes", "65536")
+                // The rebalance handler gives up and takes whole sets: the
+                // eager protocol (module `group`).
+                .set("partition.assignment.strategy", "roundrobin")
+                .create_with_context(GroupContext::default())
+                .map_err(kafka::redact)?;
+        let mut all = Vec::new();
         for topic in &cfg.topics.raw {
             let count = *partitions.get(&topic.name).ok_or_else(|| {
                 IngestError::Config(format!(
@@ -374,21 +293,22 @@ impl Ingest {
                     topic.name
                 ))
             })?;
-            for partition in 0..count {
-                assignment.add_partition(&topic.name, partition);
-            }
+            all.extend((0..count).map(|partition| (topic.name.clone(), partition)));
         }
+        let transactional_id = transactional_id(cfg);
         let mut producer_config = kafka::client_config(&cfg.kafka);
         producer_config
-            .set("transactional.id", transactional_id(cfg))
+            .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "20")
             .set("compression.type", "lz4");
         let producer = forward::create(&producer_config)?;
-        // Fence any earlier instance first: only then are the committed
-        // offsets final (a fenced one cannot commit past them any more).
+        // With a configured instance name, this completes or aborts what a
+        // killed predecessor left open, so its partitions' offsets are final.
         kafka::blocking(|| producer.init_transactions(TXN_TIMEOUT))?;
-        consumer.assign(&kafka::blocking(|| resume_offsets(&consumer, assignment))?)?;
+        let positions = AlignmentTopic::open(cfg, partitions).await?;
+        let topics: Vec<&str> = cfg.topics.raw.iter().map(|t| t.name.as_str()).collect();
+        consumer.subscribe(&topics)?;
         let registry = match &cfg.schema_registry {
             Some(r) => {
                 Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
@@ -422,22 +342,15 @@ impl Ingest {
                 keep_raw_user_ids: cfg.dead_letter.keep_raw_user_ids,
                 max_payload_bytes: cfg.dead_letter.max_payload_bytes,
             },
-            transactional_id: transactional_id(cfg),
+            transactional_id,
             producer_config,
             phone_numbers: wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers()),
-            alignment: Alignment {
-                skew_ms: cfg
-                    .max_partition_skew_ms()
+            alignment: Alignment::new(
+                cfg.max_partition_skew_ms()
                     .map_err(|e| IngestError::Config(e.to_string()))?,
-                assigned: Vec::new(),
-                forwarded: HashMap::new(),
-                at_end: Default::default(),
-                end_seen: HashMap::new(),
-                holding_since: None,
-                end_checked: HashMap::new(),
-                held: HashMap::new(),
-                paused: Default::default(),
-            },
+                all,
+            ),
+            positions,
         })
     }
 
@@ -457,22 +370,30 @@ impl Ingest {
             if left.is_zero() {
                 break;
             }
+            // Not longer than the other instances' positions may wait.
+            let wait = left.min(align::READ_EVERY);
             let message = tokio::select! {
-                received = tokio::time::timeout(left, self.consumer.recv()) => match received {
+                received = tokio::time::timeout(wait, self.consumer.recv()) => match received {
                     Ok(Ok(message)) => message.detach(),
                     Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                        self.after_poll(&mut batch)?;
                         self.mark_at_end(partition);
                         self.release(&mut batch)?;
                         continue;
                     }
                     Ok(Err(e)) => {
+                        self.after_poll(&mut batch)?;
                         tracing::warn!(error = %e, "kafka consume error");
                         continue;
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        self.after_poll(&mut batch)?;
+                        continue;
+                    }
                 },
                 () = shutdown.stopping() => break,
             };
+            self.after_poll(&mut batch)?;
             let decision = self.decide_with_retry(&message, shutdown).await?;
             let partition: Partition = (message.topic().to_owned(), message.partition());
             if !self.alignment.assigned.contains(&partition) {
@@ -490,14 +411,13 @@ impl Ingest {
             match decision {
                 decision if hold => {
                     let event_time = decision.event_time().unwrap_or(i64::MIN);
-                    self.alignment
-                        .holding_since
-                        .get_or_insert_with(Instant::now);
                     let queue = self.alignment.held.entry(partition.clone()).or_default();
                     queue.push_back((message, decision));
+                    let held = queue.len();
+                    self.alignment.refresh_holding();
                     // Small skews are absorbed in memory; a partition far
                     // ahead is paused so that memory stays bounded.
-                    if queue.len() == HOLD_BEFORE_PAUSE {
+                    if held == HOLD_BEFORE_PAUSE {
                         tracing::debug!(
                             topic = partition.0,
                             partition = partition.1,
@@ -527,12 +447,65 @@ impl Ingest {
 
     fn refresh_assignment(&mut self) {
         if let Ok(assignment) = self.consumer.assignment() {
-            self.alignment.assigned = assignment
+            let assigned: Vec<Partition> = assignment
                 .elements()
                 .iter()
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
+            if assigned != self.alignment.assigned {
+                self.alignment.assigned = assigned;
+                self.alignment.refresh_others();
+            }
         }
+    }
+
+    /// Acts on what polling the consumer may have changed: an assignment
+    /// that could not start stops ingest; the records of revoked partitions
+    /// collected or held and not committed are dropped (their next owner
+    /// reads them from the committed offsets); and, when due, the other
+    /// instances' positions are read.
+    fn after_poll(&mut self, batch: &mut Decided) -> Result<(), IngestError> {
+        if let Some(e) = self.consumer.context().fatal() {
+            return Err(IngestError::Resume(e));
+        }
+        let revoked = self.consumer.context().take_revoked();
+        if !revoked.is_empty() {
+            let before = batch.len();
+            batch.retain(|(m, _)| {
+                !revoked
+                    .iter()
+                    .any(|(topic, partition)| topic == m.topic() && *partition == m.partition())
+            });
+            let held = self.alignment.forget(&revoked);
+            self.refresh_assignment();
+            tracing::info!(
+                collected = before - batch.len(),
+                held,
+                "uncommitted records of revoked partitions dropped"
+            );
+        }
+        if self.positions.read_due() {
+            self.read_positions();
+            self.release(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in the entries other instances published.
+    fn read_positions(&mut self) {
+        let entries = self.positions.read();
+        if entries.is_empty() {
+            return;
+        }
+        self.alignment.published.extend(entries);
+        self.alignment.refresh_others();
+    }
+
+    /// Publishes where this instance's partitions stand, as committed.
+    fn publish_positions(&mut self) {
+        self.refresh_assignment();
+        let entries = self.alignment.entries(&self.transactional_id);
+        self.positions.publish(&entries);
     }
 
     /// librdkafka reports the end of a partition by number only: with
@@ -619,7 +592,7 @@ impl Ingest {
     /// While records are held, idle partitions are checked for having
     /// reached their end (and for staying there).
     fn check_idle_partitions(&mut self) {
-        if self.alignment.held.is_empty() {
+        if !self.alignment.someone_holds() {
             return;
         }
         let idle: Vec<Partition> = self
@@ -639,10 +612,14 @@ impl Ingest {
     /// Moves the held records of partitions that are no longer ahead into the batch.
     fn release(&mut self, batch: &mut Vec<(OwnedMessage, Decision)>) -> Result<(), IngestError> {
         loop {
+            if self.alignment.held.is_empty() {
+                return Ok(());
+            }
+            let horizon = self.alignment.horizon();
             let ready = self.alignment.held.iter().find_map(|(p, queue)| {
                 let (_, decision) = queue.front()?;
                 match decision.event_time() {
-                    Some(t) if self.alignment.ahead(p, t) => None,
+                    Some(t) if horizon.ahead(p, t) => None,
                     _ => Some(p.clone()),
                 }
             });
@@ -659,9 +636,7 @@ impl Ingest {
             let left = queue.len();
             if left == 0 {
                 self.alignment.held.remove(&partition);
-                if self.alignment.held.is_empty() {
-                    self.alignment.holding_since = None;
-                }
+                self.alignment.refresh_holding();
             }
             if left < HOLD_BEFORE_PAUSE / 2 && self.alignment.paused.remove(&partition) {
                 self.pause(&partition, false)?;
@@ -827,45 +802,67 @@ impl Ingest {
             })
     }
 
-    /// The records of `batch` whose offsets the group has not committed:
-    /// after a transaction of unknown outcome, those it did commit are not
-    /// forwarded again.
-    fn drop_committed(&self, batch: Decided) -> Result<Decided, (IngestError, Decided)> {
-        let mut tpl = TopicPartitionList::new();
-        for (message, _) in &batch {
-            if tpl
-                .find_partition(message.topic(), message.partition())
-                .is_none()
-            {
-                tpl.add_partition(message.topic(), message.partition());
+    /// After a failed batch: resolves its transaction, then reads every
+    /// owned partition again from its committed offsets, so whatever the
+    /// transaction did commit is not redone, and an instance the group has
+    /// moved on from learns it at its next poll instead of retrying a
+    /// commit that cannot succeed. Retried with backoff until it succeeds.
+    async fn recover(&mut self, shutdown: &Shutdown) -> Result<(), IngestError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if !shutdown.sleep(delay).await {
+                return Err(IngestError::Abandoned);
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+            if let Err(e) = self.settle().await {
+                if !e.is_retryable() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot settle the failed transaction yet");
+                continue;
+            }
+            match self.rewind() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read committed offsets yet")
+                }
             }
         }
-        let committed = match kafka::blocking(|| {
-            self.consumer
-                .committed_offsets(tpl, Duration::from_secs(10))
-        }) {
-            Ok(c) => c,
-            Err(e) => return Err((e.into(), batch)),
-        };
-        let before = batch.len();
-        let left: Decided = batch
-            .into_iter()
-            .filter(|(m, _)| {
-                let next = committed
-                    .find_partition(m.topic(), m.partition())
-                    .and_then(|e| e.offset().to_raw())
-                    .unwrap_or(-1);
-                m.offset() >= next
-            })
+    }
+
+    /// Moves every owned partition back to its committed offset, dropping
+    /// what is held back for alignment (it is read again).
+    fn rewind(&mut self) -> Result<(), IngestError> {
+        let assignment = self.consumer.assignment()?;
+        let resume = kafka::blocking(|| group::resume_offsets(&self.consumer, assignment))?;
+        let partitions: Vec<Partition> = resume
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        if left.len() < before {
-            tracing::info!(
-                committed = before - left.len(),
-                left = left.len(),
-                "part of the failed batch had been committed"
-            );
+        let sought = self
+            .consumer
+            .seek_partitions(resume.clone(), Duration::from_secs(10))?;
+        for element in sought.elements() {
+            element.error()?;
         }
-        Ok(left)
+        let mut paused = TopicPartitionList::new();
+        for (topic, partition) in partitions
+            .iter()
+            .filter(|p| self.alignment.paused.contains(*p))
+        {
+            paused.add_partition(topic, *partition);
+        }
+        if paused.count() > 0 {
+            self.consumer.resume(&paused)?;
+        }
+        let held = self.alignment.forget(&partitions);
+        tracing::info!(
+            partitions = partitions.len(),
+            held,
+            "partitions read again from their committed offsets"
+        );
+        Ok(())
     }
 
     async fn commit_batch(
@@ -1037,50 +1034,6 @@ impl Ingest {
         };
         (self.dead_letter.as_str(), key, written.bytes, headers)
     }
-}
-
-/// How long ingest keeps asking the group coordinator for its offsets at start.
-const RESUME_WAIT: Duration = Duration::from_secs(120);
-
-/// The committed offset of every assigned partition, the beginning where none
-/// is committed. Asked here, with retries, rather than left to the client:
-/// with a direct assignment, librdkafka gives up on a partition whose offset
-/// fetch failed (a coordinator still loading after a broker start), and the
-/// partition is never read.
-fn resume_offsets(
-    consumer: &StreamConsumer<LogContext>,
-    assignment: TopicPartitionList,
-) -> Result<TopicPartitionList, IngestError> {
-    let deadline = Instant::now() + RESUME_WAIT;
-    let committed = loop {
-        let answer = consumer
-            .committed_offsets(assignment.clone(), Duration::from_secs(5))
-            .and_then(|committed| {
-                // A partition whose offset could not be read must not start
-                // from the beginning: it would forward its records again.
-                for element in committed.elements() {
-                    element.error()?;
-                }
-                Ok(committed)
-            });
-        match answer {
-            Ok(committed) => break committed,
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "cannot read committed offsets yet, retrying");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut resume = TopicPartitionList::new();
-    for element in committed.elements() {
-        let offset = match element.offset() {
-            Offset::Offset(n) if n >= 0 => Offset::Offset(n),
-            _ => Offset::Beginning,
-        };
-        resume.add_partition_offset(element.topic(), element.partition(), offset)?;
-    }
-    Ok(resume)
 }
 
 /// The offsets a batch's transaction commits: past each partition's last

@@ -76,6 +76,7 @@ internal = "events-{suffix}"
 dead_letter = "dead-{suffix}"
 state = "state-{suffix}"
 capi = "capi-{suffix}"
+alignment = "alignment-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
@@ -137,6 +138,9 @@ snapshot_interval_ms = 1000
         )
         .await
         .expect("create state topic");
+        kafka::create_alignment_topic(&cfg.kafka, &cfg.topics.alignment, None)
+            .await
+            .expect("create alignment topic");
         sink::migrate(&cfg.clickhouse).await.expect("migrate");
         Env {
             cfg,
@@ -952,6 +956,98 @@ async fn three_instances_stopped_and_started_give_the_same_tables_on_1_3_and_8_p
         assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
         assert_views_equal(&env, &tables).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
+async fn three_ingest_and_three_sessionize_processes_killed_give_the_same_tables() {
+    let env_ = Env::new("killall", 4, 4).await;
+    let lines = generated(40_000);
+    let (tables, outcomes) = reference(&env_, &lines);
+    assert_eq!(outcomes.late, 0, "the generated log has no late event");
+    env_.produce(&env_.raw, 4, &lines).await;
+    let dir = std::env::temp_dir().join(format!("wafunnel-killall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Each ingest instance keeps its name across restarts, as a pod does,
+    // so a restart aborts at once what its killed predecessor left open.
+    let mut ingest: Vec<Service> = (0..3)
+        .map(|i| {
+            let config = dir.join(format!("ingest-{i}.toml"));
+            let toml = env_.toml_again().replacen(
+                "[kafka]\n",
+                &format!("[kafka]\ningest_instance = \"ingest-{i}\"\n"),
+                1,
+            );
+            std::fs::write(&config, toml).expect("config");
+            Service::new(&config, "ingest", dir.join(format!("ingest-{i}.log")))
+        })
+        .collect();
+    let config = dir.join("wafunnel.toml");
+    std::fs::write(&config, env_.toml_again()).expect("config");
+    let mut sessionize: Vec<Service> = (0..3)
+        .map(|i| {
+            Service::new(
+                &config,
+                "sessionize",
+                dir.join(format!("sessionize-{i}.log")),
+            )
+        })
+        .collect();
+    ingest.iter_mut().for_each(Service::start);
+    sessionize.iter_mut().for_each(Service::start);
+    // SIGKILLs alternate between the two groups, at random members, while
+    // the log is processed: partitions move between ingest instances with
+    // transactions left open, and between sessionize instances with state.
+    let mut schedule = Schedule(0x5851_f42d_4c95_7f2d);
+    for round in 0..8 {
+        tokio::time::sleep(Duration::from_millis(1000 + schedule.next(1500))).await;
+        let group = if round % 2 == 0 {
+            &mut ingest
+        } else {
+            &mut sessionize
+        };
+        let victim = &mut group[schedule.next(3) as usize];
+        victim.kill9();
+        victim.start();
+    }
+    let expected = lines.len() as u64;
+    let started = Instant::now();
+    while env_.accounting().await.total() < expected {
+        ingest.iter_mut().for_each(Service::keep_alive);
+        sessionize.iter_mut().for_each(Service::keep_alive);
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "only {:?} of {expected} records accounted for; logs in {}",
+            env_.accounting().await,
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Settle: a record forwarded or counted twice would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ingest.iter_mut().for_each(Service::kill9);
+    sessionize.iter_mut().for_each(Service::kill9);
+    let accounting = env_.accounting().await;
+    assert_eq!(
+        accounting,
+        Accounting {
+            applied: expected - outcomes.duplicate,
+            duplicate: outcomes.duplicate,
+            late: 0,
+            dead_lettered: 0,
+        },
+        "every record exactly once, none late; logs in {}",
+        dir.display()
+    );
+    assert_views_equal(&env_, &tables).await;
+    let exits: Vec<u32> = ingest.iter().chain(&sessionize).map(|s| s.exits).collect();
+    assert_eq!(
+        exits,
+        [0; 6],
+        "services exited by themselves; logs in {}",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A service run as its own process, so that it can be killed with SIGKILL.

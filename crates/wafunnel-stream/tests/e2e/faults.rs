@@ -1,5 +1,5 @@
-//! What must not change a number: checks, a second ingest, retention of
-//! dead letters, notations of a phone number.
+//! What must not change a number: checks, ingest instances sharing the
+//! raw partitions, retention of dead letters, notations of a phone number.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::kafka::{self, LogContext};
 use wafunnel_runtime::shutdown::Shutdown;
-use wafunnel_stream::ingest::IngestError;
+use wafunnel_stream::ingest::{IngestCounts, IngestError};
 use wafunnel_stream::sink;
 
 use super::{assert_views_equal, generated, reference, Accounting, Env, Pipeline};
@@ -72,43 +72,104 @@ async fn a_check_before_and_during_a_backfill_changes_no_number() {
     );
 }
 
+/// An ingest instance of the test's group, running in this process.
+fn start_ingest(
+    toml: &str,
+) -> (
+    Shutdown,
+    tokio::task::JoinHandle<Result<IngestCounts, IngestError>>,
+) {
+    let cfg = Config::from_toml(toml).expect("config");
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle = tokio::spawn(async move { wafunnel_stream::ingest::run(&cfg, stop).await });
+    (shutdown, handle)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
-async fn a_second_ingest_is_fenced_and_nothing_is_forwarded_twice() {
-    let env_ = Env::new("twoingest", 4, 2).await;
-    let lines = generated(20_000);
+async fn ingest_instances_joining_and_leaving_forward_every_record_once() {
+    let env_ = Env::new("threeingest", 4, 2).await;
+    let lines = generated(30_000);
     let (tables, outcomes) = reference(&env_, &lines);
     env_.produce(&env_.raw, 4, &lines).await;
     let first = Pipeline::start(&env_);
-    // Let the first one commit some batches before the second starts.
+    // Let the first one commit some batches before the others join: each
+    // join takes partitions away from it in the middle of the stream.
     while env_.accounting().await.total() == 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let second_cfg = Config::from_toml(&env_.toml_again()).expect("config");
-    let second_stop = Shutdown::new();
-    let stop = second_stop.clone();
-    let second = tokio::spawn(async move { wafunnel_stream::ingest::run(&second_cfg, stop).await });
+    let second = start_ingest(&env_.toml_again());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let third = start_ingest(&env_.toml_again());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // One leaves while the others work: its partitions move to them.
+    second.0.stop();
+    let second = second.1.await.expect("join").expect("second ingest");
     let accounting = wait_for_total(&env_, lines.len() as u64).await;
     // Settle: anything forwarded twice would show up now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env_.accounting().await, accounting);
-    assert_eq!(accounting.total(), lines.len() as u64, "{accounting:?}");
     assert_eq!(
-        accounting.duplicate, outcomes.duplicate,
-        "records forwarded twice"
+        accounting,
+        Accounting {
+            applied: lines.len() as u64 - outcomes.duplicate,
+            duplicate: outcomes.duplicate,
+            late: 0,
+            dead_lettered: 0,
+        },
+        "every record once"
     );
-    second_stop.stop();
+    third.0.stop();
+    let third = third.1.await.expect("join").expect("third ingest");
     first.shutdown.stop();
-    let results = [
-        first.ingest.await.expect("join").map(|_| ()),
-        second.await.expect("join").map(|_| ()),
-    ];
+    let first_counts = first.ingest.await.expect("join").expect("first ingest");
     first.sessionize.await.expect("join").expect("sessionize");
-    let fenced = results
-        .iter()
-        .filter(|r| matches!(r, Err(IngestError::Fenced(_))))
-        .count();
-    assert_eq!(fenced, 1, "one of the two stops, fenced: {results:?}");
+    let shares = [first_counts, second, third].map(|c| c.forwarded);
+    assert!(
+        shares.iter().filter(|&&n| n > 0).count() >= 2,
+        "the instances shared the work: {shares:?}"
+    );
+    assert_views_equal(&env_, &tables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn a_slow_ingest_instance_holds_the_others_back_in_event_time() {
+    // Two raw partitions, each a fortnight of events in time order; one
+    // instance forwards in batches of 50, the other in batches of 20,000.
+    // Alone, the fast one would forward its fortnight while the slow one
+    // is still on its first days, whose events would then be late.
+    let env_ = Env::new("slowalign", 2, 2).await;
+    let lines = generated(20_000);
+    let (tables, outcomes) = reference(&env_, &lines);
+    env_.produce(&env_.raw, 2, &lines).await;
+    let slow = env_.toml_again().replacen(
+        "[batch]\nmax_records = 20000\n",
+        "[batch]\nmax_records = 50\n",
+        1,
+    );
+    assert_ne!(slow, env_.toml_again(), "the slow configuration differs");
+    // The slow one starts alone with every partition (aligned in one
+    // process); the fast one then takes half of them.
+    let slow = start_ingest(&slow);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pipeline = Pipeline::start(&env_);
+    let accounting = wait_for_total(&env_, lines.len() as u64).await;
+    slow.0.stop();
+    let slow = slow.1.await.expect("join").expect("slow ingest");
+    pipeline.stop().await;
+    assert!(slow.forwarded > 0, "the slow instance took part");
+    assert_eq!(
+        accounting,
+        Accounting {
+            applied: lines.len() as u64 - outcomes.duplicate,
+            duplicate: outcomes.duplicate,
+            late: 0,
+            dead_lettered: 0,
+        },
+        "no event made late by the other instance's partition"
+    );
     assert_views_equal(&env_, &tables).await;
 }
 
