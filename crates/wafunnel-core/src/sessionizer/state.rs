@@ -53,6 +53,14 @@ use crate::time::{Day, DayClock};
 /// 4: no maintenance schedule: it is rebuilt from each contact's due time.
 pub(super) const FORMAT_VERSION: u32 = 4;
 
+/// The oldest layout this build still reads: 3 differs from 4 only by the
+/// maintenance schedule after the contacts, which is read and dropped, so
+/// an upgrade restores its snapshots instead of replaying the partitions.
+pub(super) const OLDEST_READABLE_VERSION: u32 = 3;
+
+/// Version 3's maintenance schedule: contacts by the hour they are due.
+type ScheduleV3 = BTreeMap<i64, Vec<ContactKey>>;
+
 /// Why a state could not be saved or loaded. Every variant is fatal for the
 /// snapshot at hand: none is worth retrying as is. A failed load means
 /// rebuilding the partition by replaying it from the beginning; a failed
@@ -75,11 +83,15 @@ pub enum StateError {
     Decode(String),
     /// The snapshot has another layout version. Fatal: replay the partition
     /// instead.
-    #[error("state snapshot format version {found}, this build reads version {expected}")]
+    #[error(
+        "state snapshot format version {found}, this build reads versions {} to {expected}",
+        OLDEST_READABLE_VERSION
+    )]
     Version {
         /// The version in the snapshot.
         found: u32,
-        /// The version this build writes and reads.
+        /// The version this build writes (it reads it and the older ones
+        /// down to [`OLDEST_READABLE_VERSION`]).
         expected: u32,
     },
 }
@@ -157,7 +169,7 @@ impl Sessionizer {
     ) -> Result<Sessionizer, StateError> {
         let decode = |e: postcard::Error| StateError::Decode(e.to_string());
         let (found, _) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
-        if found != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&found) {
             return Err(StateError::Version {
                 found,
                 expected: FORMAT_VERSION,
@@ -171,7 +183,18 @@ impl Sessionizer {
                 "checksum mismatch: truncated or damaged".into(),
             ));
         }
-        let (_, state): (u32, State) = postcard::from_bytes(body).map_err(decode)?;
+        if found == FORMAT_VERSION {
+            let (_, state): (u32, State) = postcard::from_bytes(body).map_err(decode)?;
+            Ok(Self::restore(state, windows, accounts))
+        } else {
+            let (_, state): (u32, State<ScheduleV3>) =
+                postcard::from_bytes(body).map_err(decode)?;
+            Ok(Self::restore(state, windows, accounts))
+        }
+    }
+
+    /// The sessionizer of a decoded state, of any readable version.
+    fn restore<S>(state: State<S>, windows: Windows, accounts: Accounts) -> Sessionizer {
         let mut s = Sessionizer::new(state.partition, windows, accounts);
         // The day clocks come from the configuration: their caches do not
         // change any day they return.
@@ -223,7 +246,7 @@ impl Sessionizer {
             .map(|((account, ad, day), e)| ((account, ad, Day(day)), e))
             .collect();
         s.exports = state.exports;
-        Ok(s)
+        s
     }
 }
 
@@ -250,8 +273,11 @@ struct StateRef<'a> {
 
 /// The saved layout, owned. Days are plain numbers here: [`Day`]'s own
 /// encoding is the `YYYY-MM-DD` text of the output rows.
+///
+/// `Schedule` is what version 3 saved after the contacts ([`ScheduleV3`]);
+/// version 4 saves nothing there, which `()` reads.
 #[derive(Deserialize)]
-struct State {
+struct State<Schedule = ()> {
     partition: u32,
     watermark: i64,
     maintained_hour: i64,
@@ -259,6 +285,9 @@ struct State {
     accounts: Vec<Arc<str>>,
     ad_names: Vec<Arc<str>>,
     contacts: Contacts,
+    /// Read to reach the fields after it, then dropped: the contacts'
+    /// due times rebuild it.
+    _schedule: Schedule,
     seen_by_hour: BTreeMap<i64, Vec<Hash128>>,
     funnel: HashMap<(u32, u32, i32), FunnelEntry>,
     contacts_daily: HashMap<(u32, i32), ContactsEntry>,
