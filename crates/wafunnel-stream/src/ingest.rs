@@ -367,7 +367,7 @@ impl Ingest {
         let deadline = Instant::now() + self.flush_interval;
         while batch.len() < self.max_records {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || (!batch.is_empty() && self.alignment.blocked()) {
                 break;
             }
             // Not longer than the other instances' positions may wait.

@@ -67,7 +67,7 @@ pub(super) const END_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// commits nothing (idle, or every partition held back).
 pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// How often the alignment topic is read while a batch is collected.
-pub(super) const READ_EVERY: Duration = Duration::from_millis(100);
+pub(super) const READ_EVERY: Duration = Duration::from_millis(20);
 
 /// Keeps the raw partitions within `skew_ms` of each other in event time.
 ///
@@ -206,6 +206,21 @@ impl Alignment {
 
     pub(super) fn ahead(&self, p: &Partition, event_time: i64) -> bool {
         self.horizon().ahead(p, event_time)
+    }
+
+    /// Whether this instance can forward nothing more until the others
+    /// publish: it holds records back, and each of its partitions either
+    /// holds records or sits at its end. Its batch is then committed at
+    /// once, so that its positions are published and the others move on:
+    /// waiting out the flush interval instead would let each exchange of
+    /// positions cost a whole interval, and a backfill spread over several
+    /// instances advance by only the skew per interval.
+    pub(super) fn blocked(&self) -> bool {
+        !self.held.is_empty()
+            && self
+                .assigned
+                .iter()
+                .all(|p| self.held.contains_key(p) || self.at_end.contains(p))
     }
 
     /// Whether this instance or another holds records back.
@@ -503,6 +518,26 @@ mod tests {
         a.at_end.insert(p(1));
         a.forget(&[p(1)]);
         assert_eq!(a.position(&p(1)), Some(i64::MIN));
+    }
+
+    #[test]
+    fn blocked_when_every_partition_holds_or_is_at_its_end() {
+        let mut a = Alignment::new(HOUR, (0..4).map(p).collect());
+        a.assigned = (0..2).map(p).collect();
+        assert!(!a.blocked(), "nothing held");
+        a.at_end.insert(p(0));
+        a.at_end.insert(p(1));
+        assert!(
+            !a.blocked(),
+            "at its end and holding nothing: live, not blocked"
+        );
+        a.at_end.remove(&p(1));
+        a.held.insert(p(1), VecDeque::new());
+        assert!(a.blocked(), "one holds, the other is at its end");
+        a.at_end.remove(&p(0));
+        assert!(!a.blocked(), "the other may still forward");
+        a.held.insert(p(0), VecDeque::new());
+        assert!(a.blocked(), "both hold");
     }
 
     #[test]
