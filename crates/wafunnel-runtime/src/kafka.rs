@@ -46,6 +46,29 @@ pub const DETAIL: &str = "wafunnel.detail";
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LogContext;
 
+/// Implements `ClientContext` for a context of its own (a consumer's
+/// rebalance handling, a producer's delivery reports) by logging as
+/// [`LogContext`] does, so that no client's warnings are lost.
+#[macro_export]
+macro_rules! logs_like_log_context {
+    ($context:ty) => {
+        impl ::rdkafka::client::ClientContext for $context {
+            fn log(&self, level: ::rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+                ::rdkafka::client::ClientContext::log(
+                    &$crate::kafka::LogContext,
+                    level,
+                    fac,
+                    message,
+                );
+            }
+
+            fn error(&self, error: ::rdkafka::error::KafkaError, reason: &str) {
+                ::rdkafka::client::ClientContext::error(&$crate::kafka::LogContext, error, reason);
+            }
+        }
+    };
+}
+
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         // Authentication and handshake failures also arrive as errors

@@ -14,12 +14,11 @@
 
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
-use wafunnel_runtime::kafka::{self, LogContext};
+use wafunnel_runtime::kafka;
 
 /// How long a full queue is polled before the record is offered again.
 const QUEUE_FULL_POLL: Duration = Duration::from_millis(10);
@@ -29,15 +28,7 @@ const QUEUE_FULL_POLL: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardContext;
 
-impl ClientContext for ForwardContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        LogContext.error(error, reason);
-    }
-}
+wafunnel_runtime::logs_like_log_context!(ForwardContext);
 
 impl ProducerContext for ForwardContext {
     type DeliveryOpaque = ();

@@ -52,12 +52,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::sessionizer::{Outcome, Sessionizer};
 use wafunnel_core::time::DAY_MS;
@@ -227,15 +226,7 @@ struct SessionizeContext {
     failed: Mutex<Option<SessionizeError>>,
 }
 
-impl ClientContext for SessionizeContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        LogContext.error(error, reason);
-    }
-}
+wafunnel_runtime::logs_like_log_context!(SessionizeContext);
 
 impl ConsumerContext for SessionizeContext {
     // Assignment is done here rather than by the default handler so that each

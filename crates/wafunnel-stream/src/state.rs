@@ -30,7 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use wafunnel_core::config::{Accounts, Windows};
 use wafunnel_core::sessionizer::{Sessionizer, StateError};
@@ -125,15 +125,7 @@ struct DeliveryContext {
     first_failure: Mutex<Option<KafkaError>>,
 }
 
-impl ClientContext for DeliveryContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        LogContext.error(error, reason);
-    }
-}
+wafunnel_runtime::logs_like_log_context!(DeliveryContext);
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();

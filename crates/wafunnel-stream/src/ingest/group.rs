@@ -24,13 +24,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
-use wafunnel_runtime::kafka::{self, LogContext};
+use wafunnel_runtime::kafka;
 
 use super::align::Partition;
 use super::IngestError;
@@ -59,15 +57,7 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        LogContext.error(error, reason);
-    }
-}
+wafunnel_runtime::logs_like_log_context!(GroupContext);
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
