@@ -55,7 +55,8 @@ pub(super) const FORMAT_VERSION: u32 = 4;
 
 /// The oldest layout this build still reads: 3 differs from 4 only by the
 /// maintenance schedule after the contacts, which is read and dropped, so
-/// an upgrade restores its snapshots instead of replaying the partitions.
+/// a deployment upgraded from a build writing 3 restores its snapshots
+/// instead of replaying the partitions.
 pub(super) const OLDEST_READABLE_VERSION: u32 = 3;
 
 /// Version 3's maintenance schedule: contacts by the hour they are due.

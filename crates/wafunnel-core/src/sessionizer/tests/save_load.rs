@@ -72,7 +72,7 @@ fn truncated_or_extended_bytes_are_a_decode_error() {
     assert!(matches!(result, Err(StateError::Decode(_))), "{result:?}");
 }
 
-/// `drained()` as saved by the last build that wrote version 3.
+/// `drained()` as saved by the last build that wrote version 3 (commit faf3736).
 const DRAINED_V3: &[u8] = include_bytes!("golden/drained_v3.snapshot");
 
 #[test]
