@@ -448,7 +448,7 @@ pub async fn dry_run(
         for partition in 0..count {
             wanted.add_partition(&topic, partition);
         }
-        let committed = consumer.committed_offsets(wanted, Duration::from_secs(10))?;
+        let committed = kafka::committed_offsets(&consumer, &wanted)?;
         let mut start = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for element in committed.elements() {

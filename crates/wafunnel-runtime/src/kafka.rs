@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Classify, Fault};
 use crate::shutdown::Shutdown;
@@ -23,6 +23,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
+use rdkafka::TopicPartitionList;
 
 use crate::config::KafkaConfig;
 use crate::metrics::metrics;
@@ -109,6 +110,41 @@ impl ClientContext for LogContext {
 }
 
 impl ConsumerContext for LogContext {}
+
+/// How long a group's committed offsets are asked for before giving up.
+pub const COMMITTED_WAIT: Duration = Duration::from_secs(120);
+
+/// The committed offsets of `partitions` in the consumer's group, asked
+/// again every second until [`COMMITTED_WAIT`] has passed while the group
+/// coordinator cannot answer (one still loading after a broker start
+/// answers `NotCoordinator` or `CoordinatorLoadInProgress` for a while). A
+/// partition whose own offset could not be read is an error too: taking it
+/// as uncommitted would read it from the beginning. Blocks: call it inside
+/// [`blocking`].
+pub fn committed_offsets<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &TopicPartitionList,
+) -> Result<TopicPartitionList, KafkaError> {
+    let deadline = Instant::now() + COMMITTED_WAIT;
+    loop {
+        let answer = consumer
+            .committed_offsets(partitions.clone(), Duration::from_secs(5))
+            .and_then(|committed| {
+                for element in committed.elements() {
+                    element.error()?;
+                }
+                Ok(committed)
+            });
+        match answer {
+            Ok(committed) => return Ok(committed),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot read committed offsets yet, retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Runs a blocking Kafka call (transactions, snapshot reads and writes)
 /// without stalling the other tasks of a multi-threaded runtime; on a

@@ -22,7 +22,6 @@
 //!   has moved on from (a zombie) fails and its transaction is aborted.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaRespErr;
@@ -32,9 +31,6 @@ use wafunnel_runtime::kafka;
 
 use super::align::Partition;
 use super::IngestError;
-
-/// How long ingest keeps asking the group coordinator for committed offsets.
-const RESUME_WAIT: Duration = Duration::from_secs(120);
 
 /// The ingest consumer's context: logs, and takes part in rebalances.
 #[derive(Default)]
@@ -117,27 +113,7 @@ pub(super) fn resume_offsets<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     assignment: TopicPartitionList,
 ) -> Result<TopicPartitionList, IngestError> {
-    let deadline = Instant::now() + RESUME_WAIT;
-    let committed = loop {
-        let answer = consumer
-            .committed_offsets(assignment.clone(), Duration::from_secs(5))
-            .and_then(|committed| {
-                // A partition whose offset could not be read must not start
-                // from the beginning: it would forward its records again.
-                for element in committed.elements() {
-                    element.error()?;
-                }
-                Ok(committed)
-            });
-        match answer {
-            Ok(committed) => break committed,
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "cannot read committed offsets yet, retrying");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let committed = kafka::committed_offsets(consumer, &assignment)?;
     let mut resume = TopicPartitionList::new();
     for element in committed.elements() {
         let offset = match element.offset() {
