@@ -247,7 +247,7 @@ impl ConsumerContext for SessionizeContext {
                     .collect();
                 // Partitions are restored side by side: reading a snapshot
                 // waits on the broker as much as it decodes.
-                let restored: Vec<(u32, Worker)> = blocking(|| {
+                let restored: Vec<(u32, Option<Worker>)> = blocking(|| {
                     std::thread::scope(|scope| {
                         let restoring: Vec<_> = internal
                             .iter()
@@ -261,13 +261,19 @@ impl ConsumerContext for SessionizeContext {
                                         partition = p,
                                         "restore failed, replaying the partition from its beginning"
                                     );
-                                    self.fresh(p)
+                                    Some(self.fresh(p))
                                 });
                                 (p, worker)
                             })
                             .collect()
                     })
                 });
+                // A refused partition is not assigned: nothing of it is
+                // counted under the new settings before the loop stops.
+                let restored: Vec<(u32, Worker)> = restored
+                    .into_iter()
+                    .filter_map(|(p, worker)| Some((p, worker?)))
+                    .collect();
                 let mut assignment = TopicPartitionList::new();
                 let mut paused = TopicPartitionList::new();
                 for (partition, worker) in &restored {
@@ -454,7 +460,7 @@ impl SessionizeContext {
         };
         if worker.next_offset < low {
             let message = format!(
-                "internal partition {partition} would resume at offset {} but its records before {low} were deleted (no usable state snapshot: changed windows or accounts, or a lost state topic); rebuild it from the raw topics (README: rebuilding)",
+                "internal partition {partition} would resume at offset {} but its records before {low} were deleted (no usable state snapshot: changed windows, or a lost state topic); rebuild it from the raw topics (README: rebuilding)",
                 worker.next_offset
             );
             tracing::error!(
@@ -482,7 +488,9 @@ impl SessionizeContext {
         }
     }
 
-    fn restore(&self, partition: u32) -> Worker {
+    /// The partition's worker, or `None` (and the service stopping) if its
+    /// snapshot refuses the configured settings.
+    fn restore(&self, partition: u32) -> Option<Worker> {
         let started = Instant::now();
         match self.store.load(partition, self.windows, &self.accounts) {
             Ok(Some(restored)) => {
@@ -513,7 +521,7 @@ impl SessionizeContext {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "state restored from snapshot"
                 );
-                Worker {
+                Some(Worker {
                     sessionizer: restored.sessionizer,
                     next_offset: restored.next_offset,
                     outcomes,
@@ -523,7 +531,7 @@ impl SessionizeContext {
                     last_snapshot: Instant::now(),
                     snapshot_offset: Some(restored.next_offset),
                     deletable_below: None,
-                }
+                })
             }
             Ok(None) => {
                 metrics().restores_from_beginning.inc();
@@ -531,7 +539,13 @@ impl SessionizeContext {
                     partition,
                     "no snapshot, replaying the partition from its beginning"
                 );
-                self.fresh(partition)
+                Some(self.fresh(partition))
+            }
+            Err(e @ SnapshotError::AccountSettingsChanged { .. }) => {
+                tracing::error!(partition, error = %e, "account settings changed");
+                let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                fatal.get_or_insert(e.to_string());
+                None
             }
             Err(e) => {
                 metrics().restores_from_beginning.inc();
@@ -540,7 +554,7 @@ impl SessionizeContext {
                     error = %e,
                     "snapshot unusable, replaying the partition from its beginning"
                 );
-                self.fresh(partition)
+                Some(self.fresh(partition))
             }
         }
     }
