@@ -56,7 +56,11 @@ pub fn payload(raw: &[u8], policy: Policy, hasher: &UserHasher) -> Payload {
 
 /// The reason detail of `rejection`, without a user id's value.
 pub fn detail(rejection: &Rejection) -> String {
-    detail_text(&rejection.to_string())
+    match rejection {
+        // The business's own number id, not a contact's: the operator adds it.
+        Rejection::UnknownPhoneNumber(_) => rejection.to_string(),
+        _ => detail_text(&rejection.to_string()),
+    }
 }
 
 /// A decoder's or validator's message without the values it quotes that

@@ -3,7 +3,8 @@
 //! under the new configuration, every partition resumes from its snapshot,
 //! the accounts that got no new traffic keep their rows, and the new
 //! account's traffic counts in its currency and time zone. Changing an
-//! existing account's currency is then refused by name.
+//! existing account's currency is then refused by name. A body from the
+//! number before it was configured is listed by `unknown_phone_numbers`.
 
 use std::time::Duration;
 
@@ -81,18 +82,51 @@ async fn an_account_and_numbers_added_to_a_trimmed_pipeline_resume_every_partiti
     let horizon = wafunnel_gen::GenConfig::scaled(events).horizon_ms();
 
     // Three runs, each ending with a snapshot of every partition: the
-    // records before the previous one are then deleted.
+    // records before the previous one are then deleted. In the last, a body
+    // from the new client's number, not configured yet.
     let waves: Vec<&[Vec<u8>]> = lines.chunks(lines.len().div_ceil(3)).collect();
     let mut sent = 0u64;
-    for wave in waves {
+    let last = waves.len() - 1;
+    for (i, wave) in waves.into_iter().enumerate() {
         env.produce(&env.raw, 1, wave).await;
         sent += wave.len() as u64;
+        if i == last {
+            let early = webhook_body(
+                "406540352242922",
+                "447700900999",
+                "wamid.EARLY",
+                (horizon - 2 * HOUR_MS) / 1000,
+                None,
+            );
+            env.produce(&env.webhook, 1, &[early]).await;
+            sent += 1;
+        }
         env.run_pipeline(sent).await;
     }
     let starts = log_starts(&env);
     assert!(
         starts.iter().all(|&low| low > 0),
         "every internal partition trimmed: {starts:?}"
+    );
+    let db = wafunnel_stream::sink::client(&env.cfg.clickhouse);
+    let unknown: Vec<(String, u32, u32, i64)> = db
+        .query("SELECT phone_number_id, toUInt32(first_seen), toUInt32(last_seen), bodies FROM unknown_phone_numbers")
+        .fetch_all()
+        .await
+        .expect("unknown_phone_numbers");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as u32;
+    assert!(
+        matches!(unknown.as_slice(), [(id, first, last, 1)]
+            if id == "406540352242922" && first == last && now_s.abs_diff(*first) < 600),
+        "the number, seen once when it was dead-lettered: {unknown:?}"
+    );
+    let scraped = wafunnel_runtime::metrics::metrics().render();
+    assert!(
+        scraped.contains("wafunnel_dead_letters_total{reason=\"unknown_phone_number\"} "),
+        "{scraped}"
     );
     let untouched = ["act_2002", "act_3003"];
     let before = funnel_of(&env, &untouched).await;
@@ -174,7 +208,11 @@ async fn an_account_and_numbers_added_to_a_trimmed_pipeline_resume_every_partiti
     // start is past 0), which fails the run.
     let accounting = env.run_pipeline(sent + added).await;
     assert_eq!(accounting.total(), sent + added, "{accounting:?}");
-    assert_eq!((accounting.late, accounting.dead_lettered), (0, 0));
+    assert_eq!(
+        (accounting.late, accounting.dead_lettered),
+        (0, 1),
+        "the early body stays dead-lettered (no re-drive here)"
+    );
     super::assert_views_equal(&env, &tables).await;
     assert_eq!(
         funnel_of(&env, &untouched).await,
