@@ -249,6 +249,11 @@ impl Metrics {
             "Dead letters counted by sessionize, by reason",
             dead_letters.clone(),
         );
+        // An empty family is not rendered: one series from the start, so
+        // the family is served before the first dead letter.
+        dead_letters.get_or_create(&Reason {
+            reason: "other".into(),
+        });
         let snapshot_bytes = Counter::default();
         registry.register(
             "snapshot_bytes",
