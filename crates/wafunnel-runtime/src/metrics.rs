@@ -251,9 +251,9 @@ impl Metrics {
         );
         // An empty family is not rendered: one series from the start, so
         // the family is served before the first dead letter.
-        dead_letters.get_or_create(&Reason {
+        drop(dead_letters.get_or_create(&Reason {
             reason: "other".into(),
-        });
+        }));
         let snapshot_bytes = Counter::default();
         registry.register(
             "snapshot_bytes",
