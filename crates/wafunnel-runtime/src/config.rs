@@ -1242,8 +1242,10 @@ impl Config {
     /// over the defaults); a client not configured gets `[client_limits]`.
     pub fn limits_of(&self, name: &str) -> Result<ClientLimits, ConfigError> {
         let own = self.clients.get(name).map(|c| &c.limits);
-        self.client_limits
-            .resolve(own.unwrap_or(&ClientLimitsConfig::default()), &format!("clients.{name}.limits"))
+        self.client_limits.resolve(
+            own.unwrap_or(&ClientLimitsConfig::default()),
+            &format!("clients.{name}.limits"),
+        )
     }
 
     /// The user-hash key.

@@ -124,7 +124,8 @@ impl ClientLimitsConfig {
         prefix: &str,
     ) -> Result<ClientLimits, ConfigError> {
         let d = ClientLimits::default();
-        let pick = |own: Option<u64>, all: Option<u64>, default: u64| own.or(all).unwrap_or(default);
+        let pick =
+            |own: Option<u64>, all: Option<u64>, default: u64| own.or(all).unwrap_or(default);
         let duration = |key: &str,
                         own: &Option<String>,
                         all: &Option<String>,
@@ -267,16 +268,27 @@ accounts = ["act_2"]
         .expect("valid");
         let acme = cfg.limits_of("acme").unwrap();
         assert_eq!(
-            (acme.max_execution_time_s, acme.quota_queries, acme.quota_interval_s),
+            (
+                acme.max_execution_time_s,
+                acme.quota_queries,
+                acme.quota_interval_s
+            ),
             (30, 5, 60)
         );
         assert_eq!(acme.max_concurrent_queries, 2);
         let beta = cfg.limits_of("beta").unwrap();
         assert_eq!(
-            (beta.max_execution_time_s, beta.quota_queries, beta.quota_execution_time_s),
+            (
+                beta.max_execution_time_s,
+                beta.quota_queries,
+                beta.quota_execution_time_s
+            ),
             (120, 100, 0)
         );
-        assert_eq!(beta.max_rows_to_read, ClientLimits::default().max_rows_to_read);
+        assert_eq!(
+            beta.max_rows_to_read,
+            ClientLimits::default().max_rows_to_read
+        );
     }
 
     #[test]
@@ -298,7 +310,10 @@ accounts = ["act_2"]
                 "[client_limits]\nmax_concurrent_queries = -1",
                 "client_limits.max_concurrent_queries",
             ),
-            ("[client_limits]\nmax_queries = 1", "client_limits.max_queries"),
+            (
+                "[client_limits]\nmax_queries = 1",
+                "client_limits.max_queries",
+            ),
         ] {
             let err = load(&format!("{BASE}{extra}\n"), &[]).expect_err(setting);
             assert!(err.contains(setting), "{setting}: {err}");

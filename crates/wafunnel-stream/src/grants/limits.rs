@@ -31,7 +31,10 @@ use super::ident;
 /// text form; [`sql_statements`] adds those only 24.2 and later know.
 fn settings(limits: &ClientLimits) -> Vec<(&'static str, String)> {
     vec![
-        ("max_execution_time", limits.max_execution_time_s.to_string()),
+        (
+            "max_execution_time",
+            limits.max_execution_time_s.to_string(),
+        ),
         ("timeout_overflow_mode", "throw".into()),
         (
             "max_concurrent_queries_for_user",
