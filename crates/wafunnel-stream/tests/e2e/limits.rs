@@ -223,6 +223,12 @@ accounts = [\"act_2002\", \"act_3003\"]
         "grants: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // 2 x (2 + 4 + 4): each query through the Distributed tables holds two.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("clients can hold 20 of the server's max_concurrent_queries at once"),
+        "{stdout}"
+    );
     let (flood_user, spent_user, other_user) = (
         format!("{main}_client_flood"),
         format!("{main}_client_spent"),
