@@ -28,6 +28,9 @@ use wafunnel_avro::Format;
 use wafunnel_core::config::{AccountSettings, Accounts, Windows};
 use wafunnel_core::money::Currency;
 
+mod client_limits;
+pub use client_limits::{ClientLimits, ClientLimitsConfig};
+
 /// Why the configuration cannot be used. Always fatal: fix and restart.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,6 +115,9 @@ pub struct Config {
     /// gives each a read-only ClickHouse user that sees its accounts only.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
+    /// What every client's user may use (see [`ClientLimitsConfig`]).
+    #[serde(default)]
+    pub client_limits: ClientLimitsConfig,
 }
 
 /// One client of the agency: the ad accounts its BI tool may read.
@@ -128,6 +134,9 @@ pub struct ClientConfig {
     /// Where its BI tool may connect from, as IP networks (`203.0.113.0/24`).
     #[serde(default = "default_client_networks")]
     pub networks: Vec<String>,
+    /// Its own limits, over `[client_limits]`.
+    #[serde(default)]
+    pub limits: ClientLimitsConfig,
 }
 
 fn default_client_networks() -> Vec<String> {
@@ -1224,8 +1233,19 @@ impl Config {
             if client.password.as_ref().is_some_and(|p| p.0.is_empty()) {
                 return Err(invalid(".password", "is empty".into()));
             }
+            self.limits_of(name)?;
         }
         Ok(())
+    }
+
+    /// The limits of client `name` (its override over `[client_limits]`
+    /// over the defaults); a client not configured gets `[client_limits]`.
+    pub fn limits_of(&self, name: &str) -> Result<ClientLimits, ConfigError> {
+        let own = self.clients.get(name).map(|c| &c.limits);
+        self.client_limits.resolve(
+            own.unwrap_or(&ClientLimitsConfig::default()),
+            &format!("clients.{name}.limits"),
+        )
     }
 
     /// The user-hash key.

@@ -40,10 +40,15 @@ use std::path::{Path, PathBuf};
 use clickhouse::Client;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use wafunnel_runtime::config::{Config, Secret};
+use wafunnel_runtime::config::{ClientLimits, Config, ConfigError, Secret};
 use wafunnel_runtime::error::{Classify, Fault};
 
 use crate::sink::{self, SinkError};
+
+// Each client's own profile and quota (execution time, concurrency,
+// memory, rows, quota): rendered there for both paths, used below only in
+// `users_file` and after the SQL path's user statements.
+mod limits;
 
 /// Why `grants` failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,9 @@ pub enum GrantsError {
     /// `SELECT version()` answered something else than a version.
     #[error("clickhouse answered `{0}` as its version")]
     Version(String),
+    /// A client's limits are invalid (see [`ConfigError`]).
+    #[error(transparent)]
+    Limits(#[from] ConfigError),
     /// The users file cannot be read or written.
     #[error("cannot write the users file {path}: {source} (check --users-dir)")]
     UsersFile {
@@ -87,6 +95,7 @@ impl Classify for GrantsError {
             GrantsError::NoViews(_)
             | GrantsError::BadName(_)
             | GrantsError::NoCluster(_)
+            | GrantsError::Limits(_)
             | GrantsError::UsersFile { .. } => Fault::User,
             GrantsError::Version(_) => Fault::External,
         }
@@ -268,6 +277,8 @@ pub struct FileUser<'a> {
     pub networks: &'a [String],
     /// The SHA-256 of its password, in hex.
     pub sha256: String,
+    /// What it may use of the server.
+    pub limits: ClientLimits,
 }
 
 /// Before 24.2: the users-file fragment of the main database `main`'s
@@ -281,10 +292,19 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
     out.push_str("<yandex>\n  <profiles>\n");
     out.push_str(&format!("    <{profile}>\n      <readonly>1</readonly>\n"));
     out.push_str("      <prefer_localhost_replica>0</prefer_localhost_replica>\n");
-    out.push_str(&format!("    </{profile}>\n  </profiles>\n  <quotas>\n"));
-    out.push_str(&format!(
-        "    <{profile}>\n      <interval>\n        <duration>3600</duration>\n        <queries>0</queries>\n        <errors>0</errors>\n        <result_rows>0</result_rows>\n        <read_rows>0</read_rows>\n        <execution_time>0</execution_time>\n      </interval>\n    </{profile}>\n"
-    ));
+    out.push_str(&format!("    </{profile}>\n"));
+    // Limits hook: each user's own profile (inheriting this one) and quota.
+    for user in users {
+        out.push_str(&limits::users_file_profile(
+            &user.names.client,
+            &profile,
+            &user.limits,
+        ));
+    }
+    out.push_str("  </profiles>\n  <quotas>\n");
+    for user in users {
+        out.push_str(&limits::users_file_quota(&user.names.client, &user.limits));
+    }
     out.push_str("  </quotas>\n  <users>\n");
     for user in users {
         let name = &user.names.client;
@@ -298,8 +318,9 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
             out.push_str(&format!("        <ip>{network}</ip>\n"));
         }
         out.push_str("      </networks>\n");
+        // Limits hook: the user's own profile and quota, named like it.
         out.push_str(&format!(
-            "      <profile>{profile}</profile>\n      <quota>{profile}</quota>\n"
+            "      <profile>{name}</profile>\n      <quota>{name}</quota>\n"
         ));
         out.push_str(&format!(
             "      <allow_databases>\n        <database>{name}</database>\n      </allow_databases>\n"
@@ -312,6 +333,8 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
 
 /// The password hash of `user` in a users file [`users_file`] wrote.
 fn hash_in_file(text: &str, user: &str) -> Option<String> {
+    // Its profile and quota are named like it: look among the users only.
+    let text = &text[text.find("<users>")?..];
     let start = text.find(&format!("<{user}>"))?;
     let end = start + text[start..].find(&format!("</{user}>"))?;
     let entry = &text[start..end];
@@ -446,6 +469,12 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     &sql_user_statements(&names, &client.networks, hash.as_deref(), exists > 0),
                 )
                 .await?;
+                // Limits hook: the user's profile and quota.
+                execute(
+                    &db,
+                    &limits::sql_statements(&names.client, &cfg.limits_of(name)?),
+                )
+                .await?;
                 clients.push(Granted {
                     client: name.clone(),
                     user: names.client,
@@ -511,6 +540,7 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     names: names.clone(),
                     networks: &client.networks,
                     sha256,
+                    limits: cfg.limits_of(name)?,
                 });
                 clients.push(Granted {
                     client: name.clone(),
@@ -620,13 +650,18 @@ mod tests {
                 names: Names::new("wafunnel", name),
                 networks: &networks,
                 sha256: sha256_hex(name),
+                limits: ClientLimits::default(),
             })
             .collect();
         let text = users_file("wafunnel", &users);
         assert!(text.contains("<allow_databases>\n        <database>wafunnel_client_acme</database>\n      </allow_databases>"), "{text}");
         assert!(
-            text.contains("<profile>wafunnel_client</profile>"),
+            text.contains("<profile>wafunnel_client_acme</profile>\n      <quota>wafunnel_client_acme</quota>"),
             "{text}"
+        );
+        assert!(
+            text.contains("<wafunnel_client_beta>\n      <profile>wafunnel_client</profile>\n      <max_execution_time>"),
+            "each user's profile inherits the common one: {text}"
         );
         assert!(text.contains("<readonly>1</readonly>"), "{text}");
         assert!(
