@@ -66,7 +66,15 @@ fn webhook_bodies_give_the_documented_events() {
             Err(e) => format!("stored as received: {e}\n"),
         };
         // Profile names, contents and the business's display number are gone.
-        for gone in ["Ana", "Bruno", "15550001111", "my ", "Rua", "caption", "emoji"] {
+        for gone in [
+            "Ana",
+            "Bruno",
+            "15550001111",
+            "my ",
+            "Rua",
+            "caption",
+            "emoji",
+        ] {
             assert!(!stored.contains(gone), "{}: {gone} stored", path.display());
         }
         for (extension, text) in [("expected", &got), ("stored", &stored)] {

@@ -267,9 +267,16 @@ pub struct WebhookConfig {
     /// topic of format `whatsapp-webhook`).
     #[serde(default)]
     pub topic: Option<String>,
-    /// Largest body accepted; a larger one is answered 413.
+    /// Largest body accepted; a larger one is answered 413. The receiver
+    /// lowers it to what the topic accepts (`max.message.bytes`) if that is
+    /// less, so that an accepted body can always be stored.
     #[serde(default = "default_webhook_body")]
     pub max_body_bytes: usize,
+    /// Store bodies as Meta sent them, message contents and profile names
+    /// included. By default only what the rules use is stored
+    /// (docs/SEMANTICS.md section 9).
+    #[serde(default)]
+    pub keep_message_contents: bool,
     /// How long storing a body in Kafka may take before the answer is 503
     /// (Meta then retries), in milliseconds.
     #[serde(default = "default_store_timeout")]
@@ -301,6 +308,7 @@ impl Default for WebhookConfig {
             path_prefix: String::new(),
             topic: None,
             max_body_bytes: default_webhook_body(),
+            keep_message_contents: false,
             store_timeout_ms: default_store_timeout(),
             verify_token: None,
             app_secret: None,
@@ -319,6 +327,8 @@ pub struct WebhookSettings {
     pub topic: String,
     /// Largest body.
     pub max_body_bytes: usize,
+    /// Whether bodies are stored whole.
+    pub keep_message_contents: bool,
     /// Longest store.
     pub store_timeout: Duration,
     /// The handshake's token.
@@ -1288,6 +1298,7 @@ impl Config {
             path: format!("{prefix}/webhook"),
             topic,
             max_body_bytes: w.max_body_bytes,
+            keep_message_contents: w.keep_message_contents,
             store_timeout: Duration::from_millis(w.store_timeout_ms.max(1)),
             verify_token: secret(&w.verify_token, "webhook.verify_token")?,
             app_secret: secret(&w.app_secret, "webhook.app_secret")?,
