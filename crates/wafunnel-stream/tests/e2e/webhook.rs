@@ -486,3 +486,210 @@ async fn a_generated_campaign_sent_as_meta_does_gives_the_tables_of_its_canonica
     );
     super::assert_views_equal(&env_, &tables).await;
 }
+
+/// A signed-able webhook body of exactly `size` bytes: one text message of
+/// random letters, which compression cannot shrink.
+fn body_of_size(size: usize) -> Vec<u8> {
+    let head = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},"messages":[{"from":"5511987654321","id":"wamid.BIG","timestamp":"1772445660","type":"text","text":{"body":""#;
+    let tail = r#""}}]}}]}]}"#;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let letters = (0..size - head.len() - tail.len()).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b'a' + (x % 26) as u8
+    });
+    let body: Vec<u8> = head.bytes().chain(letters).chain(tail.bytes()).collect();
+    assert_eq!(body.len(), size);
+    body
+}
+
+/// The newest record of partition 0 of `topic`.
+fn newest(cfg: &Config, topic: &str) -> Vec<u8> {
+    use rdkafka::Message;
+    let consumer: BaseConsumer<LogContext> = kafka::client_config(&cfg.kafka)
+        .set("group.id", "webhook-limits-reader")
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(high - 1))
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_secs(30)) {
+            return message
+                .expect("record")
+                .payload()
+                .unwrap_or_default()
+                .to_vec();
+        }
+    }
+}
+
+fn receiver_toml(env_: &Env, port: u16, topic: &str, extra: &str) -> String {
+    format!(
+        "{}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\ntopic = \"{topic}\"\nstore_timeout_ms = 5000\nverify_token = \"{TOKEN}\"\napp_secret = \"{SECRET}\"\n{extra}\n",
+        env_.toml_again(),
+    )
+}
+
+async fn post(port: u16, body: Vec<u8>) -> u16 {
+    tokio::task::spawn_blocking(move || {
+        let signature = sign(&body);
+        request(
+            port,
+            "POST",
+            "/webhook",
+            &[("x-hub-signature-256", signature)],
+            &body,
+        )
+        .0
+    })
+    .await
+    .expect("join")
+}
+
+/// The largest body the receiver accepts is stored, on a topic made by
+/// `check --create-topics`; on a topic that holds less, the bodies it
+/// cannot hold are answered 413 at once (a permanent refusal), never 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn the_largest_accepted_body_is_stored_or_refused_413_never_503() {
+    let env_ = Env::new("wlimits", 1, 1).await;
+    let max = 1_048_576; // the default webhook.max_body_bytes
+    let sized = format!("{}-sized", env_.raw);
+    kafka::create_webhook_topic(
+        &env_.cfg.kafka,
+        &sized,
+        kafka::TopicLayout {
+            partitions: Some(1),
+            replication: None,
+        },
+        max,
+    )
+    .await
+    .expect("create topic");
+    let whole = "keep_message_contents = true";
+    for (topic, extra, size, want) in [
+        // Stored byte for byte: exactly the largest accepted body.
+        (sized.as_str(), whole, max, 200),
+        (sized.as_str(), whole, max + 1, 413),
+        // A topic with the broker's default limit (1,048,588).
+        (env_.raw.as_str(), whole, 1_000_500, 200),
+        (env_.raw.as_str(), whole, max, 413),
+        // Minimized, the same body is small.
+        (env_.raw.as_str(), "", max, 200),
+    ] {
+        let port = free_port();
+        let text = receiver_toml(&env_, port, topic, extra);
+        let cfg = Config::from_toml(&text).expect("config");
+        let shutdown = Shutdown::new();
+        let receiver = spawn_receiver(&text, port, &shutdown).await;
+        let body = body_of_size(size);
+        let before = stored(&cfg, topic);
+        let started = Instant::now();
+        let code = post(port, body.clone()).await;
+        assert_eq!(code, want, "{size} bytes to {topic} ({extra})");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "answered at once"
+        );
+        if want == 200 {
+            assert_eq!(stored(&cfg, topic), before + 1);
+            let record = newest(&cfg, topic);
+            if extra == whole {
+                assert!(record == body, "stored byte for byte");
+            } else {
+                assert!(record.len() < 1000, "{} bytes stored", record.len());
+                assert!(record.windows(9).any(|w| w == b"wamid.BIG"));
+            }
+        } else {
+            assert_eq!(stored(&cfg, topic), before, "nothing stored");
+        }
+        shutdown.stop();
+        receiver.await.expect("join").expect("receiver");
+    }
+}
+
+/// 1,100 connections trickling a body at a byte a second hold more than
+/// the 1,024 slots: a signed POST is still answered within 2 s; 200 idle
+/// connections on the operator port (64 slots): `/healthz` within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn slow_and_idle_connections_starve_neither_deliveries_nor_probes() {
+    use tokio::io::AsyncWriteExt;
+    let env_ = Env::new("wslow", 1, 1).await;
+    let port = free_port();
+    let text = receiver_toml(&env_, port, &env_.raw, "");
+    let cfg = Config::from_toml(&text).expect("config");
+    let shutdown = Shutdown::new();
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
+    let slow: Vec<_> = (0..1_100)
+        .map(|_| {
+            tokio::spawn(async move {
+                // Reconnects when dropped, as an attacker would.
+                loop {
+                    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    let head = format!("POST /webhook HTTP/1.1\r\nhost: x\r\nx-hub-signature-256: {}\r\ncontent-length: 100000\r\n\r\n", sign(b"x"));
+                    if s.write_all(head.as_bytes()).await.is_ok() {
+                        while s.write_all(b"x").await.is_ok() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = body_of_size(2_000);
+    let before = stored(&cfg, &env_.raw);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let code = post(port, body.clone()).await;
+        let took = started.elapsed();
+        assert_eq!(code, 200);
+        assert!(took < Duration::from_secs(2), "a signed POST took {took:?}");
+    }
+    assert_eq!(stored(&cfg, &env_.raw), before + 3);
+
+    let operator = wafunnel_runtime::http::start_operator(
+        "127.0.0.1:0".parse().expect("addr"),
+        "metrics.listen",
+    )
+    .await
+    .expect("operator port");
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(operator)
+                .await
+                .expect("connect"),
+        );
+    }
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = tokio::task::spawn_blocking(move || {
+            request(operator.port(), "GET", "/healthz", &[], b"")
+        })
+        .await
+        .expect("join");
+        let took = started.elapsed();
+        assert_eq!(answer.0, 200);
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    }
+    for task in slow {
+        task.abort();
+    }
+    drop(idle);
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+}
