@@ -358,9 +358,10 @@ impl CapiSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// Keep dead-letter payloads as they arrived. By default user ids (and,
-    /// in payloads that are not JSON, phone-number-like runs) are replaced
-    /// by their keyed hash.
+    /// Keep dead-letter payloads and keys as they arrived. By default a
+    /// payload keeps only its format's fields with user ids replaced by
+    /// their keyed hash (webhook bodies minimized, Avro and unreadable bytes
+    /// withheld), and the key is hashed.
     #[serde(default)]
     pub keep_raw_user_ids: bool,
     /// Longest dead-letter payload; a longer record is cut, with its full
