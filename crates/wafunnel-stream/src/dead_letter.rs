@@ -167,19 +167,30 @@ pub fn detail(rejection: &Rejection) -> String {
 }
 
 /// A decoder's or validator's message without the values it quotes that
-/// could be a phone number: serde and the validators quote offending values
-/// in backticks, and any quoted value with 7 or more digits is withheld.
+/// could be a phone number or what a person wrote: the validators quote
+/// field names and values in backticks, of which a value with 7 or more
+/// digits is withheld; serde quotes an offending string value in double
+/// quotes (`invalid type: string "..."`), which is always withheld.
 pub fn detail_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for (i, part) in text.split('`').enumerate() {
+    for (i, part) in text.split('"').enumerate() {
         if i > 0 {
-            out.push('`');
+            out.push('"');
         }
-        let quoted = i % 2 == 1;
-        if quoted && part.bytes().filter(u8::is_ascii_digit).count() >= 7 {
+        if i % 2 == 1 {
             out.push_str("<withheld>");
-        } else {
-            out.push_str(part);
+            continue;
+        }
+        for (j, part) in part.split('`').enumerate() {
+            if j > 0 {
+                out.push('`');
+            }
+            let quoted = j % 2 == 1;
+            if quoted && part.bytes().filter(u8::is_ascii_digit).count() >= 7 {
+                out.push_str("<withheld>");
+            } else {
+                out.push_str(part);
+            }
         }
     }
     out
@@ -393,6 +404,13 @@ mod tests {
             detail: "invalid type: integer `5`, expected a string".into(),
         };
         assert_eq!(detail(&other), other.to_string());
+        let text = detail_text(
+            "invalid type: string \"Ana: call me at noon\", expected u64 at `impressions`",
+        );
+        assert_eq!(
+            text,
+            "invalid type: string \"<withheld>\", expected u64 at `impressions`"
+        );
         let unknown = Rejection::UnknownPhoneNumber("106540352242922".into());
         assert!(detail(&unknown).contains("`106540352242922`"));
     }
