@@ -60,6 +60,8 @@ WAFUNNEL_BIN="$root/target/debug/wafunnel" \
   cargo test -p wafunnel-capi --test service --locked -- --include-ignored --test-threads=1
 
 echo "== end-to-end tests on Kafka and ClickHouse"
+# The webhook receiver's slow-connection test holds about 2,600 sockets.
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "${WAFUNNEL_CHAOS:-1}" = 1 ]; then
   # The chaos test runs the services as processes it can kill -9. CI's
   # short variant: WAFUNNEL_CHAOS_EVENTS=30000, WAFUNNEL_CHAOS_OUTAGE_SECS=8;

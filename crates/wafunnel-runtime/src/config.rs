@@ -276,9 +276,16 @@ pub struct WebhookConfig {
     /// topic of format `whatsapp-webhook`).
     #[serde(default)]
     pub topic: Option<String>,
-    /// Largest body accepted; a larger one is answered 413.
+    /// Largest body accepted; a larger one is answered 413. The receiver
+    /// lowers it to what the topic accepts (`max.message.bytes`) if that is
+    /// less, so that an accepted body can always be stored.
     #[serde(default = "default_webhook_body")]
     pub max_body_bytes: usize,
+    /// Store bodies as Meta sent them, message contents and profile names
+    /// included. By default only what the rules use is stored
+    /// (docs/SEMANTICS.md section 9).
+    #[serde(default)]
+    pub keep_message_contents: bool,
     /// How long storing a body in Kafka may take before the answer is 503
     /// (Meta then retries), in milliseconds.
     #[serde(default = "default_store_timeout")]
@@ -310,6 +317,7 @@ impl Default for WebhookConfig {
             path_prefix: String::new(),
             topic: None,
             max_body_bytes: default_webhook_body(),
+            keep_message_contents: false,
             store_timeout_ms: default_store_timeout(),
             verify_token: None,
             app_secret: None,
@@ -328,6 +336,8 @@ pub struct WebhookSettings {
     pub topic: String,
     /// Largest body.
     pub max_body_bytes: usize,
+    /// Whether bodies are stored whole.
+    pub keep_message_contents: bool,
     /// Longest store.
     pub store_timeout: Duration,
     /// The handshake's token.
@@ -357,9 +367,10 @@ impl CapiSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// Keep dead-letter payloads as they arrived. By default user ids (and,
-    /// in payloads that are not JSON, phone-number-like runs) are replaced
-    /// by their keyed hash.
+    /// Keep dead-letter payloads and keys as they arrived. By default a
+    /// payload keeps only its format's fields with user ids replaced by
+    /// their keyed hash (webhook bodies minimized, Avro and unreadable bytes
+    /// withheld), and the key is hashed.
     #[serde(default)]
     pub keep_raw_user_ids: bool,
     /// Longest dead-letter payload; a longer record is cut, with its full
@@ -1308,6 +1319,7 @@ impl Config {
             path: format!("{prefix}/webhook"),
             topic,
             max_body_bytes: w.max_body_bytes,
+            keep_message_contents: w.keep_message_contents,
             store_timeout: Duration::from_millis(w.store_timeout_ms.max(1)),
             verify_token: secret(&w.verify_token, "webhook.verify_token")?,
             app_secret: secret(&w.app_secret, "webhook.app_secret")?,

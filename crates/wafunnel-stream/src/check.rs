@@ -73,6 +73,14 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
     if !missing.is_empty() && create_topics {
+        // The receiver's topic accepts the largest body it accepts.
+        let webhook_topic = cfg.webhook.topic.as_deref().or_else(|| {
+            cfg.topics
+                .raw
+                .iter()
+                .find(|t| t.format == Format::WhatsappWebhook)
+                .map(|t| t.name.as_str())
+        });
         let mut created = Ok(());
         for &(name, layout) in &missing {
             created = if name == cfg.topics.state {
@@ -81,6 +89,9 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
                 kafka::create_internal_topic(&cfg.kafka, name, layout).await
             } else if name == cfg.topics.alignment {
                 kafka::create_alignment_topic(&cfg.kafka, name, layout.replication).await
+            } else if let Some(webhook) = webhook_topic.filter(|t| *t == name) {
+                let max_body_bytes = cfg.webhook.max_body_bytes;
+                kafka::create_webhook_topic(&cfg.kafka, webhook, layout, max_body_bytes).await
             } else if name == cfg.topics.dead_letter {
                 let retention = cfg.dead_letter_retention_ms().unwrap_or(-1);
                 kafka::create_dead_letter_topic(&cfg.kafka, name, layout, retention).await

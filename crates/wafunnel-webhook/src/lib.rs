@@ -12,9 +12,21 @@
 //!   the exact raw body under the app secret (verified in constant time);
 //!   otherwise 401, nothing is stored, and it is counted. A body over
 //!   `webhook.max_body_bytes` is 413.
-//! - A verified body is produced, byte for byte, to the raw topic by an
-//!   idempotent producer with `acks=all`, and answered 200 only once Kafka
-//!   acknowledged it; if it cannot be stored within
+//! - Data minimization (section 9): once its signature is verified on the
+//!   bytes received, a body is stored with only what the rules use
+//!   (`wafunnel_meta::minimize`: ids, timestamps, referral, pricing,
+//!   statuses, contacts, phone number ids); message contents, media,
+//!   locations, shared contacts and profile names are dropped.
+//!   `webhook.keep_message_contents` stores bodies byte for byte instead. A
+//!   body that is not a JSON object cannot be minimized and is stored as
+//!   received (ingest dead-letters it as `malformed`, without its bytes).
+//! - Sizes are consistent end to end: the producer and the check of each
+//!   body follow the topic's `max.message.bytes` (read at start), so a body
+//!   whose stored form is larger than the topic accepts is answered 413 (a
+//!   permanent refusal), never 503 forever.
+//! - The stored form is produced to the raw topic by an idempotent producer
+//!   with `acks=all`, and answered 200 only once Kafka acknowledged it; if
+//!   it cannot be stored within
 //!   `webhook.store_timeout_ms`, the answer is 503 and Meta retries. A
 //!   retried body is stored again: its message ids make the events
 //!   duplicates downstream, so no count changes.
@@ -23,6 +35,7 @@
 //!   operator port like every service (ready while the brokers answer,
 //!   asked every 5 s).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +46,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hmac::{Hmac, Mac};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -55,7 +69,7 @@ pub enum WebhookError {
     Connect(#[from] ConnectError),
     /// The producer could not be built.
     #[error("kafka producer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[from] KafkaError),
     /// The port is taken.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -83,6 +97,9 @@ const LIMITS: Limits = Limits {
     drain_timeout: Duration::from_secs(15),
 };
 
+/// Kafka's default `max.message.bytes`, assumed when the topic's cannot be read.
+const BROKER_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// How often readiness asks the brokers whether they answer.
 const READINESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -93,6 +110,8 @@ pub struct Receiver {
     verify_token: Secret,
     app_secret: Secret,
     max_body_bytes: usize,
+    max_stored_bytes: usize,
+    keep_message_contents: bool,
     store_timeout: Duration,
 }
 
@@ -101,25 +120,53 @@ impl std::fmt::Debug for Receiver {
         f.debug_struct("Receiver")
             .field("topic", &self.topic)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_stored_bytes", &self.max_stored_bytes)
+            .field("keep_message_contents", &self.keep_message_contents)
             .finish_non_exhaustive()
     }
 }
 
 impl Receiver {
-    /// A receiver storing to `settings.topic` through a producer for `cfg`.
-    pub fn new(cfg: &Config, settings: &WebhookSettings) -> Result<Self, WebhookError> {
+    /// A receiver storing to `settings.topic`, which accepts record batches
+    /// of `topic_max_bytes`, through a producer for `cfg`.
+    pub fn new(
+        cfg: &Config,
+        settings: &WebhookSettings,
+        topic_max_bytes: usize,
+    ) -> Result<Self, WebhookError> {
+        let max_stored_bytes = topic_max_bytes
+            .saturating_sub(kafka::RECORD_OVERHEAD)
+            .max(1);
         // A body not acknowledged in time is answered 503, and the producer
         // gives up on it too, so a late copy is not stored after Meta was
         // told to retry (a retry is a duplicate anyway).
-        let client = kafka::durable_producer_config(&cfg.kafka, settings.store_timeout);
+        let mut client = kafka::durable_producer_config(&cfg.kafka, settings.store_timeout);
+        // Batches of several bodies stay within what the topic accepts, and
+        // the largest body is not refused by the producer's own limit.
+        client
+            .set("batch.size", max_stored_bytes.to_string())
+            .set("message.max.bytes", topic_max_bytes.max(1000).to_string());
         Ok(Receiver {
             producer: kafka::create(&client)?,
             topic: settings.topic.clone(),
             verify_token: settings.verify_token.clone(),
             app_secret: settings.app_secret.clone(),
             max_body_bytes: settings.max_body_bytes,
+            max_stored_bytes,
+            keep_message_contents: settings.keep_message_contents,
             store_timeout: settings.store_timeout,
         })
+    }
+
+    /// What is stored of a verified body.
+    fn stored<'b>(&self, body: &'b [u8]) -> Cow<'b, [u8]> {
+        if self.keep_message_contents {
+            return Cow::Borrowed(body);
+        }
+        match wafunnel_meta::minimize(body, &|contact| contact.clone()) {
+            Ok(minimized) => Cow::Owned(minimized),
+            Err(wafunnel_meta::NotAnObject) => Cow::Borrowed(body),
+        }
     }
 }
 
@@ -193,11 +240,19 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
         );
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let record = FutureRecord::<(), [u8]>::to(&r.topic).payload(&bytes);
+    let stored = r.stored(&bytes);
+    if stored.len() > r.max_stored_bytes {
+        return too_large(stored.len(), r.max_stored_bytes);
+    }
+    let record = FutureRecord::<(), [u8]>::to(&r.topic).payload(&stored);
     match r.producer.send(record, r.store_timeout).await {
         Ok(_) => {
             metrics().webhook.stored.inc();
             StatusCode::OK.into_response()
+        }
+        // The topic's limit was lowered since the start: as permanent.
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+            too_large(stored.len(), r.max_stored_bytes)
         }
         Err((e, _)) => {
             metrics().webhook.unavailable.inc();
@@ -205,6 +260,18 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
+}
+
+/// 413 for a verified body the topic cannot hold: Meta's retries of it
+/// would fail the same way.
+fn too_large(size: usize, max: usize) -> Response {
+    metrics().webhook.too_large.inc();
+    tracing::warn!(
+        size,
+        max,
+        "a verified webhook body is larger than its topic accepts, answering 413"
+    );
+    StatusCode::PAYLOAD_TOO_LARGE.into_response()
 }
 
 /// Runs the receiver until `shutdown` stops it (the requests in flight are
@@ -227,7 +294,23 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<(), WebhookError> {
         }
         .into());
     }
-    let receiver = Arc::new(Receiver::new(cfg, &settings)?);
+    let topic_max_bytes = match kafka::topic_max_message_bytes(&cfg.kafka, &settings.topic).await {
+        Ok(max) => max,
+        Err(e) => {
+            tracing::warn!(error = %e, topic = settings.topic, assumed = BROKER_DEFAULT_MAX_MESSAGE_BYTES, "cannot read the topic's max.message.bytes");
+            BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        }
+    };
+    let receiver = Arc::new(Receiver::new(cfg, &settings, topic_max_bytes)?);
+    if receiver.max_stored_bytes < settings.max_body_bytes {
+        tracing::warn!(
+            topic = settings.topic,
+            max_message_bytes = topic_max_bytes,
+            max_body_bytes = settings.max_body_bytes,
+            "the topic holds less than webhook.max_body_bytes: bodies whose stored form is larger are answered 413; raise the topic's max.message.bytes to max_body_bytes + {}",
+            kafka::RECORD_OVERHEAD
+        );
+    }
     metrics().set_ready(true);
     // Readiness follows the brokers, asked in the background: a failed
     // store must not take every replica out of rotation until a request
