@@ -80,6 +80,7 @@ alignment = "alignment-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
+self_url = "{url}"
 database = "wafunnel_{db}"
 [[accounts]]
 id = "act_1001"
