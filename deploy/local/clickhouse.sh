@@ -114,6 +114,7 @@ EOF
     <default>
       <max_memory_usage>4000000000</max_memory_usage>
       <load_balancing>random</load_balancing>
+      <log_queries>1</log_queries>
     </default>
   </profiles>
   <users>

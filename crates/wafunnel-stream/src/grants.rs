@@ -575,7 +575,8 @@ async fn tables_in(db: &Client, database: &str) -> Result<Vec<String>, GrantsErr
 
 async fn execute(db: &Client, statements: &[String]) -> Result<(), GrantsError> {
     for statement in statements {
-        db.query(statement).execute().await?;
+        // The client treats `?` as a bind placeholder; the URLs carry one.
+        db.query(&statement.replace('?', "??")).execute().await?;
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ mod faults;
 mod grants;
 #[path = "../../wafunnel-capi/tests/graph/mod.rs"]
 mod graph;
+#[path = "e2e/isolation.rs"]
+mod isolation;
 #[path = "e2e/ops.rs"]
 mod ops;
 #[path = "e2e/webhook.rs"]
