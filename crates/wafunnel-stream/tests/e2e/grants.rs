@@ -260,7 +260,7 @@ async fn a_clients_user_reads_its_accounts_in_every_view_and_nothing_else() {
         &format!("DROP TABLE {a_user}.funnel_daily"),
         &readonly,
     );
-    refused(a.0, a.1, "SET prefer_localhost_replica = 1", &readonly);
+    refused(a.0, a.1, "SET prefer_localhost_replica = 0", &readonly);
     // Table functions would read as another user: `remote` as the
     // cluster's, `url` over HTTP.
     refused(
