@@ -5,7 +5,7 @@ client's user through clickhouse-connect (the driver of Superset and
 similar tools, pinned in requirements.txt) and must return the rows the
 admin gets from a database holding that client's accounts only. A panel
 that reads a table a client may not read (not an account view) is not in
-the client dashboard, deploy/grafana/dashboards/wafunnel-client.json,
+the client dashboard, deploy/grafana/client/wafunnel-client.json,
 which must be the full dashboard without exactly those panels.
 
 Needs the services of deploy/local/up.sh and the wafunnel binary:
@@ -35,7 +35,8 @@ from test_dashboards import (  # noqa: E402
 )
 from test_schema import ServerBackend, apply_migrations  # noqa: E402
 
-CLIENT_DASHBOARD = DASHBOARD.with_name("wafunnel-client.json")
+# Not provisioned: imported into a client's Grafana, over its own login.
+CLIENT_DASHBOARD = DASHBOARD.parents[1] / "client" / "wafunnel-client.json"
 CLIENTS = {"a": ["act_1"], "b": ["act_2"]}
 
 needs_server = pytest.mark.skipif(

@@ -14,9 +14,9 @@
 //! client has (one given in its configuration replaces it).
 //!
 //! The invariant that makes this hold: **no query a client writes ever runs
-//! with any rights but the client's own**. Only statements `grants` writes
-//! itself (a fixed `SELECT` of the filtered view) run with more. How
-//! depends on the server (`SELECT version()`):
+//! with any rights but the client's own**. Only queries `grants` writes
+//! itself (a fixed `SELECT` of a main view's rows of the client's
+//! accounts) run with more. How depends on the server (`SELECT version()`):
 //! - **ClickHouse 24.2 and later** (SQL access control): the client
 //!   database holds views with `SQL SECURITY DEFINER`, which read the main
 //!   view with the rights of the user running `grants`. Only the view's own
@@ -28,26 +28,31 @@
 //! - **Before 24.2** (users in `users.xml`, e.g. 18.16): a view runs with
 //!   the rights of the user reading it, and the server has no row filters
 //!   (`<databases><db><table><filter>` under a user came in 19.x; 18.16
-//!   ignores it) and no settings constraints. The filtered views are in a
-//!   second database, `<database>_filtered_<name>`, that the client may not
-//!   read, and the client database holds `URL` tables whose URL is this
-//!   server's own HTTP interface (`clickhouse.self_url`) with a fixed query,
-//!   `SELECT * FROM <filtered>.<view> FORMAT Native`, run as the client's
-//!   reader user `<database>_reader_<name>`. The client's query runs on the
-//!   rows that request returns, with the client's rights: its subqueries
-//!   and joins read as the client and are refused outside its database.
-//!   (The earlier design, `Distributed` tables over a cluster of this
-//!   server, sent the client's whole query, its `IN (SELECT ...)`
-//!   subqueries included, to run as the cluster's user: any table of the
-//!   server could be read through it. A per-client cluster user cannot be
-//!   confined either: reading the filtered views needs the right to read
-//!   the main database.) The reader's password is in the tables' URL, which
-//!   the client can see (`SHOW CREATE TABLE`); the reader accepts
-//!   connections from the server itself only (`127.0.0.1`, `::1`), so the
-//!   client cannot log in as it. The server computes a view in full before
-//!   the outer `WHERE` either way (18.16 pushes no predicate into views), so
-//!   a client's query costs about what it did through `Distributed`, plus
-//!   the transfer of its rows in `Native` format over the loopback.
+//!   ignores it) and no settings constraints. Per client and view:
+//!   - in `<database>_filtered_<name>`, which the client may not read, a
+//!     `URL` table whose URL is this server's own HTTP interface
+//!     (`clickhouse.self_url`) with a fixed query, the main view's rows of
+//!     the client's accounts in `Native` format, run as the client's reader
+//!     `<database>_reader_<name>` (allowed the main database, connecting
+//!     from the server itself only: `127.0.0.1`, `::1`);
+//!   - in the client database, a materialized view `TO` that table, that
+//!     nothing ever inserts into: 18.16 reads a materialized view's target
+//!     with the server's rights, so the client reads the rows the URL
+//!     returns, while `SHOW CREATE TABLE` shows it neither the reader's
+//!     password nor the account list.
+//!
+//!   The client's query runs on those rows with the client's rights: its
+//!   subqueries, joins and `IN` sets read as the client and are refused
+//!   outside its database. Rejected designs: `Distributed` tables over a
+//!   cluster of this server (the earlier one) send the client's whole
+//!   query, `IN (SELECT ...)` subqueries included, to run as the cluster's
+//!   user, so any table of the server could be read through them; a
+//!   per-client cluster user cannot be confined either, because reading the
+//!   filtered views needs the right to read the main database; `Merge`
+//!   tables check the reader's rights on their sources. The server computes
+//!   a view in full before the outer `WHERE` either way (18.16 pushes no
+//!   predicate into views), so a client's query costs about what it did
+//!   through `Distributed`, plus the transfer of its rows over the loopback.
 //!
 //!   Users, profiles and quota are a users-file fragment,
 //!   `<database>_clients.xml`, mode 0640, that `grants` writes into the
@@ -61,11 +66,17 @@
 //!   send on every request to the value they send (see
 //!   [`DRIVER_SETTINGS`]): 18.16 accepts, in readonly mode, a setting
 //!   equal to its current value and refuses any other.
+//!
+//!   What 18.16 shows every user and no configuration closes: the text
+//!   (never the rows) of every query running now, in `system.processes`,
+//!   and of every logged query, in `system.query_log`. `grants` runs its
+//!   statements, which name the accounts, with `log_queries = 0`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clickhouse::Client;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use wafunnel_runtime::config::{Config, Secret};
@@ -152,7 +163,8 @@ pub fn access_for(version: &str) -> Result<Access, GrantsError> {
 pub struct Names {
     /// The database the client reads, and its user's name.
     pub client: String,
-    /// Before 24.2: the database of the filtered views, which the client cannot read.
+    /// Before 24.2: the database of the `URL` tables that read the client's
+    /// rows as its reader, which the client cannot read.
     pub filtered: String,
     /// Before 24.2: the user the client's `URL` tables read the filtered
     /// views as; it may connect from the server itself only.
@@ -281,22 +293,30 @@ pub fn sql_user_statements(
     out
 }
 
-/// The `URL` a client table reads: the fixed query of one filtered view as
-/// the reader. Names are letters, digits and `_` ([`check_name`]), the
-/// password hex, so only the spaces need encoding.
-fn reader_url(self_url: &str, names: &Names, reader_password: &str, view: &str) -> String {
+/// The `URL` of a client's table for `view`: its rows of `accounts` in
+/// `Native` format, read from `self_url` as the client's reader.
+fn reader_url(
+    self_url: &str,
+    names: &Names,
+    reader_password: &str,
+    main: &str,
+    view: &str,
+    accounts: &[String],
+) -> String {
+    let query = format!("{} FORMAT Native", filtered_select(main, view, accounts));
     format!(
-        "{}/?user={}&password={reader_password}&query=SELECT%20*%20FROM%20{}.{view}%20FORMAT%20Native",
+        "{}/?user={}&password={reader_password}&query={}",
         self_url.trim_end_matches('/'),
         names.reader,
-        names.filtered,
+        utf8_percent_encode(&query, NON_ALPHANUMERIC),
     )
 }
 
-/// Before 24.2: the statements that make the filtered database hold
-/// `views` filtered to `accounts`, the client database `URL` tables that
-/// read them through `self_url` as the reader, and drop the objects of
-/// `stale` views.
+/// Before 24.2: the statements that make the hidden database hold a `URL`
+/// table per view of `views` that reads the view's rows of `accounts`
+/// through `self_url` as the reader, the client database a materialized
+/// view over each (which shows the client neither the URL nor the
+/// accounts), and drop the objects of `stale` views.
 pub fn users_file_statements(
     main: &str,
     names: &Names,
@@ -306,9 +326,9 @@ pub fn users_file_statements(
     self_url: &str,
     reader_password: &str,
 ) -> Vec<String> {
-    let (client, filtered) = (ident(&names.client), ident(&names.filtered));
+    let (client, hidden) = (ident(&names.client), ident(&names.filtered));
     let mut out = vec![
-        format!("CREATE DATABASE IF NOT EXISTS {filtered}"),
+        format!("CREATE DATABASE IF NOT EXISTS {hidden}"),
         format!("CREATE DATABASE IF NOT EXISTS {client}"),
     ];
     // 18.16 has no CREATE OR REPLACE: the client's table is missing for
@@ -316,19 +336,29 @@ pub fn users_file_statements(
     for view in views {
         let v = ident(view);
         out.push(format!("DROP TABLE IF EXISTS {client}.{v}"));
-        out.push(format!("DROP TABLE IF EXISTS {filtered}.{v}"));
+        out.push(format!("DROP TABLE IF EXISTS {hidden}.{v}"));
         out.push(format!(
-            "CREATE VIEW {filtered}.{v} AS {}",
-            filtered_select(main, view, accounts)
+            "CREATE TABLE {hidden}.{v} AS {}.{v} ENGINE = URL({}, Native)",
+            ident(main),
+            literal(&reader_url(
+                self_url,
+                names,
+                reader_password,
+                main,
+                view,
+                accounts
+            ))
         ));
+        // Nothing is ever inserted into a view: the materialized view only
+        // lends its target, read with the server's rights, to the client.
         out.push(format!(
-            "CREATE TABLE {client}.{v} AS {filtered}.{v} ENGINE = URL({}, Native)",
-            literal(&reader_url(self_url, names, reader_password, view))
+            "CREATE MATERIALIZED VIEW {client}.{v} TO {hidden}.{v} AS SELECT * FROM {}.{v}",
+            ident(main)
         ));
     }
     for view in stale {
         out.push(format!("DROP TABLE IF EXISTS {client}.{}", ident(view)));
-        out.push(format!("DROP TABLE IF EXISTS {filtered}.{}", ident(view)));
+        out.push(format!("DROP TABLE IF EXISTS {hidden}.{}", ident(view)));
     }
     out
 }
@@ -466,7 +496,7 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
             &user.reader_sha256,
             &mut READER_NETWORKS.iter().copied(),
             &reader,
-            &[main, &names.filtered],
+            &[main],
         );
     }
     out.push_str("  </users>\n</yandex>\n");
@@ -597,9 +627,6 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
     let views = account_views(&db, main).await?;
     if views.is_empty() {
         return Err(GrantsError::NoViews(main.clone()));
-    }
-    for view in &views {
-        check_name(view)?;
     }
     let views_set: BTreeSet<&String> = views.iter().collect();
     let stale_in = |existing: Vec<String>| -> Vec<String> {
@@ -733,7 +760,7 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
     }
 }
 
-/// The reader password the client's tables use now, if the users file
+/// The reader password the client's URL tables use now, if the users file
 /// still holds its hash: kept, so the tables of a run that changes nothing
 /// keep working while the server reloads the file.
 async fn kept_reader_password(
@@ -750,7 +777,7 @@ async fn kept_reader_password(
     };
     let definitions: Vec<String> = db
         .query("SELECT create_table_query FROM system.tables WHERE database = ? AND name = ?")
-        .bind(&names.client)
+        .bind(&names.filtered)
         .bind(view)
         .fetch_all()
         .await?;
@@ -848,7 +875,7 @@ mod tests {
                 &names,
                 &strings(&["funnel_daily"]),
                 &strings(&["old"]),
-                &strings(&["act_1001"]),
+                &strings(&["act_1001", "act_'2 &x"]),
                 "http://127.0.0.1:8123/",
                 "0a1b",
             ),
@@ -857,8 +884,8 @@ mod tests {
                 "CREATE DATABASE IF NOT EXISTS `wafunnel_client_acme`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`funnel_daily`",
-                "CREATE VIEW `wafunnel_filtered_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily` WHERE account_id IN ('act_1001')",
-                "CREATE TABLE `wafunnel_client_acme`.`funnel_daily` AS `wafunnel_filtered_acme`.`funnel_daily` ENGINE = URL('http://127.0.0.1:8123/?user=wafunnel_reader_acme&password=0a1b&query=SELECT%20*%20FROM%20wafunnel_filtered_acme.funnel_daily%20FORMAT%20Native', Native)",
+                "CREATE TABLE `wafunnel_filtered_acme`.`funnel_daily` AS `wafunnel`.`funnel_daily` ENGINE = URL('http://127.0.0.1:8123/?user=wafunnel_reader_acme&password=0a1b&query=SELECT%20%2A%20FROM%20%60wafunnel%60%2E%60funnel%5Fdaily%60%20WHERE%20account%5Fid%20IN%20%28%27act%5F1001%27%2C%20%27act%5F%5C%272%20%26x%27%29%20FORMAT%20Native', Native)",
+                "CREATE MATERIALIZED VIEW `wafunnel_client_acme`.`funnel_daily` TO `wafunnel_filtered_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`old`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`old`",
             ]
@@ -877,7 +904,7 @@ mod tests {
             "http://127.0.0.1:8123",
             "0a1b",
         );
-        let create = statements.last().expect("the CREATE TABLE");
+        let create = &statements[statements.len() - 2];
         assert_eq!(password_in_url(create), Some("0a1b"));
         assert_eq!(password_in_url("CREATE VIEW x AS SELECT 1"), None);
     }
@@ -896,7 +923,7 @@ mod tests {
             .collect();
         let text = users_file("wafunnel", &users);
         assert!(text.contains("<allow_databases>\n        <database>wafunnel_client_acme</database>\n      </allow_databases>"), "{text}");
-        assert!(text.contains("<allow_databases>\n        <database>wafunnel</database>\n        <database>wafunnel_filtered_acme</database>\n      </allow_databases>"), "{text}");
+        assert!(text.contains("<allow_databases>\n        <database>wafunnel</database>\n      </allow_databases>"), "{text}");
         assert!(
             text.contains("<profile>wafunnel_client</profile>"),
             "{text}"
@@ -904,13 +931,18 @@ mod tests {
         assert!(text.contains("<readonly>1</readonly>"), "{text}");
         assert!(text.contains("<log_queries>0</log_queries>"), "{text}");
         for (name, value) in DRIVER_SETTINGS {
-            assert!(text.contains(&format!("<{name}>{value}</{name}>")), "{text}");
+            assert!(
+                text.contains(&format!("<{name}>{value}</{name}>")),
+                "{text}"
+            );
         }
         // The readers connect from the server itself only.
         let reader = &text[text.find("<wafunnel_reader_acme>").expect("reader")..];
         let reader = &reader[..reader.find("</wafunnel_reader_acme>").expect("end")];
         assert!(
-            reader.contains("<networks>\n        <ip>127.0.0.1</ip>\n        <ip>::1</ip>\n      </networks>"),
+            reader.contains(
+                "<networks>\n        <ip>127.0.0.1</ip>\n        <ip>::1</ip>\n      </networks>"
+            ),
             "{reader}"
         );
         assert_eq!(
@@ -964,10 +996,20 @@ mod tests {
                 "{bad}"
             );
         }
-        for good in ["http://127.0.0.1:8123", "http://[::1]:8123/", "http://localhost:18123"] {
+        for good in [
+            "http://127.0.0.1:8123",
+            "http://[::1]:8123/",
+            "http://localhost:18123",
+        ] {
             assert!(check_self_url(good).is_ok(), "{good}");
         }
-        for bad in ["https://127.0.0.1:8123", "127.0.0.1:8123", "http://", "http://h/?a=b", "http://h/'"] {
+        for bad in [
+            "https://127.0.0.1:8123",
+            "127.0.0.1:8123",
+            "http://",
+            "http://h/?a=b",
+            "http://h/'",
+        ] {
             assert!(
                 matches!(check_self_url(bad), Err(GrantsError::BadSelfUrl(_))),
                 "{bad}"

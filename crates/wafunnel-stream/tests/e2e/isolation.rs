@@ -17,10 +17,7 @@ use super::{env, Env};
 
 /// One query over HTTP as `user` with extra URL parameters.
 fn http_with(user: &str, password: &str, params: &str, query: &str) -> (u16, String) {
-    let url = format!(
-        "{}/?{params}",
-        env("CLICKHOUSE_URL").trim_end_matches('/')
-    );
+    let url = format!("{}/?{params}", env("CLICKHOUSE_URL").trim_end_matches('/'));
     let out = Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--data-binary"])
         .arg(query)
@@ -270,6 +267,21 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
         canary_table.clone(),
         canary_value.clone(),
     ];
+    // The readers' passwords, in the URLs of the hidden tables.
+    let mut markers = markers;
+    for client in ["a", "b"] {
+        let definitions = admin_rows(&format!(
+            "SELECT create_table_query FROM system.tables WHERE database = '{main}_filtered_{client}'"
+        ));
+        let definition = definitions.first().expect("a hidden table");
+        let password = definition
+            .split("&password=")
+            .nth(1)
+            .and_then(|rest| rest.split('&').next())
+            .expect("a reader password in the URL");
+        assert_eq!(password.len(), 36, "{definition}");
+        markers.push(password.to_owned());
+    }
     let mut attacks = Attacks {
         user: a_user.clone(),
         password: a_password.clone(),
@@ -278,9 +290,9 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     };
 
     // A reads its own rows in every view, and only them.
-    let client_views = admin_rows(
-        &format!("SELECT name FROM system.tables WHERE database = '{a_user}'"),
-    );
+    let client_views = admin_rows(&format!(
+        "SELECT name FROM system.tables WHERE database = '{a_user}'"
+    ));
     assert!(client_views.len() >= 6, "{client_views:?}");
     for view in &client_views {
         let (code, body) = attacks.attempt(
@@ -308,9 +320,9 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     // that reads a table, with the result or an error carrying its rows.
     let mut sources: Vec<(String, Vec<String>)> = Vec::new();
     let columns_of = |database: &str, table: &str| -> Vec<String> {
-        admin_rows(
-            &format!("SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}'"),
-        )
+        admin_rows(&format!(
+            "SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}'"
+        ))
     };
     for database in [
         main.clone(),
@@ -318,9 +330,9 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
         format!("{main}_client_b"),
         format!("{main}_filtered_a"),
     ] {
-        for table in admin_rows(
-            &format!("SELECT name FROM system.tables WHERE database = '{database}'"),
-        ) {
+        for table in admin_rows(&format!(
+            "SELECT name FROM system.tables WHERE database = '{database}'"
+        )) {
             let columns = columns_of(&database, &table);
             sources.push((format!("{database}.{table}"), columns));
         }
@@ -408,11 +420,7 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     // The query log exists and is readable by A, and holds no query of
     // B's, of A's or of the readers (their profiles do not log).
     admin("SYSTEM FLUSH LOGS");
-    let (code, body) = attacks.attempt(
-        "system tables",
-        "",
-        "SELECT count() FROM system.query_log",
-    );
+    let (code, body) = attacks.attempt("system tables", "", "SELECT count() FROM system.query_log");
     assert_eq!(code, 200, "{body}");
     assert!(body.trim().parse::<u64>().expect("count") > 0);
     let (_, logged) = attacks.attempt(
@@ -517,7 +525,10 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
         "SELECT name, value FROM system.settings",
     )
     .into_iter()
-    .filter_map(|l| l.split_once('\t').map(|(n, v)| (n.to_owned(), v.to_owned())))
+    .filter_map(|l| {
+        l.split_once('\t')
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    })
     .collect();
     for (name, value) in [
         ("readonly", "0"),
@@ -553,12 +564,7 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
             "SELECT 1",
             &[READONLY],
         );
-        attacks.refused(
-            "settings",
-            &format!("{name}={value}"),
-            &leak,
-            &[READONLY],
-        );
+        attacks.refused("settings", &format!("{name}={value}"), &leak, &[READONLY]);
         attacks.refused(
             "settings",
             "",
@@ -576,7 +582,12 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     attacks.refused("settings", &session, &leak, &[DENIED]);
     attacks.refused("settings", "", &format!("USE {main}"), &[113, DENIED]);
     attacks.refused("settings", &session, &format!("USE {main}"), &[DENIED]);
-    attacks.refused("settings", &format!("database={main}"), "SELECT 1", &[DENIED]);
+    attacks.refused(
+        "settings",
+        &format!("database={main}"),
+        "SELECT 1",
+        &[DENIED],
+    );
     attacks.refused(
         "settings",
         &format!("database={main}_client_b"),
@@ -630,15 +641,38 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
             &[READONLY, DENIED, UNKNOWN_FUNCTION, SYNTAX, UNKNOWN_DATABASE, UNKNOWN_TABLE],
         );
     }
-    // The reader's credentials are in A's table definitions; A cannot log
-    // in with them from anywhere but the server itself, and the reader
-    // reads the filtered views only through the URL, never A's text.
-    let (_, create) = attacks.attempt(
+    // The readers' passwords are in the URL tables of the hidden
+    // databases; A's own tables are materialized views that show neither
+    // the URL nor the accounts, and guessing does not log A in as a reader.
+    for view in &client_views {
+        let (code, create) = attacks.attempt(
+            "reader credentials",
+            "",
+            &format!("SHOW CREATE TABLE {a_user}.{view} FORMAT TSVRaw"),
+        );
+        assert_eq!(code, 200, "{create}");
+        assert!(create.contains("MATERIALIZED VIEW"), "{create}");
+        assert!(!create.contains(&a_account), "{create}");
+    }
+    attacks.attempt(
         "reader credentials",
         "",
-        &format!("SHOW CREATE TABLE {a_user}.conversations FORMAT TSVRaw"),
+        &format!("SELECT * FROM system.tables WHERE database = '{a_user}' FORMAT TSV"),
     );
-    assert!(create.contains("ENGINE = URL("), "{create}");
+    for reader in [format!("{main}_reader_a"), format!("{main}_reader_b")] {
+        for password in ["", a_password.as_str()] {
+            let (code, body) = http(&reader, password, "SELECT 1");
+            assert_ne!(code, 200, "{reader} logged in: {body}");
+            attacks
+                .log
+                .entry("reader credentials".to_owned())
+                .or_default()
+                .push((
+                    format!("log in as {reader} with a guessed password"),
+                    outcome(code, &body),
+                ));
+        }
+    }
 
     // The other way round: B sees none of A's values either.
     let (_, b_rows) = http(
