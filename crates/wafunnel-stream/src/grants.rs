@@ -39,7 +39,9 @@
 //!     nothing ever inserts into: 18.16 reads a materialized view's target
 //!     with the server's rights, so the client reads the rows the URL
 //!     returns, while `SHOW CREATE TABLE` shows it neither the reader's
-//!     password nor the account list.
+//!     password nor the account list. (An error of the reader's request,
+//!     e.g. while the server reloads the users file, quotes its URL: what
+//!     keeps the reader to the server is its network, not its password.)
 //!
 //!   The client's query runs on those rows with the client's rights: its
 //!   subqueries, joins and `IN` sets read as the client and are refused
