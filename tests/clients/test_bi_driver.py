@@ -128,7 +128,7 @@ def setup():
            "passwords": passwords, "users_file": users_file}
     users_file.unlink(missing_ok=True)
     for client in CLIENTS:
-        for kind in ("client", "filtered"):
+        for kind in ("client", "hidden", "filtered"):
             main.execute(f"DROP DATABASE IF EXISTS {main.database}_{kind}_{client}")
     for db in [main, *references.values()]:
         db.close()

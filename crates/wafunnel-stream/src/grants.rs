@@ -15,8 +15,8 @@
 //!
 //! The invariant that makes this hold: **no query a client writes ever runs
 //! with any rights but the client's own**. Only queries `grants` writes
-//! itself (a fixed `SELECT` of a main view's rows of the client's
-//! accounts) run with more. How depends on the server (`SELECT version()`):
+//! itself (a fixed `SELECT` of a view filtered to the client's accounts)
+//! run with more. How depends on the server (`SELECT version()`):
 //! - **ClickHouse 24.2 and later** (SQL access control): the client
 //!   database holds views with `SQL SECURITY DEFINER`, which read the main
 //!   view with the rights of the user running `grants`. Only the view's own
@@ -29,12 +29,14 @@
 //!   the rights of the user reading it, and the server has no row filters
 //!   (`<databases><db><table><filter>` under a user came in 19.x; 18.16
 //!   ignores it) and no settings constraints. Per client and view:
-//!   - in `<database>_filtered_<name>`, which the client may not read, a
-//!     `URL` table whose URL is this server's own HTTP interface
-//!     (`clickhouse.self_url`) with a fixed query, the main view's rows of
-//!     the client's accounts in `Native` format, run as the client's reader
-//!     `<database>_reader_<name>` (allowed the main database, connecting
-//!     from the server itself only: `127.0.0.1`, `::1`);
+//!   - in `<database>_filtered_<name>`, the main view filtered to the
+//!     client's accounts, which only the client's reader
+//!     `<database>_reader_<name>` may read (with the main database; it
+//!     connects from the server itself only: `127.0.0.1`, `::1`);
+//!   - in `<database>_hidden_<name>`, which no user may read, a `URL` table
+//!     whose URL is this server's own HTTP interface (`clickhouse.self_url`)
+//!     with a fixed query of that filtered view in `Native` format, run as
+//!     the reader;
 //!   - in the client database, a materialized view `TO` that table, that
 //!     nothing ever inserts into: 18.16 reads a materialized view's target
 //!     with the server's rights, so the client reads the rows the URL
@@ -165,9 +167,12 @@ pub fn access_for(version: &str) -> Result<Access, GrantsError> {
 pub struct Names {
     /// The database the client reads, and its user's name.
     pub client: String,
-    /// Before 24.2: the database of the `URL` tables that read the client's
-    /// rows as its reader, which the client cannot read.
+    /// Before 24.2: the database of the views filtered to the client's
+    /// accounts, which only its reader may read.
     pub filtered: String,
+    /// Before 24.2: the database of the `URL` tables that read the
+    /// filtered views as the reader, which no user may read.
+    pub hidden: String,
     /// Before 24.2: the user the client's `URL` tables read the filtered
     /// views as; it may connect from the server itself only.
     pub reader: String,
@@ -179,6 +184,7 @@ impl Names {
         Names {
             client: format!("{database}_client_{name}"),
             filtered: format!("{database}_filtered_{name}"),
+            hidden: format!("{database}_hidden_{name}"),
             reader: format!("{database}_reader_{name}"),
         }
     }
@@ -295,17 +301,16 @@ pub fn sql_user_statements(
     out
 }
 
-/// The `URL` of a client's table for `view`: its rows of `accounts` in
-/// `Native` format, read from `self_url` as the client's reader.
-fn reader_url(
-    self_url: &str,
-    names: &Names,
-    reader_password: &str,
-    main: &str,
-    view: &str,
-    accounts: &[String],
-) -> String {
-    let query = format!("{} FORMAT Native", filtered_select(main, view, accounts));
+/// The `URL` of a client's table for `view`: the filtered view's rows in
+/// `Native` format, read from `self_url` as the client's reader. The query
+/// names no account: every user of 18.16 sees it in `system.processes`
+/// while it runs.
+fn reader_url(self_url: &str, names: &Names, reader_password: &str, view: &str) -> String {
+    let query = format!(
+        "SELECT * FROM {}.{} FORMAT Native",
+        ident(&names.filtered),
+        ident(view)
+    );
     format!(
         "{}/?user={}&password={reader_password}&query={}",
         self_url.trim_end_matches('/'),
@@ -314,11 +319,12 @@ fn reader_url(
     )
 }
 
-/// Before 24.2: the statements that make the hidden database hold a `URL`
-/// table per view of `views` that reads the view's rows of `accounts`
-/// through `self_url` as the reader, the client database a materialized
-/// view over each (which shows the client neither the URL nor the
-/// accounts), and drop the objects of `stale` views.
+/// Before 24.2: the statements that make, per view of `views`, the
+/// filtered database hold the view filtered to `accounts`, the hidden
+/// database a `URL` table that reads it through `self_url` as the reader,
+/// and the client database a materialized view over that table (which
+/// shows the client neither the URL nor the accounts); and drop the objects
+/// of `stale` views.
 pub fn users_file_statements(
     main: &str,
     names: &Names,
@@ -328,8 +334,11 @@ pub fn users_file_statements(
     self_url: &str,
     reader_password: &str,
 ) -> Vec<String> {
-    let (client, hidden) = (ident(&names.client), ident(&names.filtered));
+    let client = ident(&names.client);
+    let filtered = ident(&names.filtered);
+    let hidden = ident(&names.hidden);
     let mut out = vec![
+        format!("CREATE DATABASE IF NOT EXISTS {filtered}"),
         format!("CREATE DATABASE IF NOT EXISTS {hidden}"),
         format!("CREATE DATABASE IF NOT EXISTS {client}"),
     ];
@@ -337,19 +346,16 @@ pub fn users_file_statements(
     // the moment between its DROP and its CREATE.
     for view in views {
         let v = ident(view);
-        out.push(format!("DROP TABLE IF EXISTS {client}.{v}"));
-        out.push(format!("DROP TABLE IF EXISTS {hidden}.{v}"));
+        for db in [&client, &hidden, &filtered] {
+            out.push(format!("DROP TABLE IF EXISTS {db}.{v}"));
+        }
         out.push(format!(
-            "CREATE TABLE {hidden}.{v} AS {}.{v} ENGINE = URL({}, Native)",
-            ident(main),
-            literal(&reader_url(
-                self_url,
-                names,
-                reader_password,
-                main,
-                view,
-                accounts
-            ))
+            "CREATE VIEW {filtered}.{v} AS {}",
+            filtered_select(main, view, accounts)
+        ));
+        out.push(format!(
+            "CREATE TABLE {hidden}.{v} AS {filtered}.{v} ENGINE = URL({}, Native)",
+            literal(&reader_url(self_url, names, reader_password, view))
         ));
         // Nothing is ever inserted into a view: the materialized view only
         // lends its target, read with the server's rights, to the client.
@@ -359,8 +365,9 @@ pub fn users_file_statements(
         ));
     }
     for view in stale {
-        out.push(format!("DROP TABLE IF EXISTS {client}.{}", ident(view)));
-        out.push(format!("DROP TABLE IF EXISTS {hidden}.{}", ident(view)));
+        for db in [&client, &hidden, &filtered] {
+            out.push(format!("DROP TABLE IF EXISTS {db}.{}", ident(view)));
+        }
     }
     out
 }
@@ -498,7 +505,7 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
             &user.reader_sha256,
             &mut READER_NETWORKS.iter().copied(),
             &reader,
-            &[main],
+            &[main, &names.filtered],
         );
     }
     out.push_str("  </users>\n</yandex>\n");
@@ -705,6 +712,7 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     .unwrap_or_else(|| generate_password().expose().to_owned());
                 let mut stale = stale_in(tables_in(&db, &names.client).await?);
                 stale.extend(stale_in(tables_in(&db, &names.filtered).await?));
+                stale.extend(stale_in(tables_in(&db, &names.hidden).await?));
                 let stale: Vec<String> = stale
                     .into_iter()
                     .collect::<BTreeSet<_>>()
@@ -779,7 +787,7 @@ async fn kept_reader_password(
     };
     let definitions: Vec<String> = db
         .query("SELECT create_table_query FROM system.tables WHERE database = ? AND name = ?")
-        .bind(&names.filtered)
+        .bind(&names.hidden)
         .bind(view)
         .fetch_all()
         .await?;
@@ -877,18 +885,22 @@ mod tests {
                 &names,
                 &strings(&["funnel_daily"]),
                 &strings(&["old"]),
-                &strings(&["act_1001", "act_'2 &x"]),
+                &strings(&["act_1001"]),
                 "http://127.0.0.1:8123/",
                 "0a1b",
             ),
             [
                 "CREATE DATABASE IF NOT EXISTS `wafunnel_filtered_acme`",
+                "CREATE DATABASE IF NOT EXISTS `wafunnel_hidden_acme`",
                 "CREATE DATABASE IF NOT EXISTS `wafunnel_client_acme`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`funnel_daily`",
+                "DROP TABLE IF EXISTS `wafunnel_hidden_acme`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`funnel_daily`",
-                "CREATE TABLE `wafunnel_filtered_acme`.`funnel_daily` AS `wafunnel`.`funnel_daily` ENGINE = URL('http://127.0.0.1:8123/?user=wafunnel_reader_acme&password=0a1b&query=SELECT%20%2A%20FROM%20%60wafunnel%60%2E%60funnel%5Fdaily%60%20WHERE%20account%5Fid%20IN%20%28%27act%5F1001%27%2C%20%27act%5F%5C%272%20%26x%27%29%20FORMAT%20Native', Native)",
-                "CREATE MATERIALIZED VIEW `wafunnel_client_acme`.`funnel_daily` TO `wafunnel_filtered_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily`",
+                "CREATE VIEW `wafunnel_filtered_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily` WHERE account_id IN ('act_1001')",
+                "CREATE TABLE `wafunnel_hidden_acme`.`funnel_daily` AS `wafunnel_filtered_acme`.`funnel_daily` ENGINE = URL('http://127.0.0.1:8123/?user=wafunnel_reader_acme&password=0a1b&query=SELECT%20%2A%20FROM%20%60wafunnel%5Ffiltered%5Facme%60%2E%60funnel%5Fdaily%60%20FORMAT%20Native', Native)",
+                "CREATE MATERIALIZED VIEW `wafunnel_client_acme`.`funnel_daily` TO `wafunnel_hidden_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`old`",
+                "DROP TABLE IF EXISTS `wafunnel_hidden_acme`.`old`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`old`",
             ]
         );
@@ -925,7 +937,7 @@ mod tests {
             .collect();
         let text = users_file("wafunnel", &users);
         assert!(text.contains("<allow_databases>\n        <database>wafunnel_client_acme</database>\n      </allow_databases>"), "{text}");
-        assert!(text.contains("<allow_databases>\n        <database>wafunnel</database>\n      </allow_databases>"), "{text}");
+        assert!(text.contains("<allow_databases>\n        <database>wafunnel</database>\n        <database>wafunnel_filtered_acme</database>\n      </allow_databases>"), "{text}");
         assert!(
             text.contains("<profile>wafunnel_client</profile>"),
             "{text}"

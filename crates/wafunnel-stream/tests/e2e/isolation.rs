@@ -271,7 +271,7 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     let mut markers = markers;
     for client in ["a", "b"] {
         let definitions = admin_rows(&format!(
-            "SELECT create_table_query FROM system.tables WHERE database = '{main}_filtered_{client}'"
+            "SELECT create_table_query FROM system.tables WHERE database = '{main}_hidden_{client}'"
         ));
         let definition = definitions.first().expect("a hidden table");
         let password = definition
@@ -327,8 +327,10 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     for database in [
         main.clone(),
         format!("{main}_filtered_b"),
+        format!("{main}_hidden_b"),
         format!("{main}_client_b"),
         format!("{main}_filtered_a"),
+        format!("{main}_hidden_a"),
     ] {
         for table in admin_rows(&format!(
             "SELECT name FROM system.tables WHERE database = '{database}'"
@@ -642,7 +644,8 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
         );
     }
     // The readers' passwords are in the URL tables of the hidden
-    // databases; A's own tables are materialized views that show neither
+    // databases (and their queries name no account, as system.processes
+    // shows every user); A's own tables are materialized views that show neither
     // the URL nor the accounts, and guessing does not log A in as a reader.
     for view in &client_views {
         let (code, create) = attacks.attempt(
