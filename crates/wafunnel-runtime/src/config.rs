@@ -700,16 +700,15 @@ pub struct ClickHouseConfig {
     /// Password (env `WAFUNNEL_CLICKHOUSE_PASSWORD`); never logged.
     #[serde(default)]
     pub password: Secret,
-    /// On ClickHouse before 24.2, the cluster (`remote_servers` in the
-    /// server's configuration) of one shard, this server, whose user may
-    /// read the database: the client databases of `wafunnel grants` read
-    /// through it.
-    #[serde(default = "default_clients_cluster")]
-    pub clients_cluster: String,
+    /// On ClickHouse before 24.2, this server's HTTP interface as the
+    /// server itself reaches it (a loopback address): the client databases
+    /// of `wafunnel grants` read their filtered views through it.
+    #[serde(default = "default_self_url")]
+    pub self_url: String,
 }
 
-fn default_clients_cluster() -> String {
-    "wafunnel_self".into()
+fn default_self_url() -> String {
+    "http://127.0.0.1:8123".into()
 }
 
 fn default_database() -> String {
@@ -1804,7 +1803,7 @@ time_zone = "America/Sao_Paulo"
         assert_eq!(acme.password.as_ref().map(Secret::expose), Some("4242"));
         assert_eq!(acme.networks, ["::/0"]);
         assert!(cfg.clients["b2"].password.is_none());
-        assert_eq!(cfg.clickhouse.clients_cluster, "wafunnel_self");
+        assert_eq!(cfg.clickhouse.self_url, "http://127.0.0.1:8123");
         assert!(!format!("{cfg:?}").contains("4242"));
     }
 

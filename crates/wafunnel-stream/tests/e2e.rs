@@ -28,6 +28,8 @@ mod faults;
 mod grants;
 #[path = "../../wafunnel-capi/tests/graph/mod.rs"]
 mod graph;
+#[path = "e2e/isolation.rs"]
+mod isolation;
 #[path = "e2e/limits.rs"]
 mod limits;
 #[path = "e2e/ops.rs"]
@@ -83,6 +85,7 @@ alignment = "alignment-{suffix}"
 internal_partitions = {internal_partitions}
 [clickhouse]
 url = "{url}"
+self_url = "{url}"
 database = "wafunnel_{db}"
 [[accounts]]
 id = "act_1001"

@@ -159,7 +159,7 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                 let mut held = Some(0u64);
                 for name in cfg.clients.keys() {
                     let at_once = cfg.limits_of(name)?.max_concurrent_queries;
-                    // Each holds two: its own and the Distributed read.
+                    // A client and its reader share the per-user limit: two each.
                     held = held
                         .zip((at_once > 0).then_some(2 * at_once))
                         .map(|(a, b)| a + b);
