@@ -135,7 +135,7 @@ async fn render_metrics() -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics().render(),
+        crate::scrub::scrubbed(metrics().render()),
     )
 }
 

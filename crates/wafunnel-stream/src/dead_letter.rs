@@ -8,7 +8,8 @@
 //!   (Avro, text) every phone-number-like run (7 to 15 digits, with the
 //!   separators the contract allows). `dead_letter.keep_raw_user_ids`
 //!   keeps the payload as it arrived.
-//! - The reason detail never repeats a value that could be a phone number.
+//! - The reason detail never repeats a value that could be a phone number,
+//!   nor a secret ([`wafunnel_runtime::scrub`]).
 //! - A payload longer than `dead_letter.max_payload_bytes` is cut to that
 //!   length; headers then give its full size and a keyed digest of the
 //!   original bytes, so it can still be matched with the raw record (whose
@@ -63,6 +64,7 @@ pub fn detail(rejection: &Rejection) -> String {
 /// could be a phone number: serde and the validators quote offending values
 /// in backticks, and any quoted value with 7 or more digits is withheld.
 pub fn detail_text(text: &str) -> String {
+    let text = wafunnel_runtime::scrub::scrub(text);
     let mut out = String::with_capacity(text.len());
     for (i, part) in text.split('`').enumerate() {
         if i > 0 {
