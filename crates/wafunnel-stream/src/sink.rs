@@ -161,6 +161,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "revenue_by_purchase_day",
         include_str!("../../../schemas/clickhouse/0011_revenue_by_purchase_day.sql"),
     ),
+    (
+        12,
+        "capi_waiting_exports",
+        include_str!("../../../schemas/clickhouse/0012_capi_waiting_exports.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
