@@ -5,7 +5,8 @@
 //! - The access token travels in the `Authorization: Bearer` header only:
 //!   never in a URL, a log line or an error.
 //! - 2xx: every event of the request is `sent`.
-//! - 429, 5xx, a network error, a timeout, or a 4xx Meta marks transient
+//! - 429, 5xx, a redirect (never followed: it would carry the token to
+//!   another address), a network error, a timeout, or a 4xx Meta marks transient
 //!   (`is_transient`, or a throttling code): the same request is retried,
 //!   waiting `Retry-After` when the answer has one, else an exponential
 //!   backoff with jitter between `capi.backoff_min` and `capi.backoff_max`;
@@ -220,7 +221,12 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
         let message = scrub::scrub(body);
         return Answer::Refused(Refusal {
             code: format!("http_{}", status.as_u16()),
-            message: message.chars().take(300).collect::<String>().trim().to_owned(),
+            message: message
+                .chars()
+                .take(300)
+                .collect::<String>()
+                .trim()
+                .to_owned(),
             account_wide: http_credential || status == StatusCode::NOT_FOUND,
             credential: http_credential,
         });
@@ -324,12 +330,17 @@ impl Graph {
         if status.is_success() {
             return Answer::Accepted;
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        // A redirect is not followed (it would carry the token elsewhere)
+        // and says nothing about the events: retried like a 5xx.
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+            || status.is_redirection()
+        {
             return Answer::Retry {
-                reason: if status.is_server_error() {
-                    RetryReason::ServerError
-                } else {
+                reason: if status == StatusCode::TOO_MANY_REQUESTS {
                     RetryReason::Throttled
+                } else {
+                    RetryReason::ServerError
                 },
                 after,
                 detail: format!("http {}", status.as_u16()),
@@ -515,15 +526,36 @@ mod tests {
             Answer::Refused(Refusal { account_wide: true, credential: true, ref code, .. }) if code == "190"
         ));
         for (status, body) in [
-            (bad, r#"{"error":{"message":"(#10) Application does not have permission","code":10}}"#),
-            (bad, r#"{"error":{"message":"Session key invalid","code":102}}"#),
-            (StatusCode::FORBIDDEN, r#"{"error":{"message":"(#200) Permissions error","code":200}}"#),
-            (bad, r#"{"error":{"message":"(#294) Managing advertisements requires ads_management","code":294}}"#),
+            (
+                bad,
+                r#"{"error":{"message":"(#10) Application does not have permission","code":10}}"#,
+            ),
+            (
+                bad,
+                r#"{"error":{"message":"Session key invalid","code":102}}"#,
+            ),
+            (
+                StatusCode::FORBIDDEN,
+                r#"{"error":{"message":"(#200) Permissions error","code":200}}"#,
+            ),
+            (
+                bad,
+                r#"{"error":{"message":"(#294) Managing advertisements requires ads_management","code":294}}"#,
+            ),
             (StatusCode::UNAUTHORIZED, "unauthorized"),
-            (StatusCode::FORBIDDEN, r#"{"error":{"message":"forbidden","code":1}}"#),
+            (
+                StatusCode::FORBIDDEN,
+                r#"{"error":{"message":"forbidden","code":1}}"#,
+            ),
         ] {
             assert!(
-                matches!(classify_refusal(status, body), Answer::Refused(Refusal { credential: true, .. })),
+                matches!(
+                    classify_refusal(status, body),
+                    Answer::Refused(Refusal {
+                        credential: true,
+                        ..
+                    })
+                ),
                 "{status} {body}"
             );
         }
@@ -574,7 +606,8 @@ mod tests {
         let transient = format!(
             r#"{{"error":{{"message":"retry with access_token={token}","code":2,"is_transient":true}}}}"#
         );
-        let Answer::Retry { detail, .. } = classify_refusal(StatusCode::BAD_REQUEST, &transient) else {
+        let Answer::Retry { detail, .. } = classify_refusal(StatusCode::BAD_REQUEST, &transient)
+        else {
             panic!("not retried");
         };
         assert!(!detail.contains(token), "{detail}");
@@ -582,7 +615,11 @@ mod tests {
         let Answer::Refused(refusal) = classify_refusal(StatusCode::UNAUTHORIZED, &html) else {
             panic!("not refused");
         };
-        assert!(!refusal.message.contains("EAAtest0echo"), "{}", refusal.message);
+        assert!(
+            !refusal.message.contains("EAAtest0echo"),
+            "{}",
+            refusal.message
+        );
     }
 
     #[test]

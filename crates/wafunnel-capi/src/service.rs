@@ -53,8 +53,8 @@ use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::sink::{self, SinkError};
 
 use crate::deliver::{Abandoned, Graph, Outcome, Status};
-use crate::status::Waiting;
 use crate::payload::{self, Destination, Destinations};
+use crate::status::Waiting;
 use crate::status::{self, StatusRow};
 
 /// How many stored export ids are remembered to skip replayed duplicates.

@@ -137,3 +137,45 @@ pub async fn write(db: &Client, rows: &[StatusRow], shutdown: &Shutdown) -> Resu
     }
     sink::retry_write("export statuses", shutdown, || write_once(db, rows)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use wafunnel_core::export::{ConversionName, ExportDecision};
+    use wafunnel_core::time::Day;
+
+    fn export() -> ConversionExport {
+        ConversionExport {
+            export_id: "e1".into(),
+            account_id: Arc::from("act_1"),
+            event_name: ConversionName::Purchase,
+            event_time: 1,
+            day: Day(20_000),
+            click_id: Some(Arc::from("clid")),
+            value: None,
+            currency: None,
+            decision: ExportDecision::Send,
+        }
+    }
+
+    #[test]
+    fn a_row_keeps_no_secret_and_a_waiting_row_keeps_its_export() {
+        scrub::register(["row-token-8c1d5e7f2a"]);
+        let outcome = Outcome {
+            status: Status::WaitingCredential,
+            error_code: Some("190".into()),
+            error_message: Some("Malformed access token row-token-8c1d5e7f2a".into()),
+            attempts: 2,
+        };
+        let row = StatusRow::new(&export(), &outcome, 5);
+        assert_eq!(
+            row.error_message.as_deref(),
+            Some("Malformed access token <redacted>")
+        );
+        let kept: ConversionExport = serde_json::from_str(&row.export).expect("export");
+        assert_eq!(kept, export());
+        let sent = StatusRow::new(&export(), &Outcome::without_request(Status::Sent), 6);
+        assert!(sent.export.is_empty());
+    }
+}

@@ -1123,7 +1123,12 @@ impl Config {
         ]
         .into_iter()
         .flatten()
-        .chain(self.capi.accounts.values().filter_map(|a| a.access_token.as_ref()))
+        .chain(
+            self.capi
+                .accounts
+                .values()
+                .filter_map(|a| a.access_token.as_ref()),
+        )
         .chain(self.clients.values().filter_map(|c| c.password.as_ref()))
         .map(|s| s.0.clone())
         .collect();

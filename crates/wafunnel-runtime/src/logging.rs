@@ -109,7 +109,10 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::trace!(url = "http://u:logged-secret-4f2a9c@h/", "connecting");
             tracing::debug!("token logged-secret-4f2a9c");
-            tracing::error!(error = "Malformed access token logged-secret-4f2a9c", "refused");
+            tracing::error!(
+                error = "Malformed access token logged-secret-4f2a9c",
+                "refused"
+            );
         });
         let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
         assert_eq!(text.lines().count(), 3, "{text}");

@@ -314,9 +314,15 @@ mod tests {
                 r#"{"access_token":"EAAnything","x":1}"#,
                 r#"{"access_token":"<redacted>","x":1}"#,
             ),
-            ("authorization: Bearer abc.def-1", "authorization: Bearer <redacted>"),
+            (
+                "authorization: Bearer abc.def-1",
+                "authorization: Bearer <redacted>",
+            ),
             (&format!("token {TOKEN} end"), "token <redacted> end"),
-            ("nothing secret here: code=190", "nothing secret here: code=190"),
+            (
+                "nothing secret here: code=190",
+                "nothing secret here: code=190",
+            ),
         ] {
             assert_eq!(s.scrub(text), expected, "{text}");
         }
