@@ -1015,8 +1015,8 @@ mod tests {
             .filter(|s| added_column(s).is_some())
             .count();
         assert_eq!(
-            added, 9,
-            "0006 adds two columns, 0008 one, 0009 four, 0011 two"
+            added, 10,
+            "0006 adds two columns, 0008 one, 0009 four, 0011 two, 0012 one"
         );
     }
 
