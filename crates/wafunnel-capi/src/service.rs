@@ -34,6 +34,7 @@
 //!   says once that an account's credential is refused, and once that it
 //!   works again, whatever the number of exports and tries.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
@@ -446,49 +447,16 @@ impl Credentials {
     /// Takes the stored `rows` in: a waiting export joins its account's,
     /// any other status ends its wait.
     fn stored(&mut self, rows: &[StatusRow], retry_in: Duration) {
-        let next_try = Instant::now() + retry_in;
-        let mut tried = HashSet::new();
+        let now = Instant::now();
+        let next_try = now + retry_in;
         for row in rows {
-            if row.status == Status::WaitingCredential.as_str() {
-                let Ok(export) = serde_json::from_str::<ConversionExport>(&row.export) else {
+            if row.status != Status::WaitingCredential.as_str() {
+                let Some(refused) = self.accounts.get_mut(&row.account_id) else {
                     continue;
                 };
-                let outcome = Outcome {
-                    status: Status::WaitingCredential,
-                    error_code: row.error_code.clone(),
-                    error_message: row.error_message.clone(),
-                    attempts: 0,
-                };
-                let refused = self
-                    .accounts
-                    .entry(row.account_id.clone())
-                    .or_insert_with(|| Refused {
-                        exports: BTreeMap::new(),
-                        outcome: outcome.clone(),
-                        next_try,
-                    });
-                if tried.insert(row.account_id.clone()) && row.attempts > 0 {
-                    if refused.exports.is_empty() || refused.outcome.error_code.is_none() {
-                        tracing::error!(
-                            account = row.account_id,
-                            code = row.error_code.as_deref().unwrap_or_default(),
-                            message = row.error_message.as_deref().unwrap_or_default(),
-                            retry_in_s = retry_in.as_secs(),
-                            "conversions api refuses the credential of this account: its exports wait, and are sent once it works"
-                        );
-                    }
-                    refused.outcome = outcome;
-                    refused.next_try = next_try;
-                }
-                refused.exports.insert(
-                    (export.event_time, export.export_id.clone()),
-                    Waiting {
-                        attempts: row.attempts,
-                        export,
-                    },
-                );
-            } else if let Some(refused) = self.accounts.get_mut(&row.account_id) {
-                refused.exports.retain(|(_, id), _| *id != row.export_id);
+                refused
+                    .exports
+                    .remove(&(row.event_time, row.export_id.clone()));
                 if refused.exports.is_empty() {
                     self.accounts.remove(&row.account_id);
                     tracing::info!(
@@ -496,7 +464,53 @@ impl Credentials {
                         "the credential of this account works again: its waiting exports are stored"
                     );
                 }
+                continue;
             }
+            let Ok(export) = serde_json::from_str::<ConversionExport>(&row.export) else {
+                continue;
+            };
+            let outcome = Outcome {
+                status: Status::WaitingCredential,
+                error_code: row.error_code.clone(),
+                error_message: row.error_message.clone(),
+                attempts: 0,
+            };
+            let announce = || {
+                tracing::error!(
+                    account = row.account_id,
+                    code = row.error_code.as_deref().unwrap_or_default(),
+                    message = row.error_message.as_deref().unwrap_or_default(),
+                    retry_in_s = retry_in.as_secs(),
+                    "conversions api refuses the credential of this account: its exports wait, and are sent once it works"
+                );
+            };
+            let refused = match self.accounts.entry(row.account_id.clone()) {
+                Entry::Vacant(vacant) => {
+                    announce();
+                    vacant.insert(Refused {
+                        exports: BTreeMap::new(),
+                        outcome: outcome.clone(),
+                        next_try,
+                    })
+                }
+                Entry::Occupied(occupied) => occupied.into_mut(),
+            };
+            // Tried in this round (it was due): refused again.
+            if refused.next_try <= now {
+                // Restored from an earlier run: this run has not said it yet.
+                if refused.outcome.error_code.is_none() {
+                    announce();
+                }
+                refused.outcome = outcome;
+                refused.next_try = next_try;
+            }
+            refused.exports.insert(
+                (export.event_time, export.export_id.clone()),
+                Waiting {
+                    attempts: row.attempts,
+                    export,
+                },
+            );
         }
         self.publish();
     }
