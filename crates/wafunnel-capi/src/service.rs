@@ -724,6 +724,75 @@ pub async fn dry_run(
 mod tests {
     use super::*;
 
+    fn export(id: &str) -> ConversionExport {
+        ConversionExport {
+            export_id: id.into(),
+            account_id: Arc::from("act_1"),
+            event_name: wafunnel_core::export::ConversionName::Purchase,
+            event_time: 1,
+            day: wafunnel_core::time::Day(20_000),
+            click_id: Some(Arc::from("clid")),
+            value: None,
+            currency: None,
+            decision: ExportDecision::Send,
+        }
+    }
+
+    fn row(id: &str, status: Status, attempts: u32) -> StatusRow {
+        let outcome = Outcome {
+            status,
+            error_code: (status == Status::WaitingCredential).then(|| "190".into()),
+            error_message: None,
+            attempts,
+        };
+        StatusRow::new(&export(id), &outcome, 1)
+    }
+
+    #[test]
+    fn waiting_exports_are_held_until_due_then_released_once_sent() {
+        let mut credentials = Credentials::default();
+        let retry_in = Duration::from_secs(60);
+        credentials.stored(
+            &[
+                row("a", Status::WaitingCredential, 1),
+                row("b", Status::WaitingCredential, 0),
+            ],
+            retry_in,
+        );
+        let (retry, held) = credentials.due(Instant::now());
+        assert!(retry.is_empty(), "tried again before capi.credential_retry");
+        assert_eq!(
+            held.get("act_1").map(|o| o.status),
+            Some(Status::WaitingCredential)
+        );
+        let (retry, held) = credentials.due(Instant::now() + retry_in);
+        assert_eq!(retry.len(), 2);
+        assert!(held.is_empty());
+        credentials.stored(&[row("a", Status::Sent, 2)], retry_in);
+        assert_eq!(credentials.accounts["act_1"].exports.len(), 1);
+        credentials.stored(&[row("b", Status::Sent, 1)], retry_in);
+        assert!(credentials.accounts.is_empty());
+        assert_eq!(credentials.next_try(), None);
+    }
+
+    #[test]
+    fn exports_restored_from_an_earlier_run_are_due_at_once() {
+        let mut credentials = Credentials::default();
+        credentials.restore(vec![Waiting {
+            export: export("a"),
+            attempts: 3,
+        }]);
+        let (retry, _) = credentials.due(Instant::now());
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].attempts, 3);
+        // Refused again: not due before the interval.
+        credentials.stored(
+            &[row("a", Status::WaitingCredential, 4)],
+            Duration::from_secs(60),
+        );
+        assert!(credentials.due(Instant::now()).0.is_empty());
+    }
+
     #[test]
     fn done_forgets_the_oldest_first() {
         let mut done = Done::default();
