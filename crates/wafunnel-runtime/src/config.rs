@@ -175,6 +175,11 @@ pub struct CapiConfig {
     /// How long one request may take before it is retried.
     #[serde(default = "default_capi_request_timeout")]
     pub request_timeout: String,
+    /// While Meta refuses an account's credential (an invalid or expired
+    /// token, a missing permission), how often its waiting exports are
+    /// offered again to find out whether it works now.
+    #[serde(default = "default_capi_credential_retry")]
+    pub credential_retry: String,
     /// Per ad account id (as in events, lowercase): where its events go.
     /// An account without an entry has its exports rejected with
     /// `not_configured`, without a request.
@@ -222,6 +227,9 @@ fn default_capi_backoff_max() -> String {
 fn default_capi_request_timeout() -> String {
     "30s".into()
 }
+fn default_capi_credential_retry() -> String {
+    "1m".into()
+}
 
 impl Default for CapiConfig {
     fn default() -> Self {
@@ -234,6 +242,7 @@ impl Default for CapiConfig {
             backoff_min: default_capi_backoff_min(),
             backoff_max: default_capi_backoff_max(),
             request_timeout: default_capi_request_timeout(),
+            credential_retry: default_capi_credential_retry(),
             accounts: BTreeMap::new(),
         }
     }
@@ -256,6 +265,8 @@ pub struct CapiSettings {
     pub backoff_max: Duration,
     /// Longest request.
     pub request_timeout: Duration,
+    /// How often a refused credential is tried again.
+    pub credential_retry: Duration,
     /// Per ad account.
     pub accounts: BTreeMap<String, CapiAccountConfig>,
 }
@@ -1112,8 +1123,53 @@ impl Config {
             .into_iter()
             .map(|(k, v)| (k.replace('_', "."), v))
             .collect();
+        crate::scrub::register(cfg.secrets().iter().map(String::as_str));
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Every secret value the configuration holds: the [`Secret`]
+    /// settings, the librdkafka properties named like a secret, and the
+    /// credentials written into its URLs.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = [
+            self.user_hash_key.as_ref(),
+            Some(&self.clickhouse.password),
+            self.kafka.sasl_password.as_ref(),
+            self.kafka.ssl_key_password.as_ref(),
+            self.webhook.verify_token.as_ref(),
+            self.webhook.app_secret.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.capi
+                .accounts
+                .values()
+                .filter_map(|a| a.access_token.as_ref()),
+        )
+        .chain(self.clients.values().filter_map(|c| c.password.as_ref()))
+        .map(|s| s.0.clone())
+        .collect();
+        secrets.extend(
+            self.kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+        );
+        for url in [
+            Some(&self.clickhouse.url),
+            self.schema_registry.as_ref().map(|r| &r.url),
+            Some(&self.capi.base_url),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            secrets.extend(crate::scrub::url_credentials(url));
+        }
+        secrets.retain(|s| !s.is_empty());
+        secrets
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -1406,6 +1462,7 @@ impl Config {
             backoff_min,
             backoff_max,
             request_timeout: duration("capi.request_timeout", &c.request_timeout)?,
+            credential_retry: duration("capi.credential_retry", &c.credential_retry)?,
             accounts: c.accounts.clone(),
         })
     }

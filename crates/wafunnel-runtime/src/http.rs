@@ -270,8 +270,28 @@ async fn render_metrics() -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics().render(),
+        labels_scrubbed(metrics().render()),
     )
+}
+
+/// The metrics text with every secret out of its names and labels. The
+/// values are left alone: a number is no secret, and a short numeric
+/// password must not turn a sample into text Prometheus cannot read.
+fn labels_scrubbed(text: String) -> String {
+    if let std::borrow::Cow::Borrowed(_) = crate::scrub::scrub(&text) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        match line.trim_end().rsplit_once(' ') {
+            Some((series, _)) if !line.starts_with('#') => {
+                out.push_str(&crate::scrub::scrub(series));
+                out.push_str(&line[series.len()..]);
+            }
+            _ => out.push_str(&crate::scrub::scrub(line)),
+        }
+    }
+    out
 }
 
 async fn readiness() -> impl IntoResponse {
@@ -316,6 +336,17 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
+    }
+
+    #[test]
+    fn metric_labels_are_scrubbed_and_values_kept() {
+        crate::scrub::register(["label-secret-77aa41", "4242"]);
+        let text =
+            "# HELP x label-secret-77aa41\nx{a=\"label-secret-77aa41\"} 4242\nx_total 4242\n";
+        assert_eq!(
+            labels_scrubbed(text.to_owned()),
+            "# HELP x <redacted>\nx{a=\"<redacted>\"} 4242\nx_total 4242\n"
+        );
     }
 
     #[tokio::test]

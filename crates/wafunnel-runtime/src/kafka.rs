@@ -102,7 +102,7 @@ impl ClientContext for LogContext {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => {
                 tracing::debug!(error = %error, reason, "kafka security failure");
                 let mut slot = SECURITY_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
-                *slot = Some(reason.to_owned());
+                *slot = Some(crate::scrub::scrubbed(reason.to_owned()));
             }
             _ => tracing::warn!(error = %error, reason, "kafka client error"),
         }

@@ -18,19 +18,22 @@ use wafunnel_avro::Format;
 
 use wafunnel_runtime::config::{redact_url, Config};
 use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
+use wafunnel_runtime::scrub::scrub;
 
 /// The reserved account of canary events: events of this account are never
 /// applied to the tables, only recorded in `check_canaries`.
 pub const CANARY_ACCOUNT: &str = "wafunnel-canary";
 
+/// Prints a step's result; the detail may quote a server's answer, so it is
+/// scrubbed of secrets.
 fn report(step: &str, result: Result<String, String>) -> bool {
     match result {
         Ok(detail) => {
-            println!("ok    {step}: {detail}");
+            println!("ok    {step}: {}", scrub(&detail));
             true
         }
         Err(detail) => {
-            println!("FAIL  {step}: {detail}");
+            println!("FAIL  {step}: {}", scrub(&detail));
             false
         }
     }
@@ -154,12 +157,15 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         // Counting still works; restores may not: a warning, not a failure.
         Ok(problems) => {
             for problem in problems {
-                println!("warn  topic settings: {problem}");
+                println!("warn  topic settings: {}", scrub(&problem));
             }
             true
         }
         Err(e) => {
-            println!("warn  topic settings: cannot read them: {e}");
+            println!(
+                "warn  topic settings: cannot read them: {}",
+                scrub(&e.to_string())
+            );
             true
         }
     };

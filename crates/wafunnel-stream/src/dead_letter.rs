@@ -22,7 +22,8 @@
 //!   by its keyed hash.
 //! - The reason detail never repeats a value that could be a phone number,
 //!   except the business's own `phone_number_id` of `unknown_phone_number`,
-//!   which is what the operator must configure.
+//!   which is what the operator must configure, nor a secret
+//!   ([`wafunnel_runtime::scrub`]).
 //! - Whenever the payload is not the record as it arrived (reduced, emptied
 //!   or cut to `dead_letter.max_payload_bytes`), headers give the original's
 //!   size and a keyed BLAKE3 digest of its bytes.
@@ -172,6 +173,7 @@ pub fn detail(rejection: &Rejection) -> String {
 /// digits is withheld; serde quotes an offending string value in double
 /// quotes (`invalid type: string "..."`), which is always withheld.
 pub fn detail_text(text: &str) -> String {
+    let text = wafunnel_runtime::scrub::scrub(text);
     let mut out = String::with_capacity(text.len());
     for (i, part) in text.split('"').enumerate() {
         if i > 0 {

@@ -161,6 +161,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "revenue_by_purchase_day",
         include_str!("../../../schemas/clickhouse/0011_revenue_by_purchase_day.sql"),
     ),
+    (
+        12,
+        "capi_waiting_exports",
+        include_str!("../../../schemas/clickhouse/0012_capi_waiting_exports.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -1010,8 +1015,8 @@ mod tests {
             .filter(|s| added_column(s).is_some())
             .count();
         assert_eq!(
-            added, 9,
-            "0006 adds two columns, 0008 one, 0009 four, 0011 two"
+            added, 10,
+            "0006 adds two columns, 0008 one, 0009 four, 0011 two, 0012 one"
         );
     }
 
