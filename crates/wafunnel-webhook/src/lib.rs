@@ -365,4 +365,105 @@ mod tests {
         ));
         assert!(!signature_ok(b"app-secret", body, Some("sha256=zz")));
     }
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("key");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// The forgeries an attacker who has seen signed deliveries but not the
+    /// app secret can try: each is refused.
+    #[test]
+    fn forged_signatures_are_refused() {
+        let secret = b"app-secret";
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1"}]}"#;
+        let good = sign(secret, body);
+        let digest = good.strip_prefix("sha256=").expect("prefix");
+        let mut other_body = body.to_vec();
+        other_body.extend_from_slice(b" ");
+        let forgeries: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+            ("no header", body.to_vec(), None),
+            ("empty header", body.to_vec(), Some(String::new())),
+            ("prefix only", body.to_vec(), Some("sha256=".into())),
+            ("no prefix", body.to_vec(), Some(digest.into())),
+            ("sha1 prefix", body.to_vec(), Some(format!("sha1={digest}"))),
+            (
+                "upper-case prefix",
+                body.to_vec(),
+                Some(format!("SHA256={digest}")),
+            ),
+            (
+                "space after prefix",
+                body.to_vec(),
+                Some(format!("sha256= {digest}")),
+            ),
+            (
+                "truncated digest",
+                body.to_vec(),
+                Some(format!("sha256={}", &digest[..62])),
+            ),
+            (
+                "first half only",
+                body.to_vec(),
+                Some(format!("sha256={}", &digest[..32])),
+            ),
+            ("extended digest", body.to_vec(), Some(format!("{good}00"))),
+            (
+                "zero digest",
+                body.to_vec(),
+                Some(format!("sha256={}", "0".repeat(64))),
+            ),
+            (
+                "digest of the body",
+                body.to_vec(),
+                Some(format!(
+                    "sha256={}",
+                    hex::encode(<Sha256 as sha2::Digest>::digest(body))
+                )),
+            ),
+            ("empty secret", body.to_vec(), Some(sign(b"", body))),
+            (
+                "signature of another body",
+                body.to_vec(),
+                Some(sign(secret, b"{}")),
+            ),
+            ("body with a byte appended", other_body, Some(good.clone())),
+            ("empty body", Vec::new(), Some(good.clone())),
+        ];
+        for (what, forged_body, header) in forgeries {
+            assert!(
+                !signature_ok(secret, &forged_body, header.as_deref()),
+                "{what} was accepted"
+            );
+        }
+        assert!(
+            signature_ok(secret, body, Some(&good)),
+            "the real one passes"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any change of one byte of the body, or of one hex digit of the
+        /// signature, is refused.
+        #[test]
+        fn one_changed_byte_is_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..512),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+            digit in 0usize..64,
+        ) {
+            let secret = b"app-secret";
+            let good = sign(secret, &body);
+            let mut forged = body.clone();
+            let i = at.index(forged.len());
+            forged[i] ^= flip;
+            proptest::prop_assert!(!signature_ok(secret, &forged, Some(&good)));
+            let mut header = good.into_bytes();
+            let j = "sha256=".len() + digit;
+            header[j] = if header[j] == b'0' { b'1' } else { b'0' };
+            let header = String::from_utf8(header).expect("ascii");
+            proptest::prop_assert!(!signature_ok(secret, &body, Some(&header)));
+        }
+    }
 }
