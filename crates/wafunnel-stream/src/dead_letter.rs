@@ -42,31 +42,6 @@ pub const ORIGINAL_SIZE: &str = "wafunnel.original.size";
 /// Header: a keyed BLAKE3 digest of the original payload, when the payload is not it.
 pub const ORIGINAL_DIGEST: &str = "wafunnel.original.digest";
 
-/// Fields of a canonical event (docs/SEMANTICS.md section 1).
-const CANONICAL_FIELDS: &[&str] = &[
-    "event_id",
-    "type",
-    "account_id",
-    "event_time",
-    "user_id",
-    "ad_id",
-    "adset_id",
-    "campaign_id",
-    "click_id",
-    "referral_ad_id",
-    "automated",
-    "template",
-    "billable",
-    "value",
-    "currency",
-    "order_id",
-    "date",
-    "spend",
-    "impressions",
-    "clicks",
-    "reported_conversations",
-];
-
 /// Fields of an insights row (section 6.2), breakdowns included: a
 /// breakdown row is dead-lettered for its breakdown field.
 const INSIGHTS_FIELDS: &[&str] = &[
@@ -152,7 +127,7 @@ fn reduce(raw: &[u8], format: Format, hasher: &UserHasher) -> Vec<u8> {
             };
             wafunnel_meta::minimize(raw, &contact).unwrap_or_default()
         }
-        Format::Json => fields(raw, CANONICAL_FIELDS, hasher),
+        Format::Json => fields(raw, &wafunnel_core::event::FIELDS, hasher),
         Format::MetaInsights => fields(raw, INSIGHTS_FIELDS, hasher),
         Format::AvroConfluent | Format::AvroSingleObject => Vec::new(),
     }
