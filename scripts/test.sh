@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs what it needs,
 # starts a local Kafka broker and ClickHouse server (deploy/local), runs
 # format and lint checks, unit, property and golden tests, the ClickHouse
-# schema tests on the local server and on current ClickHouse (chdb), the HTML
+# schema tests on the local server and on current ClickHouse (chdb), client
+# logins through a BI driver, the HTML
 # report rendered in headless Chromium, and the
 # end-to-end tests against the real services, chaos test included
 # (WAFUNNEL_CHAOS=0 skips it), then stops the services.
@@ -31,7 +32,7 @@ if [ ! -x "$venv/bin/python" ]; then
   mkdir -p "$WAFUNNEL_LOCAL"
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q -r tests/chdb/requirements.txt
+"$venv/bin/pip" install -q -r tests/chdb/requirements.txt -r tests/clients/requirements.txt
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -59,7 +60,12 @@ cargo build -p wafunnel --locked
 WAFUNNEL_BIN="$root/target/debug/wafunnel" \
   cargo test -p wafunnel-capi --test service --locked -- --include-ignored --test-threads=1
 
+echo "== client logins through a BI driver (clickhouse-connect) on the local server"
+WAFUNNEL_BIN="$root/target/debug/wafunnel" "$venv/bin/python" -m pytest tests/clients -q -p no:cacheprovider
+
 echo "== end-to-end tests on Kafka and ClickHouse"
+# The webhook receiver's slow-connection test holds about 2,600 sockets.
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "${WAFUNNEL_CHAOS:-1}" = 1 ]; then
   # The chaos test runs the services as processes it can kill -9. CI's
   # short variant: WAFUNNEL_CHAOS_EVENTS=30000, WAFUNNEL_CHAOS_OUTAGE_SECS=8;

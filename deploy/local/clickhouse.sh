@@ -12,8 +12,7 @@
 #
 # Users files in $WAFUNNEL_LOCAL/clickhouse/users.d (e.g. the one `wafunnel
 # grants --users-dir` writes) are merged into users.xml and reloaded by the
-# running server within seconds. The cluster `wafunnel_self` (this server, as
-# `default`) is the one `wafunnel grants` reads client databases through.
+# running server within seconds.
 #
 # Environment: WAFUNNEL_LOCAL (default <repo>/.local),
 # CLICKHOUSE_HTTP_PORT (8123), CLICKHOUSE_TCP_PORT (9000),
@@ -98,17 +97,13 @@ write_configs() {
   <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
   <max_session_timeout>3600</max_session_timeout>
   <default_session_timeout>60</default_session_timeout>
-  <remote_servers>
-    <wafunnel_self>
-      <shard>
-        <replica>
-          <host>127.0.0.1</host>
-          <port>$CLICKHOUSE_TCP_PORT</port>
-          <user>default</user>
-        </replica>
-      </shard>
-    </wafunnel_self>
-  </remote_servers>
+  <!-- As in the Debian package's config: every user of 18.16 can read it,
+       which the client access tests check. -->
+  <query_log>
+    <database>system</database>
+    <table>query_log</table>
+    <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+  </query_log>
 </yandex>
 EOF
   cat >"$USERS" <<'EOF'
@@ -119,6 +114,7 @@ EOF
     <default>
       <max_memory_usage>4000000000</max_memory_usage>
       <load_balancing>random</load_balancing>
+      <log_queries>1</log_queries>
     </default>
   </profiles>
   <users>

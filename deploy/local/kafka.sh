@@ -386,7 +386,7 @@ format_storage() {
   local cid
   # A KRaft cluster id is 16 random bytes, URL-safe base64 without padding.
   cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
-  if ! run_tool "$STORAGE_MAIN" format --cluster-id "$cid" --config "$CONF" \
+  if ! run_tool "$STORAGE_MAIN" format --cluster-id="$cid" --config "$CONF" \
     --ignore-formatted >"$LOGS/format.log" 2>&1; then
     show_log_tail "$LOGS/format.log"
     die "formatting the KRaft storage in $DATA failed"

@@ -565,7 +565,7 @@ TABLE_COLUMNS = {
     "capi_exports": (
         "export_id String, account_id String, day Date, event_name String, event_time Int64, "
         "status String, error_code Nullable(String), error_message Nullable(String), "
-        "attempts UInt32, updated_at Int64, version UInt64"
+        "attempts UInt32, updated_at Int64, version UInt64, export String"
     ),
     "dead_letter_reasons": (
         "worker_topic String, worker_partition UInt32, reason String, day Date, "

@@ -5,20 +5,29 @@
 //! - The access token travels in the `Authorization: Bearer` header only:
 //!   never in a URL, a log line or an error.
 //! - 2xx: every event of the request is `sent`.
-//! - 429, 5xx, a network error, a timeout, or a 4xx Meta marks transient
+//! - 429, 5xx, a redirect (never followed: it would carry the token to
+//!   another address), a network error, a timeout, or a 4xx Meta marks transient
 //!   (`is_transient`, or a throttling code): the same request is retried,
 //!   waiting `Retry-After` when the answer has one, else an exponential
 //!   backoff with jitter between `capi.backoff_min` and `capi.backoff_max`;
 //!   forever, until the stop is abandoned. Meanwhile the service is not ready.
+//! - A refusal of the credential (HTTP 401 or 403, Graph API codes 190,
+//!   102, 10 and 200-299: an invalid or expired token, a missing
+//!   permission) is no verdict on the events: every export of the request,
+//!   and of the account's requests not sent yet, is `waiting_credential`
+//!   (without another request), to be sent again once the credential works.
 //! - Any other 4xx refuses the request. A refusal of a single event makes
 //!   it `rejected` with Meta's error code and message. A refusal that
-//!   concerns the account and not its events (401, 403, an invalid or
-//!   expired token, a missing permission, an unknown dataset) rejects every
-//!   event of the request at once. Any other refusal of several events is bisected: each
+//!   concerns the account and not its events (an unknown dataset, a 404)
+//!   rejects every event of the request at once. Any other refusal of
+//!   several events is bisected: each
 //!   half is sent on its own, so one bad event costs its good neighbours
 //!   at most a few more requests, never their delivery.
 //! - Every export of a batch ends in exactly one outcome; `attempts` counts
 //!   the requests that carried it.
+//! - Meta's messages and the details of retries are scrubbed
+//!   ([`wafunnel_runtime::scrub`]): Meta echoes a malformed token in its
+//!   error message.
 
 use std::time::Duration;
 
@@ -28,6 +37,7 @@ use serde::Deserialize;
 use wafunnel_core::export::ConversionExport;
 use wafunnel_runtime::config::{CapiSettings, Secret};
 use wafunnel_runtime::metrics::metrics;
+use wafunnel_runtime::scrub;
 use wafunnel_runtime::shutdown::Shutdown;
 
 use crate::payload;
@@ -39,6 +49,9 @@ pub enum Status {
     Sent,
     /// Meta refused it, or its account has no dataset configured.
     Rejected,
+    /// Meta refused its account's credential: it is sent again once the
+    /// credential works (not final).
+    WaitingCredential,
     /// The click was more than 7 days before the event.
     OutsideWindow,
     /// There was no click id.
@@ -51,6 +64,7 @@ impl Status {
         match self {
             Status::Sent => "sent",
             Status::Rejected => "rejected",
+            Status::WaitingCredential => "waiting_credential",
             Status::OutsideWindow => "outside_window",
             Status::NoClickId => "no_click_id",
         }
@@ -71,6 +85,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Waiting for the credential `refusal` refused.
+    fn waiting(refusal: &Refusal, attempts: u32) -> Outcome {
+        Outcome {
+            status: Status::WaitingCredential,
+            error_code: Some(refusal.code.clone()),
+            error_message: Some(refusal.message.clone()),
+            attempts,
+        }
+    }
+
     /// An outcome reached without a request.
     pub fn without_request(status: Status) -> Outcome {
         Outcome {
@@ -94,8 +118,11 @@ pub struct Refusal {
     pub code: String,
     /// Meta's message (with its subcode and user message when given).
     pub message: String,
-    /// Whether it concerns the account (token, permission), not the events.
+    /// Whether it concerns the account (token, permission, dataset), not the events.
     pub account_wide: bool,
+    /// Whether it refuses the credential (token, permission): the events
+    /// wait for it to work.
+    pub credential: bool,
 }
 
 /// The final answer to a request, after any retries.
@@ -177,26 +204,37 @@ struct MetaError {
 
 /// Graph API error codes of throttling: retried like a 429.
 const THROTTLING_CODES: &[i64] = &[4, 17, 32, 613, 80004];
-/// Error codes about the token or the permissions, not the events.
-const ACCOUNT_CODES: &[i64] = &[10, 102, 190];
+/// Error codes about the token or the permissions, not the events: 190
+/// (invalid or expired access token), 102 (session), 10 and 200-299
+/// (permission).
+const CREDENTIAL_CODES: &[i64] = &[10, 102, 190];
 /// `error_subcode` of "Object with ID ... does not exist, cannot be loaded
 /// due to missing permissions": a wrong dataset id, not a bad event.
 const UNKNOWN_OBJECT_SUBCODE: i64 = 33;
 
 /// What a 4xx answer with `body` means.
 pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
+    let http_credential = matches!(status.as_u16(), 401 | 403);
     let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(body) else {
+        // Scrubbed before it is cut: a cut could leave a part too short
+        // to be recognised.
+        let message = scrub::scrub(body);
         return Answer::Refused(Refusal {
             code: format!("http_{}", status.as_u16()),
-            message: body.chars().take(300).collect::<String>().trim().to_owned(),
-            account_wide: matches!(status.as_u16(), 401 | 403 | 404),
+            message: message
+                .chars()
+                .take(300)
+                .collect::<String>()
+                .trim()
+                .to_owned(),
+            account_wide: http_credential || status == StatusCode::NOT_FOUND,
+            credential: http_credential,
         });
     };
     let code = error.code.unwrap_or(0);
-    let account_wide = matches!(status.as_u16(), 401 | 403)
-        || ACCOUNT_CODES.contains(&code)
-        || (200..300).contains(&code)
-        || error.error_subcode == Some(UNKNOWN_OBJECT_SUBCODE);
+    let credential =
+        http_credential || CREDENTIAL_CODES.contains(&code) || (200..300).contains(&code);
+    let account_wide = credential || error.error_subcode == Some(UNKNOWN_OBJECT_SUBCODE);
     if error.is_transient == Some(true) || THROTTLING_CODES.contains(&code) {
         return Answer::Retry {
             reason: if THROTTLING_CODES.contains(&code) {
@@ -205,7 +243,7 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
                 RetryReason::ServerError
             },
             after: None,
-            detail: format!("{} (code {code})", error.message),
+            detail: scrub::scrubbed(format!("{} (code {code})", error.message)),
         };
     }
     let mut message = error.message;
@@ -219,8 +257,9 @@ pub fn classify_refusal(status: StatusCode, body: &str) -> Answer {
         code: error
             .code
             .map_or_else(|| format!("http_{}", status.as_u16()), |c| c.to_string()),
-        message,
+        message: scrub::scrubbed(message),
         account_wide,
+        credential,
     })
 }
 
@@ -272,7 +311,7 @@ impl Graph {
                     reason: RetryReason::Network,
                     after: None,
                     // Without the URL: it is the configured one, and short.
-                    detail: e.without_url().to_string(),
+                    detail: scrub::scrubbed(e.without_url().to_string()),
                 };
             }
         };
@@ -284,19 +323,24 @@ impl Graph {
                 return Answer::Retry {
                     reason: RetryReason::Network,
                     after: None,
-                    detail: e.without_url().to_string(),
+                    detail: scrub::scrubbed(e.without_url().to_string()),
                 }
             }
         };
         if status.is_success() {
             return Answer::Accepted;
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        // A redirect is not followed (it would carry the token elsewhere)
+        // and says nothing about the events: retried like a 5xx.
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+            || status.is_redirection()
+        {
             return Answer::Retry {
-                reason: if status.is_server_error() {
-                    RetryReason::ServerError
-                } else {
+                reason: if status == StatusCode::TOO_MANY_REQUESTS {
                     RetryReason::Throttled
+                } else {
+                    RetryReason::ServerError
                 },
                 after,
                 detail: format!("http {}", status.as_u16()),
@@ -379,6 +423,7 @@ impl Graph {
     ) -> Result<Vec<Outcome>, Abandoned> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; exports.len()];
         let mut attempts = vec![0u32; exports.len()];
+        let mut refused_credential: Option<Refusal> = None;
         // Ranges still to send, the next one last.
         let mut pending: Vec<(usize, usize)> = (0..exports.len())
             .step_by(max_batch.max(1))
@@ -386,12 +431,32 @@ impl Graph {
             .rev()
             .collect();
         while let Some((start, end)) = pending.pop() {
+            if let Some(refusal) = &refused_credential {
+                // The credential was refused: the rest waits without a request.
+                for i in start..end {
+                    outcomes[i] = Some(Outcome::waiting(refusal, attempts[i]));
+                }
+                continue;
+            }
             let body = payload::body(&exports[start..end], waba_id);
             let (answer, requests) = self.post_until_final(path, token, &body, shutdown).await?;
             for a in &mut attempts[start..end] {
                 *a += requests;
             }
             match answer {
+                Final::Refused(refusal) if refusal.credential => {
+                    // Said once per account by the service, not per request.
+                    tracing::debug!(
+                        path,
+                        events = end - start,
+                        code = refusal.code,
+                        "conversions api refused the credential"
+                    );
+                    for i in start..end {
+                        outcomes[i] = Some(Outcome::waiting(&refusal, attempts[i]));
+                    }
+                    refused_credential = Some(refusal);
+                }
                 Final::Refused(refusal) if end - start > 1 && !refusal.account_wide => {
                     let middle = start + (end - start) / 2;
                     tracing::info!(
@@ -452,17 +517,52 @@ mod tests {
                 code: "100".into(),
                 message: "Invalid parameter (subcode 2804003): ctwa_clid is malformed".into(),
                 account_wide: false,
+                credential: false,
             })
         );
         let token = r#"{"error":{"message":"Error validating access token","type":"OAuthException","code":190}}"#;
         assert!(matches!(
             classify_refusal(bad, token),
-            Answer::Refused(Refusal { account_wide: true, ref code, .. }) if code == "190"
+            Answer::Refused(Refusal { account_wide: true, credential: true, ref code, .. }) if code == "190"
         ));
+        for (status, body) in [
+            (
+                bad,
+                r#"{"error":{"message":"(#10) Application does not have permission","code":10}}"#,
+            ),
+            (
+                bad,
+                r#"{"error":{"message":"Session key invalid","code":102}}"#,
+            ),
+            (
+                StatusCode::FORBIDDEN,
+                r#"{"error":{"message":"(#200) Permissions error","code":200}}"#,
+            ),
+            (
+                bad,
+                r#"{"error":{"message":"(#294) Managing advertisements requires ads_management","code":294}}"#,
+            ),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            (
+                StatusCode::FORBIDDEN,
+                r#"{"error":{"message":"forbidden","code":1}}"#,
+            ),
+        ] {
+            assert!(
+                matches!(
+                    classify_refusal(status, body),
+                    Answer::Refused(Refusal {
+                        credential: true,
+                        ..
+                    })
+                ),
+                "{status} {body}"
+            );
+        }
         let no_dataset = r#"{"error":{"message":"Unsupported post request. Object with ID '999' does not exist","type":"GraphMethodException","code":100,"error_subcode":33}}"#;
         assert!(matches!(
             classify_refusal(bad, no_dataset),
-            Answer::Refused(Refusal { account_wide: true, ref code, .. }) if code == "100"
+            Answer::Refused(Refusal { account_wide: true, credential: false, ref code, .. }) if code == "100"
         ));
         let throttled = r#"{"error":{"message":"Application request limit reached","code":4}}"#;
         assert!(matches!(
@@ -486,7 +586,39 @@ mod tests {
                 code: "http_404".into(),
                 message: "<html>not here</html>".into(),
                 account_wide: true,
+                credential: false,
             })
+        );
+    }
+
+    #[test]
+    fn an_echoed_token_is_scrubbed_from_every_answer() {
+        let token = "EAAtest0echo0token0abcdef123456";
+        scrub::register([token]);
+        let malformed = format!(
+            r#"{{"error":{{"message":"Malformed access token {token}","type":"OAuthException","code":190,"fbtrace_id":"A"}}}}"#
+        );
+        let Answer::Refused(refusal) = classify_refusal(StatusCode::BAD_REQUEST, &malformed) else {
+            panic!("not refused");
+        };
+        assert_eq!(refusal.message, "Malformed access token <redacted>");
+        assert!(refusal.credential);
+        let transient = format!(
+            r#"{{"error":{{"message":"retry with access_token={token}","code":2,"is_transient":true}}}}"#
+        );
+        let Answer::Retry { detail, .. } = classify_refusal(StatusCode::BAD_REQUEST, &transient)
+        else {
+            panic!("not retried");
+        };
+        assert!(!detail.contains(token), "{detail}");
+        let html = format!("<a href=\"https://x/?access_token={token}\">{token}</a>");
+        let Answer::Refused(refusal) = classify_refusal(StatusCode::UNAUTHORIZED, &html) else {
+            panic!("not refused");
+        };
+        assert!(
+            !refusal.message.contains("EAAtest0echo"),
+            "{}",
+            refusal.message
         );
     }
 

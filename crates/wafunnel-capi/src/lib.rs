@@ -11,7 +11,11 @@
 //! - Every export ends in exactly one status of `capi_exports`: `sent`,
 //!   `rejected` (with Meta's error code and message, or `not_configured`),
 //!   `outside_window` or `no_click_id`; `capi_daily` counts them per
-//!   account, day, event name and status.
+//!   account, day, event name and status. Until then an export Meta refused
+//!   for its account's credential is `waiting_credential`, and is sent
+//!   again once the credential works (see [`service`]).
+//! - No secret reaches the table or the log, even when Meta echoes the
+//!   token ([`wafunnel_runtime::scrub`]).
 //! - Delivery is at least once, with the export id as Meta's `event_id`,
 //!   so Meta keeps one event per export. Offsets are committed only after
 //!   ClickHouse acknowledged the statuses of everything before them.

@@ -23,7 +23,18 @@
 //!   the stop is abandoned), commits, and leaves the group.
 //! - A record that is not an export is logged and skipped: only the
 //!   sessionizer writes the topic.
+//! - Exports Meta refused because of their account's credential are stored
+//!   `waiting_credential` (with the export itself), which lets the offsets
+//!   move on. While an account waits, its new exports wait too, without a
+//!   request; every `capi.credential_retry` (and at once when a run starts
+//!   with exports waiting: a restart with a fixed token) its waiting exports
+//!   are sent again, oldest first, with their new ones. Once Meta accepts
+//!   them their rows become `sent`, replacing the waiting ones: each export
+//!   is sent with the same `event_id` every time and stored once. The log
+//!   says once that an account's credential is refused, and once that it
+//!   works again, whatever the number of exports and tries.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
@@ -44,6 +55,7 @@ use wafunnel_stream::sink::{self, SinkError};
 
 use crate::deliver::{Abandoned, Graph, Outcome, Status};
 use crate::payload::{self, Destination, Destinations};
+use crate::status::Waiting;
 use crate::status::{self, StatusRow};
 
 /// How many stored export ids are remembered to skip replayed duplicates.
@@ -158,16 +170,30 @@ struct Sender {
 
 impl Sender {
     /// The outcome of every new export of a round, as rows written at `now`.
+    /// `retry` are waiting exports sent again, before the new ones of
+    /// their account; the new exports of an account of `held` wait
+    /// without a request.
     async fn outcomes(
         &self,
         exports: Vec<ConversionExport>,
+        retry: Vec<Waiting>,
+        held: &Held,
         done: &Done,
         shutdown: &Shutdown,
     ) -> Result<Vec<StatusRow>, Abandoned> {
         let now = now_ms();
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
-        let mut to_send: BTreeMap<String, Vec<ConversionExport>> = BTreeMap::new();
+        // Per account: the exports to send and the requests that carried each before.
+        let mut to_send: BTreeMap<String, Vec<(ConversionExport, u32)>> = BTreeMap::new();
+        for waiting in retry {
+            if seen.insert(waiting.export.export_id.clone()) {
+                to_send
+                    .entry(waiting.export.account_id.to_string())
+                    .or_default()
+                    .push((waiting.export, waiting.attempts));
+            }
+        }
         for export in exports {
             if done.contains(&export.export_id) || !seen.insert(export.export_id.clone()) {
                 metrics().capi.duplicates.inc();
@@ -177,11 +203,13 @@ impl Sender {
                 ExportDecision::OutsideWindow => Status::OutsideWindow,
                 ExportDecision::NoClickId => Status::NoClickId,
                 ExportDecision::Send => {
-                    if self.settings.accounts.contains_key(&*export.account_id) {
+                    if let Some(refusal) = held.get(&*export.account_id) {
+                        rows.push(StatusRow::new(&export, refusal, now));
+                    } else if self.settings.accounts.contains_key(&*export.account_id) {
                         to_send
                             .entry(export.account_id.to_string())
                             .or_default()
-                            .push(export);
+                            .push((export, 0));
                     } else {
                         let outcome = Outcome {
                             error_code: Some("not_configured".into()),
@@ -211,10 +239,26 @@ impl Sender {
                     sender.settings.accounts.get(&account),
                     sender.destinations.accounts.get(&account),
                 ) else {
-                    return Ok(Vec::new());
+                    // A waiting export of an account no longer configured.
+                    let now = now_ms();
+                    return Ok(exports
+                        .iter()
+                        .map(|(export, attempts)| {
+                            let outcome = Outcome {
+                                error_code: Some("not_configured".into()),
+                                error_message: Some(format!(
+                                    "no capi.accounts.{} settings: nothing more was sent",
+                                    export.account_id
+                                )),
+                                attempts: *attempts,
+                                ..Outcome::without_request(Status::Rejected)
+                            };
+                            StatusRow::new(export, &outcome, now)
+                        })
+                        .collect());
                 };
                 let token = settings.access_token.clone().unwrap_or_default();
-                let refs: Vec<&ConversionExport> = exports.iter().collect();
+                let refs: Vec<&ConversionExport> = exports.iter().map(|(e, _)| e).collect();
                 let outcomes = sender
                     .graph
                     .deliver(
@@ -230,8 +274,11 @@ impl Sender {
                 Ok::<_, Abandoned>(
                     exports
                         .iter()
-                        .zip(&outcomes)
-                        .map(|(export, outcome)| StatusRow::new(export, outcome, now))
+                        .zip(outcomes)
+                        .map(|((export, before), mut outcome)| {
+                            outcome.attempts += before;
+                            StatusRow::new(export, &outcome, now)
+                        })
                         .collect::<Vec<_>>(),
                 )
             });
@@ -285,12 +332,13 @@ impl Round {
     }
 }
 
-/// Gathers a round: waits for a first record (or the stop), then takes
-/// records for `linger`, at most `cap` of them.
+/// Gathers a round: waits for a first record (or the stop, or `wake`),
+/// then takes records for `linger`, at most `cap` of them.
 async fn gather(
     consumer: &StreamConsumer<LogContext>,
     linger: Duration,
     cap: usize,
+    wake: Option<Instant>,
     shutdown: &Shutdown,
 ) -> Round {
     let mut round = Round::default();
@@ -301,6 +349,7 @@ async fn gather(
             None => tokio::select! {
                 received = consumer.recv() => received,
                 () = shutdown.stopping() => break,
+                () = sleep_until(wake) => break,
             },
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -323,6 +372,155 @@ async fn gather(
         }
     }
     round
+}
+
+/// Sleeps until `wake`, or forever.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(wake) => tokio::time::sleep_until(wake.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The accounts whose exports wait without a request, with the outcome
+/// they wait with.
+type Held = BTreeMap<String, Outcome>;
+
+/// One account whose credential Meta refuses.
+#[derive(Debug)]
+struct Refused {
+    /// Its waiting exports, oldest first.
+    exports: BTreeMap<(i64, String), Waiting>,
+    /// What its new exports are stored with meanwhile.
+    outcome: Outcome,
+    /// When its exports are sent again.
+    next_try: Instant,
+}
+
+/// The exports waiting for their account's credential.
+#[derive(Debug, Default)]
+struct Credentials {
+    accounts: BTreeMap<String, Refused>,
+}
+
+impl Credentials {
+    /// The exports stored as waiting by an earlier run: tried at once.
+    fn restore(&mut self, stored: Vec<Waiting>) {
+        let now = Instant::now();
+        for waiting in stored {
+            let refused = self
+                .accounts
+                .entry(waiting.export.account_id.to_string())
+                .or_insert_with(|| Refused {
+                    exports: BTreeMap::new(),
+                    outcome: Outcome::without_request(Status::WaitingCredential),
+                    next_try: now,
+                });
+            refused.exports.insert(
+                (waiting.export.event_time, waiting.export.export_id.clone()),
+                waiting,
+            );
+        }
+        self.publish();
+    }
+
+    /// When the next account is due.
+    fn next_try(&self) -> Option<Instant> {
+        self.accounts.values().map(|r| r.next_try).min()
+    }
+
+    /// The waiting exports of the accounts due at `now`, and the accounts
+    /// whose new exports wait without a request.
+    fn due(&self, now: Instant) -> (Vec<Waiting>, Held) {
+        let mut retry = Vec::new();
+        let mut held = Held::new();
+        for (account, refused) in &self.accounts {
+            if refused.next_try <= now {
+                retry.extend(refused.exports.values().cloned());
+            } else {
+                held.insert(account.clone(), refused.outcome.clone());
+            }
+        }
+        (retry, held)
+    }
+
+    /// Takes the stored `rows` in: a waiting export joins its account's,
+    /// any other status ends its wait.
+    fn stored(&mut self, rows: &[StatusRow], retry_in: Duration) {
+        let now = Instant::now();
+        let next_try = now + retry_in;
+        for row in rows {
+            if row.status != Status::WaitingCredential.as_str() {
+                let Some(refused) = self.accounts.get_mut(&row.account_id) else {
+                    continue;
+                };
+                refused
+                    .exports
+                    .remove(&(row.event_time, row.export_id.clone()));
+                if refused.exports.is_empty() {
+                    self.accounts.remove(&row.account_id);
+                    tracing::info!(
+                        account = row.account_id,
+                        "the credential of this account works again: its waiting exports are stored"
+                    );
+                }
+                continue;
+            }
+            let Ok(export) = serde_json::from_str::<ConversionExport>(&row.export) else {
+                continue;
+            };
+            let outcome = Outcome {
+                status: Status::WaitingCredential,
+                error_code: row.error_code.clone(),
+                error_message: row.error_message.clone(),
+                attempts: 0,
+            };
+            let announce = || {
+                tracing::error!(
+                    account = row.account_id,
+                    code = row.error_code.as_deref().unwrap_or_default(),
+                    message = row.error_message.as_deref().unwrap_or_default(),
+                    retry_in_s = retry_in.as_secs(),
+                    "conversions api refuses the credential of this account: its exports wait, and are sent once it works"
+                );
+            };
+            let refused = match self.accounts.entry(row.account_id.clone()) {
+                Entry::Vacant(vacant) => {
+                    announce();
+                    vacant.insert(Refused {
+                        exports: BTreeMap::new(),
+                        outcome: outcome.clone(),
+                        next_try,
+                    })
+                }
+                Entry::Occupied(occupied) => occupied.into_mut(),
+            };
+            // Tried in this round (it was due): refused again.
+            if refused.next_try <= now {
+                // Restored from an earlier run: this run has not said it yet.
+                if refused.outcome.error_code.is_none() {
+                    announce();
+                }
+                refused.outcome = outcome;
+                refused.next_try = next_try;
+            }
+            refused.exports.insert(
+                (export.event_time, export.export_id.clone()),
+                Waiting {
+                    attempts: row.attempts,
+                    export,
+                },
+            );
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let capi = &metrics().capi;
+        capi.refused_credentials.set(self.accounts.len() as i64);
+        capi.waiting_credential
+            .set(self.accounts.values().map(|r| r.exports.len() as i64).sum());
+    }
 }
 
 fn offsets_list(next_offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
@@ -381,20 +579,45 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, CapiError> {
     );
     let cap = sender.settings.max_batch * 10;
     let mut done = Done::default();
+    let mut credentials = Credentials::default();
+    let stored_waiting = status::waiting(&db).await?;
+    if !stored_waiting.is_empty() {
+        tracing::info!(
+            exports = stored_waiting.len(),
+            "exports wait for their account's credential: sending them again"
+        );
+    }
+    for waiting in &stored_waiting {
+        done.insert(&waiting.export.export_id);
+    }
+    credentials.restore(stored_waiting);
     let mut uncommitted: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut stored = 0u64;
     loop {
-        let round = gather(&consumer, sender.settings.linger, cap, &shutdown).await;
-        if !round.is_empty() {
-            let rows = sender.outcomes(round.exports, &done, &shutdown).await?;
+        let round = gather(
+            &consumer,
+            sender.settings.linger,
+            cap,
+            credentials.next_try(),
+            &shutdown,
+        )
+        .await;
+        let (retry, held) = credentials.due(Instant::now());
+        if !round.is_empty() || !retry.is_empty() {
+            let rows = sender
+                .outcomes(round.exports, retry, &held, &done, &shutdown)
+                .await?;
             status::write(&db, &rows, &shutdown).await?;
             for row in &rows {
                 done.insert(&row.export_id);
                 metrics().capi.stored(&row.status);
             }
+            credentials.stored(&rows, sender.settings.credential_retry);
             stored += rows.len() as u64;
             tracing::debug!(exports = rows.len(), "export statuses stored");
             uncommitted.extend(round.next_offsets);
+        }
+        if !uncommitted.is_empty() {
             // Offsets only move after the statuses are stored; a failed
             // commit is tried again with the next round's (a restart
             // before then sends that round again).
@@ -500,6 +723,75 @@ pub async fn dry_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn export(id: &str) -> ConversionExport {
+        ConversionExport {
+            export_id: id.into(),
+            account_id: Arc::from("act_1"),
+            event_name: wafunnel_core::export::ConversionName::Purchase,
+            event_time: 1,
+            day: wafunnel_core::time::Day(20_000),
+            click_id: Some(Arc::from("clid")),
+            value: None,
+            currency: None,
+            decision: ExportDecision::Send,
+        }
+    }
+
+    fn row(id: &str, status: Status, attempts: u32) -> StatusRow {
+        let outcome = Outcome {
+            status,
+            error_code: (status == Status::WaitingCredential).then(|| "190".into()),
+            error_message: None,
+            attempts,
+        };
+        StatusRow::new(&export(id), &outcome, 1)
+    }
+
+    #[test]
+    fn waiting_exports_are_held_until_due_then_released_once_sent() {
+        let mut credentials = Credentials::default();
+        let retry_in = Duration::from_secs(60);
+        credentials.stored(
+            &[
+                row("a", Status::WaitingCredential, 1),
+                row("b", Status::WaitingCredential, 0),
+            ],
+            retry_in,
+        );
+        let (retry, held) = credentials.due(Instant::now());
+        assert!(retry.is_empty(), "tried again before capi.credential_retry");
+        assert_eq!(
+            held.get("act_1").map(|o| o.status),
+            Some(Status::WaitingCredential)
+        );
+        let (retry, held) = credentials.due(Instant::now() + retry_in);
+        assert_eq!(retry.len(), 2);
+        assert!(held.is_empty());
+        credentials.stored(&[row("a", Status::Sent, 2)], retry_in);
+        assert_eq!(credentials.accounts["act_1"].exports.len(), 1);
+        credentials.stored(&[row("b", Status::Sent, 1)], retry_in);
+        assert!(credentials.accounts.is_empty());
+        assert_eq!(credentials.next_try(), None);
+    }
+
+    #[test]
+    fn exports_restored_from_an_earlier_run_are_due_at_once() {
+        let mut credentials = Credentials::default();
+        credentials.restore(vec![Waiting {
+            export: export("a"),
+            attempts: 3,
+        }]);
+        let (retry, _) = credentials.due(Instant::now());
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].attempts, 3);
+        // Refused again: not due before the interval.
+        credentials.stored(
+            &[row("a", Status::WaitingCredential, 4)],
+            Duration::from_secs(60),
+        );
+        assert!(credentials.due(Instant::now()).0.is_empty());
+    }
 
     #[test]
     fn done_forgets_the_oldest_first() {

@@ -4,7 +4,9 @@
 //! consumer group and database; they run one at a time because readiness
 //! is one process-wide gauge.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,10 @@ use wafunnel_stream::sink;
 
 mod graph;
 
-use graph::{free_addr, ok, refused, Graph, Seen};
+use graph::{
+    free_addr, malformed_token, ok, redirect_echo, refused, server_error_echo, transient_echo,
+    url_encoded, Graph, Seen,
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -149,6 +154,46 @@ access_token = "token-2002-secret"
             .fetch_all::<Daily>()
             .await
             .expect("capi_daily")
+    }
+
+    /// Every row of every table and view of the test database, as text.
+    async fn every_table_text(&self) -> String {
+        let url = env("CLICKHOUSE_URL");
+        let http = reqwest::Client::new();
+        let query = |sql: String| {
+            let http = http.clone();
+            let url = url.clone();
+            let database = self.cfg.clickhouse.database.clone();
+            async move {
+                let response = http
+                    .post(&url)
+                    .query(&[("database", database.as_str())])
+                    .body(sql)
+                    .send()
+                    .await
+                    .expect("clickhouse");
+                assert!(response.status().is_success(), "{response:?}");
+                response.text().await.expect("text")
+            }
+        };
+        let tables = query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() FORMAT TSV".into(),
+        )
+        .await;
+        let mut text = String::new();
+        for table in tables.lines() {
+            text.push_str(&query(format!("SELECT * FROM {table} FORMAT TSV")).await);
+        }
+        text
+    }
+
+    /// How many exports wait for a credential.
+    async fn waiting(&self) -> usize {
+        self.rows()
+            .await
+            .into_iter()
+            .filter(|r| r.status == "waiting_credential")
+            .count()
     }
 
     async fn rows(&self) -> Vec<Row> {
@@ -380,7 +425,7 @@ async fn meta_errors_are_retried_and_bad_events_isolated() {
             .filter(|s| s.path == "/v21.0/222/events")
             .count(),
         1,
-        "a token refusal rejects the whole batch at once"
+        "a token refusal holds the whole batch at once"
     );
     let rows = env.rows().await;
     let row = |id: &str| rows.iter().find(|r| r.export_id == id).expect("row");
@@ -406,15 +451,15 @@ async fn meta_errors_are_retried_and_bad_events_isolated() {
     let token = row(&export_id("act_2002", "t1"));
     assert_eq!(
         (token.status.as_str(), token.error_code.as_deref()),
-        ("rejected", Some("190"))
+        ("waiting_credential", Some("190"))
     );
     assert_eq!(
         env.daily().await,
         [
             daily("act_1001", "Purchase", "rejected", 1),
             daily("act_1001", "Purchase", "sent", 9),
-            daily("act_2002", "LeadSubmitted", "rejected", 1),
-            daily("act_2002", "Purchase", "rejected", 1),
+            daily("act_2002", "LeadSubmitted", "waiting_credential", 1),
+            daily("act_2002", "Purchase", "waiting_credential", 1),
         ]
     );
 }
@@ -512,6 +557,18 @@ struct Process {
 
 impl Process {
     fn spawn(env_: &Env, dir: &std::path::Path, name: &str) -> Process {
+        Process::spawn_with(env_, dir, name, "info", &[])
+    }
+
+    /// Logging at `level` for every crate, libraries included, with
+    /// `vars` in its environment.
+    fn spawn_with(
+        env_: &Env,
+        dir: &std::path::Path,
+        name: &str,
+        level: &str,
+        vars: &[(&str, &str)],
+    ) -> Process {
         let config = dir.join("wafunnel.toml");
         std::fs::write(&config, &env_.text).expect("config");
         let log = dir.join(format!("{name}.log"));
@@ -520,7 +577,8 @@ impl Process {
             .arg("--config")
             .arg(&config)
             .arg("capi")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
+            .envs(vars.iter().copied())
             .env("WAFUNNEL__METRICS__LISTEN", metrics.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -550,6 +608,17 @@ impl Process {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn terminate(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.wait_exit(Duration::from_secs(30));
+        assert!(exit.success(), "exit {exit:?}:\n{}", self.log_text());
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
@@ -652,5 +721,296 @@ async fn a_kill_9_resends_and_the_table_ends_the_same() {
             daily("act_2002", "Purchase", "sent", 1500),
         ]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What Meta saw accepted, per event id: how many accepted requests carried it.
+fn accepted_per_event(seen: &[Seen], accepted: impl Fn(&Seen) -> bool) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for s in seen.iter().filter(|s| accepted(s)) {
+        for id in &s.event_ids {
+            *count.entry(id.clone()).or_default() += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn exports_wait_while_a_permission_is_missing_and_are_sent_once_it_is_granted() {
+    let _serial = SERIAL.lock().await;
+    let addr = free_addr();
+    let granted = Arc::new(AtomicBool::new(false));
+    let graph = Graph::new({
+        let granted = Arc::clone(&granted);
+        move |seen, _| {
+            if seen.path == "/v21.0/111/events" && !granted.load(Ordering::SeqCst) {
+                refused(200, "(#200) Permissions error")
+            } else {
+                ok()
+            }
+        }
+    });
+    graph.serve_on(addr).await;
+    let mut env = Env::new("granted", 1, addr, "200ms").await;
+    env.text = env.text.replace(
+        "[capi]\n",
+        "[capi]\ncredential_retry = \"500ms\"\nmax_batch = 3\n",
+    );
+    let first: Vec<ConversionExport> = (0..7)
+        .map(|i| send("act_1001", &format!("p{i}"), ConversionName::Purchase))
+        .collect();
+    env.produce(&first).await;
+    env.produce(&[send("act_2002", "free", ConversionName::Purchase)])
+        .await;
+    let running = Instant::now();
+    let (shutdown, task) = env.start();
+    env.wait_for(8).await;
+    assert_eq!(env.waiting().await, 7, "{:?}", env.rows().await);
+    // Tried again while refused: one request per try, not one per batch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tries = graph
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .count();
+    let most = running.elapsed().as_millis() as usize / 500 + 1;
+    assert!(
+        (2..=most).contains(&tries),
+        "{tries} requests while refused, at most {most} expected"
+    );
+    assert!(graph
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .all(|s| s.event_ids.len() == 3));
+    // New exports of the account wait with the others.
+    let later: Vec<ConversionExport> = (0..2)
+        .map(|i| send("act_1001", &format!("q{i}"), ConversionName::LeadSubmitted))
+        .collect();
+    env.produce(&later).await;
+    env.wait_for(10).await;
+    assert_eq!(env.waiting().await, 9);
+
+    granted.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    while env.waiting().await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "still waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.stop();
+    task.await.expect("join");
+
+    let sent = accepted_per_event(&graph.seen(), |s| {
+        s.path == "/v21.0/111/events" && s.at >= started
+    });
+    let ids: Vec<String> = first
+        .iter()
+        .chain(&later)
+        .map(|e| e.export_id.clone())
+        .collect();
+    assert_eq!(sent.len(), 9, "{sent:?}");
+    for id in &ids {
+        assert_eq!(
+            sent.get(id),
+            Some(&1),
+            "{id} accepted {:?} times",
+            sent.get(id)
+        );
+    }
+    assert_eq!(
+        env.daily().await,
+        [
+            daily("act_1001", "LeadSubmitted", "sent", 2),
+            daily("act_1001", "Purchase", "sent", 7),
+            daily("act_2002", "Purchase", "sent", 1),
+        ]
+    );
+    let rows = env.rows().await;
+    let ours: Vec<&Row> = rows.iter().filter(|r| ids.contains(&r.export_id)).collect();
+    assert!(
+        ours.iter()
+            .all(|r| r.status == "sent" && r.error_code.is_none() && r.attempts >= 1),
+        "{rows:?}"
+    );
+    // `attempts` counts every request that carried the export, refused or not.
+    let carried: usize = graph
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .map(|s| s.event_ids.len())
+        .sum();
+    assert_eq!(
+        ours.iter().map(|r| r.attempts as usize).sum::<usize>(),
+        carried
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka, ClickHouse and WAFUNNEL_BIN: run scripts/test.sh"]
+async fn an_echoed_token_leaks_nowhere_and_refused_exports_are_sent_with_the_fixed_one() {
+    let _serial = SERIAL.lock().await;
+    // A token with characters that percent-encoding and JSON change.
+    const BAD: &str = "wf-bad/token+9f3c2a7e51d84b60";
+    const FIXED: &str = "wf-fixed-token-0b7d44c19a2e";
+    let addr = free_addr();
+    let graph = Graph::new(|seen, before| {
+        if seen.path != "/v21.0/111/events" {
+            return ok();
+        }
+        if seen.authorization == format!("Bearer {FIXED}") {
+            return ok();
+        }
+        match before {
+            0 => server_error_echo(BAD),
+            1 => transient_echo(BAD),
+            2 => redirect_echo(BAD),
+            _ => malformed_token(BAD),
+        }
+    });
+    graph.serve_on(addr).await;
+    let mut env_ = Env::new("echo", 1, addr, "200ms").await;
+    let ch_password = "ch-url-password-5a1f93";
+    let scram_password = env("KAFKA_SCRAM_PASSWORD");
+    let url = env("CLICKHOUSE_URL");
+    let url_with_password = url.replacen("://", &format!("://default:{ch_password}@"), 1);
+    let plain = format!("bootstrap = \"{}\"", env("KAFKA_BOOTSTRAP"));
+    env_.text = env_
+        .text
+        .replace("token-1001-secret", BAD)
+        .replace(&format!("url = \"{}\"", url.trim_end_matches('/')), &format!("url = \"{}\"", url_with_password.trim_end_matches('/')))
+        .replace("[capi]\n", "[capi]\ncredential_retry = \"1s\"\n")
+        .replace(
+            &plain,
+            &format!(
+                "bootstrap = \"{}\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"{}\"\nssl_ca_location = \"{}\"\nssl_certificate_location = \"{}\"\nssl_key_location = \"{}\"\nproperties = {{ debug = \"security,broker,conf\" }}",
+                env("KAFKA_SASL_BOOTSTRAP"),
+                env("KAFKA_SCRAM_USER"),
+                env("KAFKA_TLS_CA"),
+                env("KAFKA_TLS_CERT"),
+                env("KAFKA_TLS_KEY"),
+            ),
+        );
+    assert!(env_.text.contains(ch_password) && env_.text.contains("sasl_ssl"));
+    let exports: Vec<ConversionExport> = (0..6)
+        .map(|i| send("act_1001", &format!("x{i}"), ConversionName::Purchase))
+        .chain([send("act_2002", "y", ConversionName::Purchase)])
+        .collect();
+    env_.produce(&exports).await;
+    let dir = std::env::temp_dir().join(format!("wafunnel-capi-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secrets = [
+        BAD.to_owned(),
+        url_encoded(BAD),
+        BAD.replace('/', "\\/"),
+        BAD[3..20].to_owned(),
+        ch_password.to_owned(),
+        scram_password.clone(),
+    ];
+    let leaks = |what: &str, text: &str| {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} leaks in {what}:\n{text}"
+            );
+        }
+    };
+
+    let mut first = Process::spawn_with(
+        &env_,
+        &dir,
+        "first",
+        "trace",
+        &[("WAFUNNEL__KAFKA__SASL_PASSWORD", &scram_password)],
+    );
+    let started = Instant::now();
+    while env_.waiting().await < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the refused exports are not waiting:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more tries, each refused again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, metrics_text) = first.get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics_text.contains("wafunnel_capi_waiting_credential_exports 6"),
+        "{metrics_text}"
+    );
+    leaks("/metrics", &metrics_text);
+    let refused_tries = graph
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/v21.0/111/events")
+        .count();
+    assert!(refused_tries >= 5, "{refused_tries} requests");
+    first.terminate();
+    let log = first.log_text();
+    assert!(
+        log.contains("TRACE") && log.contains("librdkafka"),
+        "not a trace-level log"
+    );
+    assert!(log.lines().count() > 100, "{log}");
+    leaks("the log", &log);
+    assert_eq!(
+        log.matches("refuses the credential of this account")
+            .count(),
+        1,
+        "said once, whatever the tries:\n{log}"
+    );
+    let rows = env_.rows().await;
+    let refused_row = rows
+        .iter()
+        .find(|r| r.export_id == export_id("act_1001", "x0"))
+        .expect("row");
+    assert_eq!(refused_row.error_code.as_deref(), Some("190"));
+    assert!(
+        refused_row
+            .error_message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Malformed access token <redacted>")),
+        "{refused_row:?}"
+    );
+    leaks("clickhouse", &env_.every_table_text().await);
+
+    // The token is fixed: a restart sends every waiting export, once.
+    env_.text = env_.text.replace(BAD, FIXED);
+    let fixed_from = Instant::now();
+    let mut second = Process::spawn_with(
+        &env_,
+        &dir,
+        "second",
+        "debug",
+        &[("WAFUNNEL__KAFKA__SASL_PASSWORD", &scram_password)],
+    );
+    while env_.waiting().await > 0 {
+        assert!(
+            fixed_from.elapsed() < Duration::from_secs(60),
+            "still waiting:\n{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.terminate();
+    let log = second.log_text();
+    assert!(log.contains("works again"), "{log}");
+    let sent = accepted_per_event(&graph.seen(), |s| {
+        s.path == "/v21.0/111/events" && s.authorization == format!("Bearer {FIXED}")
+    });
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    assert!(sent.values().all(|&n| n == 1), "{sent:?}");
+    assert_eq!(
+        env_.daily().await,
+        [
+            daily("act_1001", "Purchase", "sent", 6),
+            daily("act_2002", "Purchase", "sent", 1),
+        ]
+    );
+    let all = env_.every_table_text().await;
+    leaks("clickhouse", &all);
+    assert!(!all.contains(FIXED));
     let _ = std::fs::remove_dir_all(&dir);
 }

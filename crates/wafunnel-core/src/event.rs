@@ -634,8 +634,9 @@ impl<'de> Visitor<'de> for RawVisitor<'_> {
     }
 }
 
-/// The fields of the canonical JSON, each with its bit in the visitor's seen set.
-const FIELDS: [&str; 21] = [
+/// The fields of the canonical JSON (docs/SEMANTICS.md section 1), each with
+/// its bit in the visitor's seen set.
+pub const FIELDS: [&str; 21] = [
     "event_id",
     "type",
     "account_id",

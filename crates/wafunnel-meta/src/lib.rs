@@ -10,12 +10,16 @@
 //!   rejection for the whole body.
 //! - [`insights`]: one Marketing API insights row → one `ad_spend` raw
 //!   event, or a rejection.
+//! - [`minimize`]: a webhook body with only what the rules use (section 9),
+//!   as the receiver stores it and as a dead letter shows it.
 //!
 //! The raw events then go through the same validation as any other input
 //! (section 4), each on its own.
 
 pub mod insights;
+pub mod minimize;
 pub mod webhook;
 
 pub use insights::insights_row;
+pub use minimize::{minimize, NotAnObject};
 pub use webhook::{normalize_webhook, PhoneNumbers};

@@ -1,11 +1,13 @@
-//! Webhook bodies written from Meta's documented shapes, and the events
-//! they must give (`tests/golden/webhook/NAME.json` → `NAME.expected`).
+//! Webhook bodies written from Meta's documented shapes, the events they
+//! must give (`tests/golden/webhook/NAME.json` → `NAME.expected`) and what
+//! the receiver stores of them (`NAME.stored`: the minimized body, which
+//! must give the same events).
 //! `WAFUNNEL_UPDATE_GOLDEN=1` rewrites the expected files: review the diff.
 
 use std::path::Path;
 
 use wafunnel_core::event::{RawEvent, RawTime};
-use wafunnel_meta::{normalize_webhook, PhoneNumbers};
+use wafunnel_meta::{minimize, normalize_webhook, PhoneNumbers};
 
 fn render(event: &RawEvent<'_>) -> String {
     let mut fields = vec![];
@@ -49,18 +51,41 @@ fn webhook_bodies_give_the_documented_events() {
     let update = std::env::var_os("WAFUNNEL_UPDATE_GOLDEN").is_some();
     for path in names {
         let body = std::fs::read(&path).expect("body");
-        let got = match normalize_webhook(&body, &numbers) {
+        let outcome = |body: &[u8]| match normalize_webhook(body, &numbers) {
             Ok(events) if events.is_empty() => "ignored\n".to_owned(),
             Ok(events) => events.iter().map(|e| render(e) + "\n").collect(),
             Err(r) => format!("rejected {} {}\n", r.code(), r.field().unwrap_or("-")),
         };
-        let expected_path = path.with_extension("expected");
-        if update {
-            std::fs::write(&expected_path, &got).expect("write");
-            continue;
+        let got = outcome(&body);
+        let stored = match minimize(&body, &|v| v.clone()) {
+            Ok(stored) => {
+                assert_eq!(outcome(&stored), got, "{}: minimized", path.display());
+                let value: serde_json::Value = serde_json::from_slice(&stored).expect("json");
+                serde_json::to_string_pretty(&value).expect("json") + "\n"
+            }
+            Err(e) => format!("stored as received: {e}\n"),
+        };
+        // Profile names, contents and the business's display number are gone.
+        for gone in [
+            "Ana",
+            "Bruno",
+            "15550001111",
+            "my ",
+            "Rua",
+            "caption",
+            "emoji",
+        ] {
+            assert!(!stored.contains(gone), "{}: {gone} stored", path.display());
         }
-        let want = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|_| panic!("{} missing", expected_path.display()));
-        assert_eq!(got, want, "{}", path.display());
+        for (extension, text) in [("expected", &got), ("stored", &stored)] {
+            let expected_path = path.with_extension(extension);
+            if update {
+                std::fs::write(&expected_path, text).expect("write");
+                continue;
+            }
+            let want = std::fs::read_to_string(&expected_path)
+                .unwrap_or_else(|_| panic!("{} missing", expected_path.display()));
+            assert_eq!(text, &want, "{}", expected_path.display());
+        }
     }
 }

@@ -28,6 +28,9 @@ use wafunnel_avro::Format;
 use wafunnel_core::config::{AccountSettings, Accounts, Windows};
 use wafunnel_core::money::Currency;
 
+mod client_limits;
+pub use client_limits::{ClientLimits, ClientLimitsConfig};
+
 /// Why the configuration cannot be used. Always fatal: fix and restart.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,6 +115,9 @@ pub struct Config {
     /// gives each a read-only ClickHouse user that sees its accounts only.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
+    /// What every client's user may use (see [`ClientLimitsConfig`]).
+    #[serde(default)]
+    pub client_limits: ClientLimitsConfig,
 }
 
 /// One client of the agency: the ad accounts its BI tool may read.
@@ -128,6 +134,9 @@ pub struct ClientConfig {
     /// Where its BI tool may connect from, as IP networks (`203.0.113.0/24`).
     #[serde(default = "default_client_networks")]
     pub networks: Vec<String>,
+    /// Its own limits, over `[client_limits]`.
+    #[serde(default)]
+    pub limits: ClientLimitsConfig,
 }
 
 fn default_client_networks() -> Vec<String> {
@@ -166,6 +175,11 @@ pub struct CapiConfig {
     /// How long one request may take before it is retried.
     #[serde(default = "default_capi_request_timeout")]
     pub request_timeout: String,
+    /// While Meta refuses an account's credential (an invalid or expired
+    /// token, a missing permission), how often its waiting exports are
+    /// offered again to find out whether it works now.
+    #[serde(default = "default_capi_credential_retry")]
+    pub credential_retry: String,
     /// Per ad account id (as in events, lowercase): where its events go.
     /// An account without an entry has its exports rejected with
     /// `not_configured`, without a request.
@@ -213,6 +227,9 @@ fn default_capi_backoff_max() -> String {
 fn default_capi_request_timeout() -> String {
     "30s".into()
 }
+fn default_capi_credential_retry() -> String {
+    "1m".into()
+}
 
 impl Default for CapiConfig {
     fn default() -> Self {
@@ -225,6 +242,7 @@ impl Default for CapiConfig {
             backoff_min: default_capi_backoff_min(),
             backoff_max: default_capi_backoff_max(),
             request_timeout: default_capi_request_timeout(),
+            credential_retry: default_capi_credential_retry(),
             accounts: BTreeMap::new(),
         }
     }
@@ -247,6 +265,8 @@ pub struct CapiSettings {
     pub backoff_max: Duration,
     /// Longest request.
     pub request_timeout: Duration,
+    /// How often a refused credential is tried again.
+    pub credential_retry: Duration,
     /// Per ad account.
     pub accounts: BTreeMap<String, CapiAccountConfig>,
 }
@@ -267,9 +287,16 @@ pub struct WebhookConfig {
     /// topic of format `whatsapp-webhook`).
     #[serde(default)]
     pub topic: Option<String>,
-    /// Largest body accepted; a larger one is answered 413.
+    /// Largest body accepted; a larger one is answered 413. The receiver
+    /// lowers it to what the topic accepts (`max.message.bytes`) if that is
+    /// less, so that an accepted body can always be stored.
     #[serde(default = "default_webhook_body")]
     pub max_body_bytes: usize,
+    /// Store bodies as Meta sent them, message contents and profile names
+    /// included. By default only what the rules use is stored
+    /// (docs/SEMANTICS.md section 9).
+    #[serde(default)]
+    pub keep_message_contents: bool,
     /// How long storing a body in Kafka may take before the answer is 503
     /// (Meta then retries), in milliseconds.
     #[serde(default = "default_store_timeout")]
@@ -301,6 +328,7 @@ impl Default for WebhookConfig {
             path_prefix: String::new(),
             topic: None,
             max_body_bytes: default_webhook_body(),
+            keep_message_contents: false,
             store_timeout_ms: default_store_timeout(),
             verify_token: None,
             app_secret: None,
@@ -319,6 +347,8 @@ pub struct WebhookSettings {
     pub topic: String,
     /// Largest body.
     pub max_body_bytes: usize,
+    /// Whether bodies are stored whole.
+    pub keep_message_contents: bool,
     /// Longest store.
     pub store_timeout: Duration,
     /// The handshake's token.
@@ -348,9 +378,10 @@ impl CapiSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// Keep dead-letter payloads as they arrived. By default user ids (and,
-    /// in payloads that are not JSON, phone-number-like runs) are replaced
-    /// by their keyed hash.
+    /// Keep dead-letter payloads and keys as they arrived. By default a
+    /// payload keeps only its format's fields with user ids replaced by
+    /// their keyed hash (webhook bodies minimized, Avro and unreadable bytes
+    /// withheld), and the key is hashed.
     #[serde(default)]
     pub keep_raw_user_ids: bool,
     /// Longest dead-letter payload; a longer record is cut, with its full
@@ -680,16 +711,15 @@ pub struct ClickHouseConfig {
     /// Password (env `WAFUNNEL_CLICKHOUSE_PASSWORD`); never logged.
     #[serde(default)]
     pub password: Secret,
-    /// On ClickHouse before 24.2, the cluster (`remote_servers` in the
-    /// server's configuration) of one shard, this server, whose user may
-    /// read the database: the client databases of `wafunnel grants` read
-    /// through it.
-    #[serde(default = "default_clients_cluster")]
-    pub clients_cluster: String,
+    /// On ClickHouse before 24.2, this server's HTTP interface as the
+    /// server itself reaches it (a loopback address): the client databases
+    /// of `wafunnel grants` read their filtered views through it.
+    #[serde(default = "default_self_url")]
+    pub self_url: String,
 }
 
-fn default_clients_cluster() -> String {
-    "wafunnel_self".into()
+fn default_self_url() -> String {
+    "http://127.0.0.1:8123".into()
 }
 
 fn default_database() -> String {
@@ -1093,8 +1123,53 @@ impl Config {
             .into_iter()
             .map(|(k, v)| (k.replace('_', "."), v))
             .collect();
+        crate::scrub::register(cfg.secrets().iter().map(String::as_str));
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Every secret value the configuration holds: the [`Secret`]
+    /// settings, the librdkafka properties named like a secret, and the
+    /// credentials written into its URLs.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = [
+            self.user_hash_key.as_ref(),
+            Some(&self.clickhouse.password),
+            self.kafka.sasl_password.as_ref(),
+            self.kafka.ssl_key_password.as_ref(),
+            self.webhook.verify_token.as_ref(),
+            self.webhook.app_secret.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.capi
+                .accounts
+                .values()
+                .filter_map(|a| a.access_token.as_ref()),
+        )
+        .chain(self.clients.values().filter_map(|c| c.password.as_ref()))
+        .map(|s| s.0.clone())
+        .collect();
+        secrets.extend(
+            self.kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+        );
+        for url in [
+            Some(&self.clickhouse.url),
+            self.schema_registry.as_ref().map(|r| &r.url),
+            Some(&self.capi.base_url),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            secrets.extend(crate::scrub::url_credentials(url));
+        }
+        secrets.retain(|s| !s.is_empty());
+        secrets
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -1224,8 +1299,19 @@ impl Config {
             if client.password.as_ref().is_some_and(|p| p.0.is_empty()) {
                 return Err(invalid(".password", "is empty".into()));
             }
+            self.limits_of(name)?;
         }
         Ok(())
+    }
+
+    /// The limits of client `name` (its override over `[client_limits]`
+    /// over the defaults); a client not configured gets `[client_limits]`.
+    pub fn limits_of(&self, name: &str) -> Result<ClientLimits, ConfigError> {
+        let own = self.clients.get(name).map(|c| &c.limits);
+        self.client_limits.resolve(
+            own.unwrap_or(&ClientLimitsConfig::default()),
+            &format!("clients.{name}.limits"),
+        )
     }
 
     /// The user-hash key.
@@ -1288,6 +1374,7 @@ impl Config {
             path: format!("{prefix}/webhook"),
             topic,
             max_body_bytes: w.max_body_bytes,
+            keep_message_contents: w.keep_message_contents,
             store_timeout: Duration::from_millis(w.store_timeout_ms.max(1)),
             verify_token: secret(&w.verify_token, "webhook.verify_token")?,
             app_secret: secret(&w.app_secret, "webhook.app_secret")?,
@@ -1375,6 +1462,7 @@ impl Config {
             backoff_min,
             backoff_max,
             request_timeout: duration("capi.request_timeout", &c.request_timeout)?,
+            credential_retry: duration("capi.credential_retry", &c.credential_retry)?,
             accounts: c.accounts.clone(),
         })
     }
@@ -1772,7 +1860,7 @@ time_zone = "America/Sao_Paulo"
         assert_eq!(acme.password.as_ref().map(Secret::expose), Some("4242"));
         assert_eq!(acme.networks, ["::/0"]);
         assert!(cfg.clients["b2"].password.is_none());
-        assert_eq!(cfg.clickhouse.clients_cluster, "wafunnel_self");
+        assert_eq!(cfg.clickhouse.self_url, "http://127.0.0.1:8123");
         assert!(!format!("{cfg:?}").contains("4242"));
     }
 

@@ -2,25 +2,40 @@
 //! connection limit, a header read timeout, a request timeout and a
 //! graceful stop that drains the requests in flight.
 //!
+//! Slow or idle clients cannot starve the others: when every connection
+//! slot is taken, a new connection takes the slot of the connection that
+//! has waited longest without giving the server work, that is idle (before
+//! its first request or between keep-alive requests) or still sending its
+//! request's headers or body, since it opened or its last request began or
+//! ended. A connection whose request was read whole (a handler at work) is
+//! never evicted: only when all are at work does a new one wait. So a
+//! thousand connections trickling a body at a byte a second, or a probe
+//! port flooded with idle sockets, delay a real request by one eviction.
+//!
 //! The operator endpoints, served from a service's first moment:
 //! - `/metrics`: the Prometheus registry of [`crate::metrics`];
 //! - `/healthz`: 200 while the process runs (a liveness probe);
 //! - `/readyz`: 200 only while the service is consuming and its outputs
 //!   are acknowledged, 503 otherwise (a readiness probe).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::metrics;
@@ -29,7 +44,8 @@ use crate::shutdown::Shutdown;
 /// Limits of one HTTP server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the accept queue.
+    /// Connections served at once; a further one takes the slot of the
+    /// connection waiting longest without work, or waits if all work.
     pub max_connections: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
@@ -70,6 +86,80 @@ pub async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener
     })
 }
 
+/// One connection, as the eviction sees it.
+struct Connection {
+    /// Since when it has given the server no work: its opening, or the
+    /// start or end of its last request.
+    waiting_since: Mutex<Instant>,
+    /// Whether a handler works on a request read whole.
+    working: AtomicBool,
+    /// Told to close.
+    evict: Notify,
+}
+
+impl Connection {
+    fn wait_from_now(&self) {
+        *self
+            .waiting_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.working.store(false, Ordering::Release);
+    }
+}
+
+/// The open connections by id.
+type Open = Arc<Mutex<HashMap<u64, Arc<Connection>>>>;
+
+/// Closes the connection that has waited longest without giving work;
+/// false when every connection is at work.
+fn evict_longest_waiting(open: &Open) -> bool {
+    let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+    let longest = open
+        .iter()
+        .filter(|(_, c)| !c.working.load(Ordering::Acquire))
+        .min_by_key(|(_, c)| {
+            *c.waiting_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        })
+        .map(|(id, _)| *id);
+    let Some(connection) = longest.and_then(|id| open.remove(&id)) else {
+        return false;
+    };
+    connection.evict.notify_one();
+    true
+}
+
+/// A request body that marks its connection at work once read whole.
+struct Watched {
+    body: Incoming,
+    connection: Arc<Connection>,
+}
+
+impl Body for Watched {
+    type Data = <Incoming as Body>::Data;
+    type Error = <Incoming as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.connection.working.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` stops, then drains the
 /// requests in flight for at most `limits.drain_timeout`.
 pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: Shutdown) {
@@ -78,20 +168,14 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
         limits.request_timeout,
     ));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open: Open = Arc::default();
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = shutdown.stopping() => break,
-        };
+    for id in 0u64.. {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -104,11 +188,62 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             },
             () = shutdown.stopping() => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if evict_longest_waiting(&open) {
+                    tracing::debug!(
+                        "every connection slot taken, the longest waiting connection closed"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = shutdown.stopping() => break,
+                }
+            }
+        };
+        let connection = Arc::new(Connection {
+            waiting_since: Mutex::new(Instant::now()),
+            working: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        open.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&connection));
+        let service = {
+            let (router, connection) = (router.clone(), Arc::clone(&connection));
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let (router, connection) = (router.clone(), Arc::clone(&connection));
+                async move {
+                    connection.wait_from_now();
+                    let request = request.map(|body| {
+                        if body.is_end_stream() {
+                            connection.working.store(true, Ordering::Release);
+                        }
+                        axum::body::Body::new(Watched {
+                            body,
+                            connection: Arc::clone(&connection),
+                        })
+                    });
+                    let response = router.oneshot(request).await;
+                    connection.wait_from_now();
+                    response
+                }
+            })
+        };
+        let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = served => {}
+                () = connection.evict.notified() => {}
+            }
+            open.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
             drop(permit);
         });
     }
@@ -135,8 +270,28 @@ async fn render_metrics() -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics().render(),
+        labels_scrubbed(metrics().render()),
     )
+}
+
+/// The metrics text with every secret out of its names and labels. The
+/// values are left alone: a number is no secret, and a short numeric
+/// password must not turn a sample into text Prometheus cannot read.
+fn labels_scrubbed(text: String) -> String {
+    if let std::borrow::Cow::Borrowed(_) = crate::scrub::scrub(&text) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        match line.trim_end().rsplit_once(' ') {
+            Some((series, _)) if !line.starts_with('#') => {
+                out.push_str(&crate::scrub::scrub(series));
+                out.push_str(&line[series.len()..]);
+            }
+            _ => out.push_str(&crate::scrub::scrub(line)),
+        }
+    }
+    out
 }
 
 async fn readiness() -> impl IntoResponse {
@@ -183,6 +338,17 @@ mod tests {
         out
     }
 
+    #[test]
+    fn metric_labels_are_scrubbed_and_values_kept() {
+        crate::scrub::register(["label-secret-77aa41", "4242"]);
+        let text =
+            "# HELP x label-secret-77aa41\nx{a=\"label-secret-77aa41\"} 4242\nx_total 4242\n";
+        assert_eq!(
+            labels_scrubbed(text.to_owned()),
+            "# HELP x <redacted>\nx{a=\"<redacted>\"} 4242\nx_total 4242\n"
+        );
+    }
+
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
         let addr = start_operator("127.0.0.1:0".parse().expect("addr"), "metrics.listen")
@@ -206,6 +372,37 @@ mod tests {
             .await
             .expect_err("in use");
         assert!(err.to_string().contains("`metrics.listen`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn idle_and_slow_connections_give_way_to_a_new_request() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), "test")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            max_connections: 8,
+            ..Limits::OPERATOR
+        };
+        let router = operator_router().route("/upload", axum::routing::post(|| async { "ok\n" }));
+        tokio::spawn(serve(listener, router, limits, Shutdown::new()));
+        let mut held = Vec::new();
+        for i in 0..16 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            if i % 2 == 0 {
+                // A body that never ends.
+                s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nab")
+                    .await
+                    .expect("write");
+            }
+            held.push(s);
+        }
+        let started = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(1), get(addr, "/healthz"))
+            .await
+            .expect("answered within 1 s");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]

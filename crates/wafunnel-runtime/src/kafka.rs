@@ -102,7 +102,7 @@ impl ClientContext for LogContext {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => {
                 tracing::debug!(error = %error, reason, "kafka security failure");
                 let mut slot = SECURITY_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
-                *slot = Some(reason.to_owned());
+                *slot = Some(crate::scrub::scrubbed(reason.to_owned()));
             }
             _ => tracing::warn!(error = %error, reason, "kafka client error"),
         }
@@ -523,6 +523,50 @@ pub async fn topic_setting_problems(
         }
     }
     Ok(problems)
+}
+
+/// Bytes a record batch of one record adds to its value, with room for
+/// compression framing: a value of `max.message.bytes - RECORD_OVERHEAD`
+/// always fits a topic.
+pub const RECORD_OVERHEAD: usize = 1024;
+
+/// The largest record batch `topic` accepts (`max.message.bytes`, the
+/// topic's own or the broker's default).
+pub async fn topic_max_message_bytes(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
+    let admin: AdminClient<LogContext> = create(&client_config(cfg))?;
+    let results = admin
+        .describe_configs(
+            [ResourceSpecifier::Topic(topic)].iter(),
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopic))?
+        .map_err(KafkaError::AdminOp)?;
+    resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok())
+        .ok_or(KafkaError::AdminOp(RDKafkaErrorCode::InvalidConfig))
+}
+
+/// Creates a raw topic of webhook bodies that accepts a body of
+/// `max_body_bytes`, if it does not exist yet.
+pub async fn create_webhook_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    layout: TopicLayout,
+    max_body_bytes: usize,
+) -> Result<(), KafkaError> {
+    let max = (max_body_bytes + RECORD_OVERHEAD).to_string();
+    create_with(
+        cfg,
+        &[(name, layout)],
+        &[("max.message.bytes", max.as_str())],
+    )
+    .await
 }
 
 /// Partition counts of the topics the broker knows.

@@ -8,7 +8,8 @@
 //!   retries, topic administration;
 //! - [`metrics`] and [`http`]: one Prometheus registry and the operator
 //!   endpoints `/metrics`, `/healthz`, `/readyz`, served from the start;
-//! - [`logging`]: plain text or JSON on standard error;
+//! - [`logging`]: plain text or JSON on standard error, through
+//!   [`scrub`], which keeps every secret out of what the process writes;
 //! - [`shutdown`]: SIGTERM and SIGINT take the same bounded graceful path;
 //! - [`error`]: how failures are classified (retryable or fatal, and whose
 //!   fault).
@@ -22,4 +23,5 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod scrub;
 pub mod shutdown;

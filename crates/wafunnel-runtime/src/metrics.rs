@@ -85,15 +85,22 @@ pub struct CapiCounters {
     pub duplicates: Counter,
     /// Records of the capi topic that are not exports, skipped.
     pub undecodable: Counter,
+    /// Exports waiting for their account's credential to work (not final).
+    pub waiting_credential: Gauge,
+    /// Accounts whose credential Meta refuses.
+    pub refused_credentials: Gauge,
 }
 
 impl CapiCounters {
-    /// Counts one stored export of `status` (the column value).
+    /// Counts one stored export of `status` (the column value). A waiting
+    /// export is not final: it is counted by the gauge, and here once it
+    /// is sent.
     pub fn stored(&self, status: &str) {
         match status {
             "sent" => self.exports_sent.inc(),
             "rejected" => self.exports_rejected.inc(),
             "outside_window" => self.exports_outside_window.inc(),
+            "waiting_credential" => return,
             _ => self.exports_no_click_id.inc(),
         };
     }
@@ -230,6 +237,18 @@ impl Metrics {
             capi_requests.clone(),
         );
         let capi_request = |result| capi_requests.get_or_create(&Request { result }).clone();
+        let waiting_credential = Gauge::default();
+        registry.register(
+            "capi_waiting_credential_exports",
+            "Conversions API exports waiting for their account's credential to work",
+            waiting_credential.clone(),
+        );
+        let refused_credentials = Gauge::default();
+        registry.register(
+            "capi_refused_credentials",
+            "Accounts whose Conversions API credential Meta refuses",
+            refused_credentials.clone(),
+        );
         let capi = CapiCounters {
             exports_sent: export("sent"),
             exports_rejected: export("rejected"),
@@ -242,6 +261,8 @@ impl Metrics {
             requests_network: capi_request("network"),
             duplicates: record("capi", "duplicate"),
             undecodable: record("capi", "undecodable"),
+            waiting_credential,
+            refused_credentials,
         };
         let dead_letters = Family::<Reason, Counter>::default();
         registry.register(
@@ -390,6 +411,8 @@ pub const FAMILIES: &[&str] = &[
     "wafunnel_webhook_requests_total",
     "wafunnel_capi_exports_total",
     "wafunnel_capi_requests_total",
+    "wafunnel_capi_waiting_credential_exports",
+    "wafunnel_capi_refused_credentials",
     "wafunnel_dead_letters_total",
 ];
 

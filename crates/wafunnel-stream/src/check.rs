@@ -18,19 +18,22 @@ use wafunnel_avro::Format;
 
 use wafunnel_runtime::config::{redact_url, Config};
 use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
+use wafunnel_runtime::scrub::scrub;
 
 /// The reserved account of canary events: events of this account are never
 /// applied to the tables, only recorded in `check_canaries`.
 pub const CANARY_ACCOUNT: &str = "wafunnel-canary";
 
+/// Prints a step's result; the detail may quote a server's answer, so it is
+/// scrubbed of secrets.
 fn report(step: &str, result: Result<String, String>) -> bool {
     match result {
         Ok(detail) => {
-            println!("ok    {step}: {detail}");
+            println!("ok    {step}: {}", scrub(&detail));
             true
         }
         Err(detail) => {
-            println!("FAIL  {step}: {detail}");
+            println!("FAIL  {step}: {}", scrub(&detail));
             false
         }
     }
@@ -73,6 +76,14 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         .filter(|(t, _)| !partitions.contains_key(*t))
         .collect();
     if !missing.is_empty() && create_topics {
+        // The receiver's topic accepts the largest body it accepts.
+        let webhook_topic = cfg.webhook.topic.as_deref().or_else(|| {
+            cfg.topics
+                .raw
+                .iter()
+                .find(|t| t.format == Format::WhatsappWebhook)
+                .map(|t| t.name.as_str())
+        });
         let mut created = Ok(());
         for &(name, layout) in &missing {
             created = if name == cfg.topics.state {
@@ -81,6 +92,9 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
                 kafka::create_internal_topic(&cfg.kafka, name, layout).await
             } else if name == cfg.topics.alignment {
                 kafka::create_alignment_topic(&cfg.kafka, name, layout.replication).await
+            } else if let Some(webhook) = webhook_topic.filter(|t| *t == name) {
+                let max_body_bytes = cfg.webhook.max_body_bytes;
+                kafka::create_webhook_topic(&cfg.kafka, webhook, layout, max_body_bytes).await
             } else if name == cfg.topics.dead_letter {
                 let retention = cfg.dead_letter_retention_ms().unwrap_or(-1);
                 kafka::create_dead_letter_topic(&cfg.kafka, name, layout, retention).await
@@ -143,12 +157,15 @@ pub async fn run(cfg: &Config, create_topics: bool, timeout: Duration) -> bool {
         // Counting still works; restores may not: a warning, not a failure.
         Ok(problems) => {
             for problem in problems {
-                println!("warn  topic settings: {problem}");
+                println!("warn  topic settings: {}", scrub(&problem));
             }
             true
         }
         Err(e) => {
-            println!("warn  topic settings: cannot read them: {e}");
+            println!(
+                "warn  topic settings: cannot read them: {}",
+                scrub(&e.to_string())
+            );
             true
         }
     };

@@ -13,37 +13,85 @@
 //! the objects of views that no longer exist and keeps the password a
 //! client has (one given in its configuration replaces it).
 //!
-//! How depends on the server (`SELECT version()`):
+//! The invariant that makes this hold: **no query a client writes ever runs
+//! with any rights but the client's own**. Only queries `grants` writes
+//! itself (a fixed `SELECT` of a view filtered to the client's accounts)
+//! run with more. How depends on the server (`SELECT version()`):
 //! - **ClickHouse 24.2 and later** (SQL access control): the client
 //!   database holds views with `SQL SECURITY DEFINER`, which read the main
-//!   view with the rights of the user running `grants`; the client's user
-//!   is created with `CREATE USER` and granted `SELECT` on its database only.
+//!   view with the rights of the user running `grants`. Only the view's own
+//!   fixed query runs with them: the rest of a client's query (its
+//!   subqueries, `IN`, `JOIN`, table functions) is checked against the
+//!   client's grants, `SELECT` on its database only. The user is created
+//!   with `CREATE USER ... IDENTIFIED WITH sha256_hash BY ... SALT ...`
+//!   (a salted SHA-256) and `readonly = 1`.
 //! - **Before 24.2** (users in `users.xml`, e.g. 18.16): a view runs with
-//!   the rights of the user reading it, so a view in the client database
-//!   that reads the main one is refused to a user allowed the client
-//!   database only ("Access denied to database"). The filtered views are
-//!   therefore in a second database, `<database>_filtered_<name>`, that the
-//!   client may not read, and the client database holds `Distributed` tables
-//!   over them through `clickhouse.clients_cluster`, a cluster of this one
-//!   server whose user may read them: the server reads them over a
-//!   connection of its own, with that user's rights. The client's profile
-//!   sets `readonly = 1` and `prefer_localhost_replica = 0` (with 1 the
-//!   server would read them in-process with the client's rights, and be
-//!   refused; the client cannot change it). Users, profile and quota are a
-//!   users-file fragment, `<database>_clients.xml`, that `grants` writes
-//!   into the server's `users.d` directory (the server reloads it within
-//!   seconds) or prints for the operator.
+//!   the rights of the user reading it, and the server has no row filters
+//!   (`<databases><db><table><filter>` under a user came in 19.x; 18.16
+//!   ignores it) and no settings constraints. Per client and view:
+//!   - in `<database>_filtered_<name>`, the main view filtered to the
+//!     client's accounts, which only the client's reader
+//!     `<database>_reader_<name>` may read (with the main database; it
+//!     connects from the server itself only: `127.0.0.1`, `::1`);
+//!   - in `<database>_hidden_<name>`, which no user may read, a `URL` table
+//!     whose URL is this server's own HTTP interface (`clickhouse.self_url`)
+//!     with a fixed query of that filtered view in `Native` format, run as
+//!     the reader;
+//!   - in the client database, a materialized view `TO` that table, that
+//!     nothing ever inserts into: 18.16 reads a materialized view's target
+//!     with the server's rights, so the client reads the rows the URL
+//!     returns, while `SHOW CREATE TABLE` shows it neither the reader's
+//!     password nor the account list. (An error of the reader's request,
+//!     e.g. while the server reloads the users file, quotes its URL: what
+//!     keeps the reader to the server is its network, not its password.)
+//!
+//!   The client's query runs on those rows with the client's rights: its
+//!   subqueries, joins and `IN` sets read as the client and are refused
+//!   outside its database. Rejected designs: `Distributed` tables over a
+//!   cluster of this server (the earlier one) send the client's whole
+//!   query, `IN (SELECT ...)` subqueries included, to run as the cluster's
+//!   user, so any table of the server could be read through them; a
+//!   per-client cluster user cannot be confined either, because reading the
+//!   filtered views needs the right to read the main database; `Merge`
+//!   tables check the reader's rights on their sources. The server computes
+//!   a view in full before the outer `WHERE` either way (18.16 pushes no
+//!   predicate into views), so a client's query costs about what it did
+//!   through `Distributed`, plus the transfer of its rows over the loopback.
+//!
+//!   Users, profiles and quota are a users-file fragment,
+//!   `<database>_clients.xml`, mode 0640, that `grants` writes into the
+//!   server's `users.d` directory (the server reloads it within seconds) or
+//!   prints for the operator. Passwords are stored as
+//!   `password_sha256_hex`, the strongest form 18.16 knows (it has no
+//!   salted one); generated passwords are 144 random bits. The client's
+//!   profile sets `readonly = 1`, so no setting can be changed, and
+//!   `log_queries = 0`, so its query texts never reach `system.query_log`,
+//!   which every user can read; it also sets the few settings BI drivers
+//!   send on every request to the value they send (see
+//!   [`DRIVER_SETTINGS`]): 18.16 accepts, in readonly mode, a setting
+//!   equal to its current value and refuses any other.
+//!
+//!   What 18.16 shows every user and no configuration closes: the text
+//!   (never the rows) of every query running now, in `system.processes`,
+//!   and of every logged query, in `system.query_log`. `grants` runs its
+//!   statements, which name the accounts, with `log_queries = 0`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clickhouse::Client;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use wafunnel_runtime::config::{Config, Secret};
+use wafunnel_runtime::config::{ClientLimits, Config, ConfigError, Secret};
 use wafunnel_runtime::error::{Classify, Fault};
 
 use crate::sink::{self, SinkError};
+
+// Each client's own profile and quota (execution time, concurrency,
+// memory, rows, quota): rendered there for both paths, used below only in
+// `users_file` and after the SQL path's user statements.
+mod limits;
 
 /// Why `grants` failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +102,19 @@ pub enum GrantsError {
     /// The database has no view with an `account_id` column: not migrated.
     #[error("database {0} has no view with an account_id column (check clickhouse.database; run `wafunnel migrate`)")]
     NoViews(String),
-    /// A name that would become a database, user or XML element name is not
-    /// letters, digits and `_`.
-    #[error("`{0}` cannot name a ClickHouse user (check clickhouse.database: letters, digits and `_` only)")]
+    /// A name that would become a database, user, XML element or URL part
+    /// is not letters, digits and `_`.
+    #[error("`{0}` cannot name a ClickHouse user or table here (check clickhouse.database and the client names: letters, digits and `_` only)")]
     BadName(String),
-    /// A server before 24.2 lacks the cluster the client databases read through.
-    #[error("the server has no cluster `{0}` (check clickhouse.clients_cluster; add it to the server's remote_servers, see README, Client access)")]
-    NoCluster(String),
+    /// `clickhouse.self_url` is not a plain `http://` address.
+    #[error("clickhouse.self_url `{0}` is not an http:// address of the server as it reaches itself (e.g. http://127.0.0.1:8123)")]
+    BadSelfUrl(String),
     /// `SELECT version()` answered something else than a version.
     #[error("clickhouse answered `{0}` as its version")]
     Version(String),
+    /// A client's limits are invalid (see [`ConfigError`]).
+    #[error(transparent)]
+    Limits(#[from] ConfigError),
     /// The users file cannot be read or written.
     #[error("cannot write the users file {path}: {source} (check --users-dir)")]
     UsersFile {
@@ -86,7 +137,8 @@ impl Classify for GrantsError {
             GrantsError::ClickHouse(e) => e.fault(),
             GrantsError::NoViews(_)
             | GrantsError::BadName(_)
-            | GrantsError::NoCluster(_)
+            | GrantsError::Limits(_)
+            | GrantsError::BadSelfUrl(_)
             | GrantsError::UsersFile { .. } => Fault::User,
             GrantsError::Version(_) => Fault::External,
         }
@@ -124,8 +176,15 @@ pub fn access_for(version: &str) -> Result<Access, GrantsError> {
 pub struct Names {
     /// The database the client reads, and its user's name.
     pub client: String,
-    /// Before 24.2: the database of the filtered views, which the client cannot read.
+    /// Before 24.2: the database of the views filtered to the client's
+    /// accounts, which only its reader may read.
     pub filtered: String,
+    /// Before 24.2: the database of the `URL` tables that read the
+    /// filtered views as the reader, which no user may read.
+    pub hidden: String,
+    /// Before 24.2: the user the client's `URL` tables read the filtered
+    /// views as; it may connect from the server itself only.
+    pub reader: String,
 }
 
 impl Names {
@@ -134,6 +193,8 @@ impl Names {
         Names {
             client: format!("{database}_client_{name}"),
             filtered: format!("{database}_filtered_{name}"),
+            hidden: format!("{database}_hidden_{name}"),
+            reader: format!("{database}_reader_{name}"),
         }
     }
 }
@@ -181,26 +242,56 @@ pub fn sql_view_statements(
     out
 }
 
+/// A password as ClickHouse 24.2+ stores it salted: `SHA-256(password ||
+/// salt)` and the salt, both in hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaltedHash {
+    /// `SHA-256(password || salt)`, hex.
+    pub hash: String,
+    /// The salt, hex (16 random bytes).
+    pub salt: String,
+}
+
+impl SaltedHash {
+    /// The salted hash of `password` with a new random salt.
+    pub fn new(password: &str) -> SaltedHash {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        SaltedHash::with_salt(password, &hex::encode(salt))
+    }
+
+    fn with_salt(password: &str, salt: &str) -> SaltedHash {
+        SaltedHash {
+            hash: sha256_hex(&format!("{password}{salt}")),
+            salt: salt.to_owned(),
+        }
+    }
+}
+
 /// 24.2 and later: the statements that create or update the client's user.
-/// `sha256` is the hash of a new password (required when `exists` is
-/// false); `None` keeps the current one.
+/// `password` is the salted hash of a new password (required when `exists`
+/// is false); `None` keeps the current one.
 pub fn sql_user_statements(
     names: &Names,
     networks: &[String],
-    sha256: Option<&str>,
+    password: Option<&SaltedHash>,
     exists: bool,
 ) -> Vec<String> {
     let user = ident(&names.client);
     let mut out = Vec::new();
-    match (sha256, exists) {
-        (Some(hash), false) => out.push(format!(
-            "CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_hash BY {}",
-            literal(hash)
+    let identified = |p: &SaltedHash| {
+        format!(
+            "IDENTIFIED WITH sha256_hash BY {} SALT {}",
+            literal(&p.hash),
+            literal(&p.salt)
+        )
+    };
+    match (password, exists) {
+        (Some(p), false) => out.push(format!(
+            "CREATE USER IF NOT EXISTS {user} {}",
+            identified(p)
         )),
-        (Some(hash), true) => out.push(format!(
-            "ALTER USER {user} IDENTIFIED WITH sha256_hash BY {}",
-            literal(hash)
-        )),
+        (Some(p), true) => out.push(format!("ALTER USER {user} {}", identified(p))),
         (None, _) => {}
     }
     let hosts: Vec<String> = networks
@@ -219,44 +310,109 @@ pub fn sql_user_statements(
     out
 }
 
-/// Before 24.2: the statements that make the filtered database hold
-/// `views` filtered to `accounts`, the client database `Distributed`
-/// tables over them through `cluster`, and drop the objects of `stale` views.
+/// The `URL` of a client's table for `view`: the filtered view's rows in
+/// `Native` format, read from `self_url` as the client's reader. The query
+/// names no account: every user of 18.16 sees it in `system.processes`
+/// while it runs.
+fn reader_url(self_url: &str, names: &Names, reader_password: &str, view: &str) -> String {
+    let query = format!(
+        "SELECT * FROM {}.{} FORMAT Native",
+        ident(&names.filtered),
+        ident(view)
+    );
+    format!(
+        "{}/?user={}&password={reader_password}&query={}",
+        self_url.trim_end_matches('/'),
+        names.reader,
+        utf8_percent_encode(&query, NON_ALPHANUMERIC),
+    )
+}
+
+/// Before 24.2: the statements that make, per view of `views`, the
+/// filtered database hold the view filtered to `accounts`, the hidden
+/// database a `URL` table that reads it through `self_url` as the reader,
+/// and the client database a materialized view over that table (which
+/// shows the client neither the URL nor the accounts); and drop the objects
+/// of `stale` views.
 pub fn users_file_statements(
     main: &str,
     names: &Names,
     views: &[String],
     stale: &[String],
     accounts: &[String],
-    cluster: &str,
+    self_url: &str,
+    reader_password: &str,
 ) -> Vec<String> {
-    let (client, filtered) = (ident(&names.client), ident(&names.filtered));
+    let client = ident(&names.client);
+    let filtered = ident(&names.filtered);
+    let hidden = ident(&names.hidden);
     let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {filtered}"),
+        format!("CREATE DATABASE IF NOT EXISTS {hidden}"),
         format!("CREATE DATABASE IF NOT EXISTS {client}"),
     ];
     // 18.16 has no CREATE OR REPLACE: the client's table is missing for
     // the moment between its DROP and its CREATE.
     for view in views {
         let v = ident(view);
-        out.push(format!("DROP TABLE IF EXISTS {client}.{v}"));
-        out.push(format!("DROP TABLE IF EXISTS {filtered}.{v}"));
+        for db in [&client, &hidden, &filtered] {
+            out.push(format!("DROP TABLE IF EXISTS {db}.{v}"));
+        }
         out.push(format!(
             "CREATE VIEW {filtered}.{v} AS {}",
             filtered_select(main, view, accounts)
         ));
         out.push(format!(
-            "CREATE TABLE {client}.{v} AS {filtered}.{v} ENGINE = Distributed({}, {}, {})",
-            literal(cluster),
-            literal(&names.filtered),
-            literal(view)
+            "CREATE TABLE {hidden}.{v} AS {filtered}.{v} ENGINE = URL({}, Native)",
+            literal(&reader_url(self_url, names, reader_password, view))
+        ));
+        // Nothing is ever inserted into a view: the materialized view only
+        // lends its target, read with the server's rights, to the client.
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW {client}.{v} TO {hidden}.{v} AS SELECT * FROM {}.{v}",
+            ident(main)
         ));
     }
     for view in stale {
-        out.push(format!("DROP TABLE IF EXISTS {client}.{}", ident(view)));
-        out.push(format!("DROP TABLE IF EXISTS {filtered}.{}", ident(view)));
+        for db in [&client, &hidden, &filtered] {
+            out.push(format!("DROP TABLE IF EXISTS {db}.{}", ident(view)));
+        }
     }
     out
+}
+
+/// Settings clickhouse-connect (the driver of Superset and similar tools)
+/// sends with every query, with the value it sends. The client's profile
+/// sets them to that value, so its requests pass in readonly mode; none of
+/// them touches what a client may read or what it may cost: how input
+/// dates are parsed (a client cannot insert), progress headers, and
+/// compression of the answer when the client asks for it.
+pub const DRIVER_SETTINGS: &[(&str, &str)] = &[
+    ("date_time_input_format", "best_effort"),
+    ("send_progress_in_http_headers", "1"),
+    ("http_headers_progress_interval_ms", "120000"),
+    ("enable_http_compression", "1"),
+];
+
+/// The settings of the profile clients log in with: the
+/// isolation ones, then [`DRIVER_SETTINGS`]. Limits belong here too.
+pub fn client_profile() -> Vec<(String, String)> {
+    let mut settings = vec![
+        ("readonly".to_owned(), "1".to_owned()),
+        ("log_queries".to_owned(), "0".to_owned()),
+    ];
+    settings.extend(
+        DRIVER_SETTINGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    settings
+}
+
+fn xml_elements(out: &mut String, indent: &str, items: &[(String, String)]) {
+    for (name, value) in items {
+        out.push_str(&format!("{indent}<{name}>{value}</{name}>\n"));
+    }
 }
 
 /// One client's entry in the users file.
@@ -268,10 +424,17 @@ pub struct FileUser<'a> {
     pub networks: &'a [String],
     /// The SHA-256 of its password, in hex.
     pub sha256: String,
+    /// The SHA-256 of its reader's password, in hex.
+    pub reader_sha256: String,
+    /// What it may use of the server (its reader too).
+    pub limits: ClientLimits,
 }
 
+/// Where a reader may connect from: the server itself.
+const READER_NETWORKS: &[&str] = &["127.0.0.1", "::1"];
+
 /// Before 24.2: the users-file fragment of the main database `main`'s
-/// clients: their users, and the read-only profile and the quota they use.
+/// clients: their users and readers, and the profiles and the quota they use.
 pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
     let profile = format!("{main}_client");
     let mut out = String::from("<?xml version=\"1.0\"?>\n");
@@ -279,32 +442,65 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
         "<!-- Written by `wafunnel grants` for database {main}: edits are overwritten. -->\n"
     ));
     out.push_str("<yandex>\n  <profiles>\n");
-    out.push_str(&format!("    <{profile}>\n      <readonly>1</readonly>\n"));
-    out.push_str("      <prefer_localhost_replica>0</prefer_localhost_replica>\n");
-    out.push_str(&format!("    </{profile}>\n  </profiles>\n  <quotas>\n"));
-    out.push_str(&format!(
-        "    <{profile}>\n      <interval>\n        <duration>3600</duration>\n        <queries>0</queries>\n        <errors>0</errors>\n        <result_rows>0</result_rows>\n        <read_rows>0</read_rows>\n        <execution_time>0</execution_time>\n      </interval>\n    </{profile}>\n"
-    ));
-    out.push_str("  </quotas>\n  <users>\n");
+    out.push_str(&format!("    <{profile}>\n"));
+    xml_elements(&mut out, "      ", &client_profile());
+    out.push_str(&format!("    </{profile}>\n"));
+    // Limits hook: each client's own profile (inheriting this one) and
+    // quota, which its reader uses too, so the fixed query a client's query
+    // causes stops with it.
     for user in users {
-        let name = &user.names.client;
+        out.push_str(&limits::users_file_profile(
+            &user.names.client,
+            &profile,
+            &user.limits,
+        ));
+    }
+    out.push_str("  </profiles>\n  <quotas>\n");
+    for user in users {
+        out.push_str(&limits::users_file_quota(&user.names.client, &user.limits));
+    }
+    out.push_str("  </quotas>\n  <users>\n");
+    let mut user_entry = |name: &str,
+                          sha256: &str,
+                          networks: &mut dyn Iterator<Item = &str>,
+                          profile: &str,
+                          databases: &[&str]| {
         out.push_str(&format!("    <{name}>\n"));
         out.push_str(&format!(
-            "      <password_sha256_hex>{}</password_sha256_hex>\n",
-            user.sha256
+            "      <password_sha256_hex>{sha256}</password_sha256_hex>\n"
         ));
         out.push_str("      <networks>\n");
-        for network in user.networks {
+        for network in networks {
             out.push_str(&format!("        <ip>{network}</ip>\n"));
         }
         out.push_str("      </networks>\n");
+        // Limits hook: the user's own profile and quota, named like it.
         out.push_str(&format!(
             "      <profile>{profile}</profile>\n      <quota>{profile}</quota>\n"
         ));
-        out.push_str(&format!(
-            "      <allow_databases>\n        <database>{name}</database>\n      </allow_databases>\n"
-        ));
+        out.push_str("      <allow_databases>\n");
+        for database in databases {
+            out.push_str(&format!("        <database>{database}</database>\n"));
+        }
+        out.push_str("      </allow_databases>\n");
         out.push_str(&format!("    </{name}>\n"));
+    };
+    for user in users {
+        let names = &user.names;
+        user_entry(
+            &names.client,
+            &user.sha256,
+            &mut user.networks.iter().map(String::as_str),
+            &names.client,
+            &[&names.client],
+        );
+        user_entry(
+            &names.reader,
+            &user.reader_sha256,
+            &mut READER_NETWORKS.iter().copied(),
+            &names.client,
+            &[main, &names.filtered],
+        );
     }
     out.push_str("  </users>\n</yandex>\n");
     out
@@ -312,6 +508,8 @@ pub fn users_file(main: &str, users: &[FileUser<'_>]) -> String {
 
 /// The password hash of `user` in a users file [`users_file`] wrote.
 fn hash_in_file(text: &str, user: &str) -> Option<String> {
+    // Its profile and quota are named like it: look among the users only.
+    let text = &text[text.find("<users>")?..];
     let start = text.find(&format!("<{user}>"))?;
     let end = start + text[start..].find(&format!("</{user}>"))?;
     let entry = &text[start..end];
@@ -319,6 +517,14 @@ fn hash_in_file(text: &str, user: &str) -> Option<String> {
     let to = from + entry[from..].find('<')?;
     let hash = &entry[from..to];
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_owned())
+}
+
+/// The reader password in the URL of a client table's definition.
+fn password_in_url(create_table_query: &str) -> Option<&str> {
+    let from = create_table_query.find("&password=")? + "&password=".len();
+    let rest = &create_table_query[from..];
+    let to = rest.find('&')?;
+    Some(&rest[..to])
 }
 
 /// The SHA-256 of a password, in hex, as both kinds of server take it.
@@ -367,6 +573,18 @@ fn check_name(name: &str) -> Result<(), GrantsError> {
     Ok(())
 }
 
+fn check_self_url(url: &str) -> Result<(), GrantsError> {
+    let rest = url.strip_prefix("http://").unwrap_or_default();
+    if rest.is_empty()
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]/".contains(&b))
+    {
+        return Err(GrantsError::BadSelfUrl(url.to_owned()));
+    }
+    Ok(())
+}
+
 /// The views of `database` that have an `account_id` column, by name.
 pub async fn account_views(db: &Client, database: &str) -> Result<Vec<String>, GrantsError> {
     Ok(db
@@ -392,7 +610,8 @@ async fn tables_in(db: &Client, database: &str) -> Result<Vec<String>, GrantsErr
 
 async fn execute(db: &Client, statements: &[String]) -> Result<(), GrantsError> {
     for statement in statements {
-        db.query(statement).execute().await?;
+        // The client treats `?` as a bind placeholder; the URLs carry one.
+        db.query(&statement.replace('?', "??")).execute().await?;
     }
     Ok(())
 }
@@ -402,7 +621,12 @@ async fn execute(db: &Client, statements: &[String]) -> Result<(), GrantsError> 
 pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, GrantsError> {
     let main = &cfg.clickhouse.database;
     check_name(main)?;
-    let db = sink::client(&cfg.clickhouse);
+    for name in cfg.clients.keys() {
+        check_name(name)?;
+    }
+    // The statements name the clients' accounts: kept out of the query
+    // log, which every user of a server before 24.2 can read.
+    let db = sink::client(&cfg.clickhouse).with_option("log_queries", "0");
     let version: String = db.query("SELECT version()").fetch_one().await?;
     let access = access_for(&version)?;
     let views = account_views(&db, main).await?;
@@ -440,10 +664,16 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     .password
                     .as_ref()
                     .or(generated.as_ref())
-                    .map(|p| sha256_hex(p.expose()));
+                    .map(|p| SaltedHash::new(p.expose()));
                 execute(
                     &db,
-                    &sql_user_statements(&names, &client.networks, hash.as_deref(), exists > 0),
+                    &sql_user_statements(&names, &client.networks, hash.as_ref(), exists > 0),
+                )
+                .await?;
+                // Limits hook: the user's profile and quota.
+                execute(
+                    &db,
+                    &limits::sql_statements(&names.client, &cfg.limits_of(name)?),
                 )
                 .await?;
                 clients.push(Granted {
@@ -460,15 +690,8 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
             })
         }
         Access::UsersFile => {
-            let cluster = &cfg.clickhouse.clients_cluster;
-            let known: u64 = db
-                .query("SELECT count() FROM system.clusters WHERE cluster = ?")
-                .bind(cluster)
-                .fetch_one()
-                .await?;
-            if known == 0 {
-                return Err(GrantsError::NoCluster(cluster.clone()));
-            }
+            let self_url = &cfg.clickhouse.self_url;
+            check_self_url(self_url)?;
             let path = users_dir.map(|d| d.join(format!("{main}_clients.xml")));
             let previous = match &path {
                 Some(p) => match std::fs::read_to_string(p) {
@@ -486,8 +709,12 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
             let mut users = Vec::new();
             for (name, client) in &cfg.clients {
                 let names = Names::new(main, name);
+                let reader_password = kept_reader_password(&db, &names, &views, &previous)
+                    .await?
+                    .unwrap_or_else(|| generate_password().expose().to_owned());
                 let mut stale = stale_in(tables_in(&db, &names.client).await?);
                 stale.extend(stale_in(tables_in(&db, &names.filtered).await?));
+                stale.extend(stale_in(tables_in(&db, &names.hidden).await?));
                 let stale: Vec<String> = stale
                     .into_iter()
                     .collect::<BTreeSet<_>>()
@@ -495,7 +722,15 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     .collect();
                 execute(
                     &db,
-                    &users_file_statements(main, &names, &views, &stale, &client.accounts, cluster),
+                    &users_file_statements(
+                        main,
+                        &names,
+                        &views,
+                        &stale,
+                        &client.accounts,
+                        self_url,
+                        &reader_password,
+                    ),
                 )
                 .await?;
                 let (sha256, generated) =
@@ -511,6 +746,8 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
                     names: names.clone(),
                     networks: &client.networks,
                     sha256,
+                    reader_sha256: sha256_hex(&reader_password),
+                    limits: cfg.limits_of(name)?,
                 });
                 clients.push(Granted {
                     client: name.clone(),
@@ -522,7 +759,7 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
             let text = users_file(main, &users);
             let users_file = match path {
                 Some(path) => {
-                    write_atomically(&path, &text)?;
+                    write_private(&path, &text)?;
                     Ok(path)
                 }
                 None => Err(text),
@@ -536,15 +773,58 @@ pub async fn run(cfg: &Config, users_dir: Option<&Path>) -> Result<Outcome, Gran
     }
 }
 
-/// Writes `text` to `path` through a temporary file the server ignores (its
-/// name does not end in `.xml`), so it never reads half a file.
-fn write_atomically(path: &Path, text: &str) -> Result<(), GrantsError> {
+/// The reader password the client's URL tables use now, if the users file
+/// still holds its hash: kept, so the tables of a run that changes nothing
+/// keep working while the server reloads the file.
+async fn kept_reader_password(
+    db: &Client,
+    names: &Names,
+    views: &[String],
+    previous: &str,
+) -> Result<Option<String>, GrantsError> {
+    let Some(hash) = hash_in_file(previous, &names.reader) else {
+        return Ok(None);
+    };
+    let Some(view) = views.first() else {
+        return Ok(None);
+    };
+    let definitions: Vec<String> = db
+        .query("SELECT create_table_query FROM system.tables WHERE database = ? AND name = ?")
+        .bind(&names.hidden)
+        .bind(view)
+        .fetch_all()
+        .await?;
+    Ok(definitions
+        .iter()
+        .filter_map(|d| password_in_url(d))
+        .find(|p| sha256_hex(p) == hash)
+        .map(str::to_owned))
+}
+
+/// Writes `text` to `path` readable by its owner and group only (0640: the
+/// server may run as another user of the file's group), through a
+/// temporary file the server ignores (its name does not end in `.xml`), so
+/// it never reads half a file.
+fn write_private(path: &Path, text: &str) -> Result<(), GrantsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let error = |source| GrantsError::UsersFile {
         path: path.to_owned(),
         source,
     };
     let tmp = path.with_extension("xml.tmp");
-    std::fs::write(&tmp, text).map_err(error)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&tmp)
+        .map_err(error)?;
+    // The mode given at creation is reduced by the umask; set it exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .map_err(error)?;
+    file.write_all(text.as_bytes()).map_err(error)?;
+    file.sync_all().map_err(error)?;
     std::fs::rename(&tmp, path).map_err(error)
 }
 
@@ -575,7 +855,7 @@ mod tests {
         let views = strings(&["capi_daily", "funnel_daily"]);
         let accounts = strings(&["act_1001", "act_'2"]);
         let networks = strings(&["::/0", "10.0.0.0/8"]);
-        let hash = sha256_hex("pw");
+        let hash = SaltedHash::with_salt("pw", "00112233445566778899aabbccddeeff");
         let mut all =
             sql_view_statements("wafunnel", &names, &views, &strings(&["old"]), &accounts);
         all.extend(sql_user_statements(&names, &networks, Some(&hash), false));
@@ -584,6 +864,19 @@ mod tests {
         assert_eq!(all, golden.lines().collect::<Vec<_>>());
         let kept = sql_user_statements(&names, &networks, None, true);
         assert_eq!(kept, all[all.len() - 2..]);
+    }
+
+    #[test]
+    fn salted_hashes_are_sha256_of_the_password_then_the_salt() {
+        // printf 'pw0011' | sha256sum
+        assert_eq!(
+            SaltedHash::with_salt("pw", "0011").hash,
+            sha256_hex("pw0011")
+        );
+        let (a, b) = (SaltedHash::new("pw"), SaltedHash::new("pw"));
+        assert_ne!(a.salt, b.salt, "a new salt each time");
+        assert_ne!(a.hash, b.hash);
+        assert_eq!(a.salt.len(), 32);
     }
 
     #[test]
@@ -596,23 +889,45 @@ mod tests {
                 &strings(&["funnel_daily"]),
                 &strings(&["old"]),
                 &strings(&["act_1001"]),
-                "wafunnel_self",
+                "http://127.0.0.1:8123/",
+                "0a1b",
             ),
             [
                 "CREATE DATABASE IF NOT EXISTS `wafunnel_filtered_acme`",
+                "CREATE DATABASE IF NOT EXISTS `wafunnel_hidden_acme`",
                 "CREATE DATABASE IF NOT EXISTS `wafunnel_client_acme`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`funnel_daily`",
+                "DROP TABLE IF EXISTS `wafunnel_hidden_acme`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`funnel_daily`",
                 "CREATE VIEW `wafunnel_filtered_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily` WHERE account_id IN ('act_1001')",
-                "CREATE TABLE `wafunnel_client_acme`.`funnel_daily` AS `wafunnel_filtered_acme`.`funnel_daily` ENGINE = Distributed('wafunnel_self', 'wafunnel_filtered_acme', 'funnel_daily')",
+                "CREATE TABLE `wafunnel_hidden_acme`.`funnel_daily` AS `wafunnel_filtered_acme`.`funnel_daily` ENGINE = URL('http://127.0.0.1:8123/?user=wafunnel_reader_acme&password=0a1b&query=SELECT%20%2A%20FROM%20%60wafunnel%5Ffiltered%5Facme%60%2E%60funnel%5Fdaily%60%20FORMAT%20Native', Native)",
+                "CREATE MATERIALIZED VIEW `wafunnel_client_acme`.`funnel_daily` TO `wafunnel_hidden_acme`.`funnel_daily` AS SELECT * FROM `wafunnel`.`funnel_daily`",
                 "DROP TABLE IF EXISTS `wafunnel_client_acme`.`old`",
+                "DROP TABLE IF EXISTS `wafunnel_hidden_acme`.`old`",
                 "DROP TABLE IF EXISTS `wafunnel_filtered_acme`.`old`",
             ]
         );
     }
 
     #[test]
-    fn the_users_file_keeps_each_users_hash() {
+    fn the_reader_password_is_found_in_a_tables_definition() {
+        let names = Names::new("wafunnel", "acme");
+        let statements = users_file_statements(
+            "wafunnel",
+            &names,
+            &strings(&["funnel_daily"]),
+            &[],
+            &strings(&["act_1001"]),
+            "http://127.0.0.1:8123",
+            "0a1b",
+        );
+        let create = &statements[statements.len() - 2];
+        assert_eq!(password_in_url(create), Some("0a1b"));
+        assert_eq!(password_in_url("CREATE VIEW x AS SELECT 1"), None);
+    }
+
+    #[test]
+    fn the_users_file_keeps_each_users_hash_and_confines_each_user() {
         let networks = strings(&["::/0"]);
         let users: Vec<FileUser<'_>> = ["acme", "beta"]
             .iter()
@@ -620,26 +935,45 @@ mod tests {
                 names: Names::new("wafunnel", name),
                 networks: &networks,
                 sha256: sha256_hex(name),
+                reader_sha256: sha256_hex(&format!("reader {name}")),
+                limits: ClientLimits::default(),
             })
             .collect();
         let text = users_file("wafunnel", &users);
         assert!(text.contains("<allow_databases>\n        <database>wafunnel_client_acme</database>\n      </allow_databases>"), "{text}");
+        assert!(text.contains("<allow_databases>\n        <database>wafunnel</database>\n        <database>wafunnel_filtered_acme</database>\n      </allow_databases>"), "{text}");
         assert!(
-            text.contains("<profile>wafunnel_client</profile>"),
+            text.contains("<profile>wafunnel_client_acme</profile>\n      <quota>wafunnel_client_acme</quota>"),
             "{text}"
+        );
+        assert!(
+            text.contains("<wafunnel_client_beta>\n      <profile>wafunnel_client</profile>\n      <max_execution_time>"),
+            "each user's profile inherits the common one: {text}"
         );
         assert!(text.contains("<readonly>1</readonly>"), "{text}");
+        assert!(text.contains("<log_queries>0</log_queries>"), "{text}");
+        for (name, value) in DRIVER_SETTINGS {
+            assert!(
+                text.contains(&format!("<{name}>{value}</{name}>")),
+                "{text}"
+            );
+        }
+        // The readers connect from the server itself only.
+        let reader = &text[text.find("<wafunnel_reader_acme>").expect("reader")..];
+        let reader = &reader[..reader.find("</wafunnel_reader_acme>").expect("end")];
         assert!(
-            text.contains("<prefer_localhost_replica>0</prefer_localhost_replica>"),
-            "{text}"
-        );
-        assert!(
-            !text.contains("wafunnel_filtered_"),
-            "the filtered databases are not the client's: {text}"
+            reader.contains(
+                "<networks>\n        <ip>127.0.0.1</ip>\n        <ip>::1</ip>\n      </networks>"
+            ),
+            "{reader}"
         );
         assert_eq!(
             hash_in_file(&text, "wafunnel_client_acme"),
             Some(sha256_hex("acme"))
+        );
+        assert_eq!(
+            hash_in_file(&text, "wafunnel_reader_beta"),
+            Some(sha256_hex("reader beta"))
         );
         assert_eq!(
             hash_in_file(&text, "wafunnel_client_beta"),
@@ -647,6 +981,22 @@ mod tests {
         );
         assert_eq!(hash_in_file(&text, "wafunnel_client_gamma"), None);
         assert_eq!(hash_in_file("", "wafunnel_client_acme"), None);
+    }
+
+    #[test]
+    fn the_users_file_is_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("wafunnel-grants-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("wafunnel_clients.xml");
+        // An earlier file readable by everyone is replaced by a private one.
+        std::fs::write(&path, "old").expect("old file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&path, "<yandex/>").expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "<yandex/>");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
@@ -660,11 +1010,30 @@ mod tests {
     }
 
     #[test]
-    fn names_that_cannot_be_users_are_refused() {
+    fn names_and_self_urls_that_cannot_be_used_are_refused() {
         assert!(check_name("wafunnel_e2e_1").is_ok());
-        for bad in ["", "a-b", "a.b", "1db", "a`b"] {
+        for bad in ["", "a-b", "a.b", "1db", "a`b", "a&b", "a b"] {
             assert!(
                 matches!(check_name(bad), Err(GrantsError::BadName(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            "http://127.0.0.1:8123",
+            "http://[::1]:8123/",
+            "http://localhost:18123",
+        ] {
+            assert!(check_self_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://127.0.0.1:8123",
+            "127.0.0.1:8123",
+            "http://",
+            "http://h/?a=b",
+            "http://h/'",
+        ] {
+            assert!(
+                matches!(check_self_url(bad), Err(GrantsError::BadSelfUrl(_))),
                 "{bad}"
             );
         }

@@ -969,8 +969,9 @@ impl Ingest {
         Ok(())
     }
 
-    /// The dead letter of `message` for `reason`: its payload and key with
-    /// user ids hashed (unless configured otherwise) and cut to size.
+    /// The dead letter of `message` for `reason`: its payload reduced to
+    /// the fields of its format, user ids and key hashed (unless configured
+    /// otherwise), cut to size (module `dead_letter`).
     fn dead_letter_record<'s>(
         &'s self,
         message: &OwnedMessage,
@@ -1007,12 +1008,18 @@ impl Ingest {
                 key: kafka::DETAIL,
                 value: Some(detail),
             });
+        // A topic without a decoder has none to read either: as opaque bytes.
+        let format = self
+            .decoders
+            .get(message.topic())
+            .map_or(Format::AvroConfluent, Decoder::format);
         let written = dead_letter::payload(
             message.payload().unwrap_or_default(),
+            format,
             self.dead_letters,
             &self.hasher,
         );
-        if let Some((size, digest)) = &written.truncated {
+        if let Some((size, digest)) = &written.original {
             let size = size.to_string();
             headers = headers
                 .insert(Header {
@@ -1025,13 +1032,9 @@ impl Ingest {
                 });
         }
         // The key may be the contact's phone number too.
-        let key = match (self.dead_letters.keep_raw_user_ids, message.key()) {
-            (true, key) => key.map(<[u8]>::to_vec),
-            (false, Some(key)) => {
-                Some(dead_letter::payload(key, self.dead_letters, &self.hasher).bytes)
-            }
-            (false, None) => None,
-        };
+        let key = message
+            .key()
+            .map(|key| dead_letter::key(key, self.dead_letters, &self.hasher));
         (self.dead_letter.as_str(), key, written.bytes, headers)
     }
 }

@@ -163,8 +163,13 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (
         12,
+        "capi_waiting_exports",
+        include_str!("../../../schemas/clickhouse/0012_capi_waiting_exports.sql"),
+    ),
+    (
+        13,
         "unknown_phone_numbers",
-        include_str!("../../../schemas/clickhouse/0012_unknown_phone_numbers.sql"),
+        include_str!("../../../schemas/clickhouse/0013_unknown_phone_numbers.sql"),
     ),
 ];
 
@@ -1077,8 +1082,8 @@ mod tests {
             .filter(|s| added_column(s).is_some())
             .count();
         assert_eq!(
-            added, 9,
-            "0006 adds two columns, 0008 one, 0009 four, 0011 two"
+            added, 10,
+            "0006 adds two columns, 0008 one, 0009 four, 0011 two, 0012 one"
         );
     }
 

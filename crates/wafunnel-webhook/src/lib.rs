@@ -12,9 +12,21 @@
 //!   the exact raw body under the app secret (verified in constant time);
 //!   otherwise 401, nothing is stored, and it is counted. A body over
 //!   `webhook.max_body_bytes` is 413.
-//! - A verified body is produced, byte for byte, to the raw topic by an
-//!   idempotent producer with `acks=all`, and answered 200 only once Kafka
-//!   acknowledged it; if it cannot be stored within
+//! - Data minimization (section 9): once its signature is verified on the
+//!   bytes received, a body is stored with only what the rules use
+//!   (`wafunnel_meta::minimize`: ids, timestamps, referral, pricing,
+//!   statuses, contacts, phone number ids); message contents, media,
+//!   locations, shared contacts and profile names are dropped.
+//!   `webhook.keep_message_contents` stores bodies byte for byte instead. A
+//!   body that is not a JSON object cannot be minimized and is stored as
+//!   received (ingest dead-letters it as `malformed`, without its bytes).
+//! - Sizes are consistent end to end: the producer and the check of each
+//!   body follow the topic's `max.message.bytes` (read at start), so a body
+//!   whose stored form is larger than the topic accepts is answered 413 (a
+//!   permanent refusal), never 503 forever.
+//! - The stored form is produced to the raw topic by an idempotent producer
+//!   with `acks=all`, and answered 200 only once Kafka acknowledged it; if
+//!   it cannot be stored within
 //!   `webhook.store_timeout_ms`, the answer is 503 and Meta retries. A
 //!   retried body is stored again: its message ids make the events
 //!   duplicates downstream, so no count changes.
@@ -23,6 +35,7 @@
 //!   operator port like every service (ready while the brokers answer,
 //!   asked every 5 s).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +46,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hmac::{Hmac, Mac};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -55,7 +69,7 @@ pub enum WebhookError {
     Connect(#[from] ConnectError),
     /// The producer could not be built.
     #[error("kafka producer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[from] KafkaError),
     /// The port is taken.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -83,6 +97,9 @@ const LIMITS: Limits = Limits {
     drain_timeout: Duration::from_secs(15),
 };
 
+/// Kafka's default `max.message.bytes`, assumed when the topic's cannot be read.
+const BROKER_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// How often readiness asks the brokers whether they answer.
 const READINESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -93,6 +110,8 @@ pub struct Receiver {
     verify_token: Secret,
     app_secret: Secret,
     max_body_bytes: usize,
+    max_stored_bytes: usize,
+    keep_message_contents: bool,
     store_timeout: Duration,
 }
 
@@ -101,25 +120,53 @@ impl std::fmt::Debug for Receiver {
         f.debug_struct("Receiver")
             .field("topic", &self.topic)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_stored_bytes", &self.max_stored_bytes)
+            .field("keep_message_contents", &self.keep_message_contents)
             .finish_non_exhaustive()
     }
 }
 
 impl Receiver {
-    /// A receiver storing to `settings.topic` through a producer for `cfg`.
-    pub fn new(cfg: &Config, settings: &WebhookSettings) -> Result<Self, WebhookError> {
+    /// A receiver storing to `settings.topic`, which accepts record batches
+    /// of `topic_max_bytes`, through a producer for `cfg`.
+    pub fn new(
+        cfg: &Config,
+        settings: &WebhookSettings,
+        topic_max_bytes: usize,
+    ) -> Result<Self, WebhookError> {
+        let max_stored_bytes = topic_max_bytes
+            .saturating_sub(kafka::RECORD_OVERHEAD)
+            .max(1);
         // A body not acknowledged in time is answered 503, and the producer
         // gives up on it too, so a late copy is not stored after Meta was
         // told to retry (a retry is a duplicate anyway).
-        let client = kafka::durable_producer_config(&cfg.kafka, settings.store_timeout);
+        let mut client = kafka::durable_producer_config(&cfg.kafka, settings.store_timeout);
+        // Batches of several bodies stay within what the topic accepts, and
+        // the largest body is not refused by the producer's own limit.
+        client
+            .set("batch.size", max_stored_bytes.to_string())
+            .set("message.max.bytes", topic_max_bytes.max(1000).to_string());
         Ok(Receiver {
             producer: kafka::create(&client)?,
             topic: settings.topic.clone(),
             verify_token: settings.verify_token.clone(),
             app_secret: settings.app_secret.clone(),
             max_body_bytes: settings.max_body_bytes,
+            max_stored_bytes,
+            keep_message_contents: settings.keep_message_contents,
             store_timeout: settings.store_timeout,
         })
+    }
+
+    /// What is stored of a verified body.
+    fn stored<'b>(&self, body: &'b [u8]) -> Cow<'b, [u8]> {
+        if self.keep_message_contents {
+            return Cow::Borrowed(body);
+        }
+        match wafunnel_meta::minimize(body, &|contact| contact.clone()) {
+            Ok(minimized) => Cow::Owned(minimized),
+            Err(wafunnel_meta::NotAnObject) => Cow::Borrowed(body),
+        }
     }
 }
 
@@ -193,11 +240,19 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
         );
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let record = FutureRecord::<(), [u8]>::to(&r.topic).payload(&bytes);
+    let stored = r.stored(&bytes);
+    if stored.len() > r.max_stored_bytes {
+        return too_large(stored.len(), r.max_stored_bytes);
+    }
+    let record = FutureRecord::<(), [u8]>::to(&r.topic).payload(&stored);
     match r.producer.send(record, r.store_timeout).await {
         Ok(_) => {
             metrics().webhook.stored.inc();
             StatusCode::OK.into_response()
+        }
+        // The topic's limit was lowered since the start: as permanent.
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+            too_large(stored.len(), r.max_stored_bytes)
         }
         Err((e, _)) => {
             metrics().webhook.unavailable.inc();
@@ -205,6 +260,18 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
+}
+
+/// 413 for a verified body the topic cannot hold: Meta's retries of it
+/// would fail the same way.
+fn too_large(size: usize, max: usize) -> Response {
+    metrics().webhook.too_large.inc();
+    tracing::warn!(
+        size,
+        max,
+        "a verified webhook body is larger than its topic accepts, answering 413"
+    );
+    StatusCode::PAYLOAD_TOO_LARGE.into_response()
 }
 
 /// Runs the receiver until `shutdown` stops it (the requests in flight are
@@ -227,7 +294,23 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<(), WebhookError> {
         }
         .into());
     }
-    let receiver = Arc::new(Receiver::new(cfg, &settings)?);
+    let topic_max_bytes = match kafka::topic_max_message_bytes(&cfg.kafka, &settings.topic).await {
+        Ok(max) => max,
+        Err(e) => {
+            tracing::warn!(error = %e, topic = settings.topic, assumed = BROKER_DEFAULT_MAX_MESSAGE_BYTES, "cannot read the topic's max.message.bytes");
+            BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        }
+    };
+    let receiver = Arc::new(Receiver::new(cfg, &settings, topic_max_bytes)?);
+    if receiver.max_stored_bytes < settings.max_body_bytes {
+        tracing::warn!(
+            topic = settings.topic,
+            max_message_bytes = topic_max_bytes,
+            max_body_bytes = settings.max_body_bytes,
+            "the topic holds less than webhook.max_body_bytes: bodies whose stored form is larger are answered 413; raise the topic's max.message.bytes to max_body_bytes + {}",
+            kafka::RECORD_OVERHEAD
+        );
+    }
     metrics().set_ready(true);
     // Readiness follows the brokers, asked in the background: a failed
     // store must not take every replica out of rotation until a request
@@ -281,5 +364,106 @@ mod tests {
             Some(&good.replace("sha256=", "sha1="))
         ));
         assert!(!signature_ok(b"app-secret", body, Some("sha256=zz")));
+    }
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("key");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// The forgeries an attacker who has seen signed deliveries but not the
+    /// app secret can try: each is refused.
+    #[test]
+    fn forged_signatures_are_refused() {
+        let secret = b"app-secret";
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1"}]}"#;
+        let good = sign(secret, body);
+        let digest = good.strip_prefix("sha256=").expect("prefix");
+        let mut other_body = body.to_vec();
+        other_body.extend_from_slice(b" ");
+        let forgeries: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+            ("no header", body.to_vec(), None),
+            ("empty header", body.to_vec(), Some(String::new())),
+            ("prefix only", body.to_vec(), Some("sha256=".into())),
+            ("no prefix", body.to_vec(), Some(digest.into())),
+            ("sha1 prefix", body.to_vec(), Some(format!("sha1={digest}"))),
+            (
+                "upper-case prefix",
+                body.to_vec(),
+                Some(format!("SHA256={digest}")),
+            ),
+            (
+                "space after prefix",
+                body.to_vec(),
+                Some(format!("sha256= {digest}")),
+            ),
+            (
+                "truncated digest",
+                body.to_vec(),
+                Some(format!("sha256={}", &digest[..62])),
+            ),
+            (
+                "first half only",
+                body.to_vec(),
+                Some(format!("sha256={}", &digest[..32])),
+            ),
+            ("extended digest", body.to_vec(), Some(format!("{good}00"))),
+            (
+                "zero digest",
+                body.to_vec(),
+                Some(format!("sha256={}", "0".repeat(64))),
+            ),
+            (
+                "digest of the body",
+                body.to_vec(),
+                Some(format!(
+                    "sha256={}",
+                    hex::encode(<Sha256 as sha2::Digest>::digest(body))
+                )),
+            ),
+            ("empty secret", body.to_vec(), Some(sign(b"", body))),
+            (
+                "signature of another body",
+                body.to_vec(),
+                Some(sign(secret, b"{}")),
+            ),
+            ("body with a byte appended", other_body, Some(good.clone())),
+            ("empty body", Vec::new(), Some(good.clone())),
+        ];
+        for (what, forged_body, header) in forgeries {
+            assert!(
+                !signature_ok(secret, &forged_body, header.as_deref()),
+                "{what} was accepted"
+            );
+        }
+        assert!(
+            signature_ok(secret, body, Some(&good)),
+            "the real one passes"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any change of one byte of the body, or of one hex digit of the
+        /// signature, is refused.
+        #[test]
+        fn one_changed_byte_is_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..512),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+            digit in 0usize..64,
+        ) {
+            let secret = b"app-secret";
+            let good = sign(secret, &body);
+            let mut forged = body.clone();
+            let i = at.index(forged.len());
+            forged[i] ^= flip;
+            proptest::prop_assert!(!signature_ok(secret, &forged, Some(&good)));
+            let mut header = good.into_bytes();
+            let j = "sha256=".len() + digit;
+            header[j] = if header[j] == b'0' { b'1' } else { b'0' };
+            let header = String::from_utf8(header).expect("ascii");
+            proptest::prop_assert!(!signature_ok(secret, &body, Some(&header)));
+        }
     }
 }

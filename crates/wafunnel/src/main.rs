@@ -297,7 +297,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain may quote an upstream answer that echoes a secret.
+            let message = format!("{e:#}");
+            eprintln!("error: {}", wafunnel_runtime::scrub::scrub(&message));
             ExitCode::FAILURE
         }
     }

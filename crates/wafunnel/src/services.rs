@@ -153,6 +153,26 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                 }
                 None => {}
             }
+            // Before 24.2 nothing keeps the server's query slots for the
+            // pipeline: say how many the clients can take (README, Client limits).
+            if outcome.access == wafunnel_stream::grants::Access::UsersFile {
+                let mut held = Some(0u64);
+                for name in cfg.clients.keys() {
+                    let at_once = cfg.limits_of(name)?.max_concurrent_queries;
+                    // A client and its reader share the per-user limit: two each.
+                    held = held
+                        .zip((at_once > 0).then_some(2 * at_once))
+                        .map(|(a, b)| a + b);
+                }
+                match held {
+                    Some(n) => println!(
+                        "clients can hold {n} of the server's max_concurrent_queries at once: keep it above {n} plus the pipeline's (about 10)"
+                    ),
+                    None => println!(
+                        "warning: a client has no max_concurrent_queries limit and can take every query slot of the server"
+                    ),
+                }
+            }
         }
         ServiceCommand::Ingest => {
             let shutdown = start_service(&cfg).await?;

@@ -111,3 +111,59 @@ pub(crate) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// `text` percent-encoded as in a query string.
+pub(crate) fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Meta's answer to a malformed token, echoing it as Meta does (in the
+/// message), and in every other way an answer could: URL-encoded, in a
+/// URL's query, escaped as JSON escapes `/`.
+pub(crate) fn malformed_token(token: &str) -> Response {
+    let escaped = token.replace('/', "\\/");
+    let body = format!(
+        r#"{{"error":{{"message":"Malformed access token {escaped}","type":"OAuthException","code":190,"error_subcode":463,"error_user_msg":"see https:\/\/graph.facebook.com\/debug_token?input_token={encoded}&access_token={encoded}","fbtrace_id":"x"}}}}"#,
+        encoded = url_encoded(token),
+    );
+    (StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// A transient error that echoes the token (retried).
+pub(crate) fn transient_echo(token: &str) -> Response {
+    let body = format!(
+        r#"{{"error":{{"message":"Temporary failure for token {token} ({encoded})","code":2,"is_transient":true}}}}"#,
+        encoded = url_encoded(token),
+    );
+    (StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// A 5xx whose body echoes the token.
+pub(crate) fn server_error_echo(token: &str) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("<html>upstream failed for Bearer {token}</html>"),
+    )
+        .into_response()
+}
+
+/// A redirect to a URL carrying the token.
+pub(crate) fn redirect_echo(token: &str) -> Response {
+    let to = format!(
+        "https://graph.example.com/v21.0/events?access_token={}",
+        url_encoded(token)
+    );
+    (
+        StatusCode::FOUND,
+        [("location", to.clone())],
+        format!("moved to {to}"),
+    )
+        .into_response()
+}

@@ -10,7 +10,7 @@ use wafunnel_stream::grants;
 use super::{env, generated, Env};
 
 /// One query over HTTP as `user`: the HTTP status and the body.
-fn http(user: &str, password: &str, query: &str) -> (u16, String) {
+pub(super) fn http(user: &str, password: &str, query: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--data-binary"])
         .arg(query)
@@ -25,7 +25,7 @@ fn http(user: &str, password: &str, query: &str) -> (u16, String) {
 }
 
 /// The sorted rows of a query that must succeed.
-fn rows(user: &str, password: &str, query: &str) -> Vec<String> {
+pub(super) fn rows(user: &str, password: &str, query: &str) -> Vec<String> {
     let (code, body) = http(user, password, &format!("{query} FORMAT TSV"));
     assert_eq!(code, 200, "{user}: {query}: {body}");
     let mut lines: Vec<String> = body.lines().map(str::to_owned).collect();
@@ -46,7 +46,7 @@ fn refused(user: &str, password: &str, query: &str, codes: &[u32]) {
 }
 
 /// Runs `wafunnel grants`; returns its standard output.
-fn run_grants(config: &Path, users_dir: &Path, envs: &[(&str, &str)]) -> String {
+pub(super) fn run_grants(config: &Path, users_dir: &Path, envs: &[(&str, &str)]) -> String {
     let out = Command::new(env("WAFUNNEL_BIN"))
         .arg("--config")
         .arg(config)
@@ -65,7 +65,7 @@ fn run_grants(config: &Path, users_dir: &Path, envs: &[(&str, &str)]) -> String 
 }
 
 /// The password `grants` printed for `client`, if it generated one.
-fn generated_password(stdout: &str, client: &str) -> Option<String> {
+pub(super) fn generated_password(stdout: &str, client: &str) -> Option<String> {
     let prefix = format!("client {client}: generated password ");
     stdout
         .lines()
@@ -79,7 +79,7 @@ fn generated_password(stdout: &str, client: &str) -> Option<String> {
 }
 
 /// Waits until the server has reloaded the users file and `user` can log in.
-fn wait_for_login(user: &str, password: &str) {
+pub(super) fn wait_for_login(user: &str, password: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, body) = http(user, password, "SELECT 1");
@@ -94,7 +94,7 @@ fn wait_for_login(user: &str, password: &str) {
     }
 }
 
-fn in_list(accounts: &[&str]) -> String {
+pub(super) fn in_list(accounts: &[&str]) -> String {
     let quoted: Vec<String> = accounts.iter().map(|a| format!("'{a}'")).collect();
     quoted.join(", ")
 }
@@ -127,7 +127,7 @@ fn assert_sees_exactly(
     seen
 }
 
-struct UsersFile(PathBuf);
+pub(super) struct UsersFile(pub(super) PathBuf);
 
 impl Drop for UsersFile {
     // The test's users must not outlive it on a shared server.
@@ -260,7 +260,7 @@ async fn a_clients_user_reads_its_accounts_in_every_view_and_nothing_else() {
         &format!("DROP TABLE {a_user}.funnel_daily"),
         &readonly,
     );
-    refused(a.0, a.1, "SET prefer_localhost_replica = 1", &readonly);
+    refused(a.0, a.1, "SET prefer_localhost_replica = 0", &readonly);
     // Table functions would read as another user: `remote` as the
     // cluster's, `url` over HTTP.
     refused(

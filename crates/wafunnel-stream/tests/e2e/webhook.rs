@@ -486,3 +486,408 @@ async fn a_generated_campaign_sent_as_meta_does_gives_the_tables_of_its_canonica
     );
     super::assert_views_equal(&env_, &tables).await;
 }
+
+/// A signed-able webhook body of exactly `size` bytes: one text message of
+/// random letters, which compression cannot shrink.
+fn body_of_size(size: usize) -> Vec<u8> {
+    let head = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},"messages":[{"from":"5511987654321","id":"wamid.BIG","timestamp":"1772445660","type":"text","text":{"body":""#;
+    let tail = r#""}}]}}]}]}"#;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let letters = (0..size - head.len() - tail.len()).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b'a' + (x % 26) as u8
+    });
+    let body: Vec<u8> = head.bytes().chain(letters).chain(tail.bytes()).collect();
+    assert_eq!(body.len(), size);
+    body
+}
+
+/// The newest record of partition 0 of `topic`.
+fn newest(cfg: &Config, topic: &str) -> Vec<u8> {
+    use rdkafka::Message;
+    let consumer: BaseConsumer<LogContext> = kafka::client_config(&cfg.kafka)
+        .set("group.id", "webhook-limits-reader")
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(high - 1))
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_secs(30)) {
+            return message
+                .expect("record")
+                .payload()
+                .unwrap_or_default()
+                .to_vec();
+        }
+    }
+}
+
+fn receiver_toml(env_: &Env, port: u16, topic: &str, extra: &str) -> String {
+    format!(
+        "{}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\ntopic = \"{topic}\"\nstore_timeout_ms = 5000\nverify_token = \"{TOKEN}\"\napp_secret = \"{SECRET}\"\n{extra}\n",
+        env_.toml_again(),
+    )
+}
+
+async fn post(port: u16, body: Vec<u8>) -> u16 {
+    tokio::task::spawn_blocking(move || {
+        let signature = sign(&body);
+        request(
+            port,
+            "POST",
+            "/webhook",
+            &[("x-hub-signature-256", signature)],
+            &body,
+        )
+        .0
+    })
+    .await
+    .expect("join")
+}
+
+/// The largest body the receiver accepts is stored, on a topic made by
+/// `check --create-topics`; on a topic that holds less, the bodies it
+/// cannot hold are answered 413 at once (a permanent refusal), never 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn the_largest_accepted_body_is_stored_or_refused_413_never_503() {
+    let env_ = Env::new("wlimits", 1, 1).await;
+    let max = 1_048_576; // the default webhook.max_body_bytes
+    let sized = format!("{}-sized", env_.raw);
+    kafka::create_webhook_topic(
+        &env_.cfg.kafka,
+        &sized,
+        kafka::TopicLayout {
+            partitions: Some(1),
+            replication: None,
+        },
+        max,
+    )
+    .await
+    .expect("create topic");
+    let whole = "keep_message_contents = true";
+    for (topic, extra, size, want) in [
+        // Stored byte for byte: exactly the largest accepted body.
+        (sized.as_str(), whole, max, 200),
+        (sized.as_str(), whole, max + 1, 413),
+        // A topic with the broker's default limit (1,048,588).
+        (env_.raw.as_str(), whole, 1_000_500, 200),
+        (env_.raw.as_str(), whole, max, 413),
+        // Minimized, the same body is small.
+        (env_.raw.as_str(), "", max, 200),
+    ] {
+        let port = free_port();
+        let text = receiver_toml(&env_, port, topic, extra);
+        let cfg = Config::from_toml(&text).expect("config");
+        let shutdown = Shutdown::new();
+        let receiver = spawn_receiver(&text, port, &shutdown).await;
+        let body = body_of_size(size);
+        let before = stored(&cfg, topic);
+        let started = Instant::now();
+        let code = post(port, body.clone()).await;
+        assert_eq!(code, want, "{size} bytes to {topic} ({extra})");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "answered at once"
+        );
+        if want == 200 {
+            assert_eq!(stored(&cfg, topic), before + 1);
+            let record = newest(&cfg, topic);
+            if extra == whole {
+                assert!(record == body, "stored byte for byte");
+            } else {
+                assert!(record.len() < 1000, "{} bytes stored", record.len());
+                assert!(record.windows(9).any(|w| w == b"wamid.BIG"));
+            }
+        } else {
+            assert_eq!(stored(&cfg, topic), before, "nothing stored");
+        }
+        shutdown.stop();
+        receiver.await.expect("join").expect("receiver");
+    }
+}
+
+/// 1,100 connections trickling a body at a byte a second hold more than
+/// the 1,024 slots: a signed POST is still answered within 2 s; 200 idle
+/// connections on the operator port (64 slots): `/healthz` within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn slow_and_idle_connections_starve_neither_deliveries_nor_probes() {
+    use tokio::io::AsyncWriteExt;
+    let env_ = Env::new("wslow", 1, 1).await;
+    let port = free_port();
+    let text = receiver_toml(&env_, port, &env_.raw, "");
+    let cfg = Config::from_toml(&text).expect("config");
+    let shutdown = Shutdown::new();
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
+    let slow: Vec<_> = (0..1_100)
+        .map(|_| {
+            tokio::spawn(async move {
+                // Reconnects when dropped, as an attacker would.
+                loop {
+                    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    let head = format!("POST /webhook HTTP/1.1\r\nhost: x\r\nx-hub-signature-256: {}\r\ncontent-length: 100000\r\n\r\n", sign(b"x"));
+                    if s.write_all(head.as_bytes()).await.is_ok() {
+                        while s.write_all(b"x").await.is_ok() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = body_of_size(2_000);
+    let before = stored(&cfg, &env_.raw);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let code = post(port, body.clone()).await;
+        let took = started.elapsed();
+        assert_eq!(code, 200);
+        assert!(took < Duration::from_secs(2), "a signed POST took {took:?}");
+    }
+    assert_eq!(stored(&cfg, &env_.raw), before + 3);
+
+    let operator = wafunnel_runtime::http::start_operator(
+        "127.0.0.1:0".parse().expect("addr"),
+        "metrics.listen",
+    )
+    .await
+    .expect("operator port");
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(operator)
+                .await
+                .expect("connect"),
+        );
+    }
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = tokio::task::spawn_blocking(move || {
+            request(operator.port(), "GET", "/healthz", &[], b"")
+        })
+        .await
+        .expect("join");
+        let took = started.elapsed();
+        assert_eq!(answer.0, 200);
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    }
+    for task in slow {
+        task.abort();
+    }
+    drop(idle);
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+}
+
+/// A body with a profile name, a text and a location, from `number`, with
+/// `message` as its one message's extra fields.
+fn body_with_contents(number: &str, message: &str) -> Vec<u8> {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"metadata":{{"display_phone_number":"15550001111","phone_number_id":"{number}"}},"contacts":[{{"profile":{{"name":"Ana Souza"}},"wa_id":"5511987654321"}}],"messages":[{{"from":"5511987654321","type":"text","text":{{"body":"my secret plan"}},"location":{{"name":"Rua Secreta 12"}}{message}}}]}}}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// Webhook bodies as Meta sent them (a receiver that kept contents, or an
+/// earlier release), dead-lettered for every reason a body can have: no
+/// dead letter holds the phone number, the name or what was written, and
+/// each names its source record by digest, for a re-drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn dead_lettered_webhook_bodies_hold_no_phone_number_name_or_content() {
+    let env_ = Env::new("wdead", 1, 1).await;
+    let future = 4_102_444_800_i64; // 2100-01-01
+    let bodies: Vec<(Vec<u8>, &str)> = vec![
+        (
+            body_with_contents("999000111", r#","id":"wamid.U","timestamp":"1772445950""#),
+            "unknown_phone_number",
+        ),
+        (
+            b"Ana Souza 5511987654321: my secret plan".to_vec(),
+            "malformed",
+        ),
+        (
+            br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"contacts":[{"profile":{"name":"Ana Souza"},"wa_id":"5511987654321"}],"messages":[{"from":"5511987654321","text":{"body":"my secret plan"}}]}}]}]}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            body_with_contents("106540352242922", r#","timestamp":"1772445950""#),
+            "missing_field",
+        ),
+        (
+            body_with_contents("106540352242922", r#","id":"wamid.T","timestamp":"yesterday""#),
+            "invalid_field",
+        ),
+        (
+            body_with_contents("106540352242922", &format!(r#","id":"wamid.F","timestamp":"{future}""#)),
+            "future_timestamp",
+        ),
+        (
+            br#"{"object":"page","entry":[{"messaging":[{"sender":{"id":"5511987654321"},"message":{"text":"Ana: my secret plan"}}]}]}"#.to_vec(),
+            "invalid_field",
+        ),
+    ];
+    let records: Vec<Vec<u8>> = bodies.iter().map(|(b, _)| b.clone()).collect();
+    env_.produce(&env_.webhook, 1, &records).await;
+    let accounting = env_.run_pipeline(records.len() as u64).await;
+    assert_eq!(
+        accounting.dead_lettered,
+        records.len() as u64,
+        "{accounting:?}"
+    );
+    let letters = super::dead_letters(&env_, records.len()).await;
+    let hasher = wafunnel_core::config::UserHasher::new(super::HASH_KEY.as_bytes());
+    let contact = format!("#{:?}", hasher.hash("5511987654321"));
+    for (body, reason) in &bodies {
+        let digest = hasher.digest(body);
+        let letter = letters
+            .iter()
+            .find(|l| l.original_digest.as_deref() == Some(digest.as_str()))
+            .unwrap_or_else(|| panic!("no dead letter names {}", String::from_utf8_lossy(body)));
+        assert_eq!(letter.reason, *reason, "{}", letter.detail);
+        assert_eq!(letter.original_size, Some(body.len()));
+        let text = String::from_utf8_lossy(&letter.payload);
+        for gone in ["5511", "15550001111", "Ana", "Souza", "secret", "Rua"] {
+            assert!(!text.contains(gone), "{gone} in the payload {text}");
+            assert!(
+                !letter.detail.contains(gone),
+                "{gone} in the detail {}",
+                letter.detail
+            );
+        }
+        if text.contains("\"from\"") {
+            assert!(text.contains(&contact), "the contact keyed: {text}");
+        }
+        if *reason == "unknown_phone_number" {
+            assert!(letter.detail.contains("999000111"), "{}", letter.detail);
+            assert!(text.contains("wamid.U"), "ids are kept: {text}");
+        }
+    }
+}
+
+/// Bodies posted by 16 clients while the broker is killed with SIGKILL and
+/// started again: every body answered 200 is in the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and ClickHouse: run scripts/test.sh"]
+async fn every_acknowledged_body_survives_a_broker_sigkill() {
+    let env_ = Env::new("wkill", 1, 1).await;
+    let port = free_port();
+    let text = receiver_toml(&env_, port, &env_.webhook, "");
+    let cfg = Config::from_toml(&text).expect("config");
+    let shutdown = Shutdown::new();
+    let receiver = spawn_receiver(&text, port, &shutdown).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posters: Vec<_> = (0..16)
+        .map(|client| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::task::spawn_blocking(move || {
+                let mut acknowledged = Vec::new();
+                let mut refused = 0u32;
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("wamid.K{client}x{i}");
+                    let body = body_with_contents(
+                        "106540352242922",
+                        &format!(r#","id":"{id}","timestamp":"1772445950""#),
+                    );
+                    let signature = sign(&body);
+                    let (code, _) = request(
+                        port,
+                        "POST",
+                        "/webhook",
+                        &[("x-hub-signature-256", signature)],
+                        &body,
+                    );
+                    match code {
+                        200 => acknowledged.push(id),
+                        503 => {
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        other => panic!("answered {other}"),
+                    }
+                }
+                (acknowledged, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    local_script("kafka.sh", "crash");
+    // Until every client was acknowledged again after the restart.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for poster in posters {
+        let (ids, refused) = poster.await.expect("join");
+        acknowledged.extend(ids);
+        unavailable += refused;
+    }
+    eprintln!(
+        "{} bodies acknowledged, {unavailable} answered 503 while the broker was down",
+        acknowledged.len()
+    );
+    assert!(unavailable > 0, "the broker was down for a while");
+    shutdown.stop();
+    receiver.await.expect("join").expect("receiver");
+    assert!(
+        acknowledged.len() > 200,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    let consumer: BaseConsumer<LogContext> = kafka::client_config(&cfg.kafka)
+        .set("group.id", "webhook-kill-reader")
+        .set("isolation.level", "read_committed")
+        .create_with_context(LogContext)
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&env_.webhook, 0, rdkafka::Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    let total = stored(&cfg, &env_.webhook);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..total {
+        let message = loop {
+            if let Some(m) = consumer.poll(Duration::from_secs(30)) {
+                break m.expect("record");
+            }
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(rdkafka::Message::payload(&message).expect("payload"))
+                .expect("json");
+        let id = body["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        assert!(!body.to_string().contains("secret"), "stored minimized");
+        seen.insert(id);
+    }
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged bodies lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+}

@@ -1,4 +1,4 @@
--- wafunnel ClickHouse schema, migration 0012: the webhook phone number ids
+-- wafunnel ClickHouse schema, migration 0013: the webhook phone number ids
 -- no account is configured for, so the operator knows which to add. Same
 -- format rule as 0001: each statement ends with a semicolon at the end of a
 -- line, and no other semicolon appears in this file.
