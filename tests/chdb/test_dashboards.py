@@ -133,6 +133,14 @@ def load(db) -> int:
         f"('dead', 1, 'malformed', '{D2}', 1, 3)",
         f"('dead', 1, 'unknown_type', '{D3}', 4, 9)",
         f"('dead', 1, 'malformed', '{D5}', 1, 12)")
+    ins("unknown_phone_number_counts",
+        "worker_topic, worker_partition, phone_number_id, first_seen, last_seen, bodies, version",
+        f"('dead', 0, '406540352242922', toDateTime('{D1} 22:00:00', 'UTC'), "
+        f"toDateTime('{D2} 10:00:00', 'UTC'), 2, 4)",
+        f"('dead', 1, '406540352242922', toDateTime('{D3} 08:00:00', 'UTC'), "
+        f"toDateTime('{D3} 09:30:00', 'UTC'), 1, 2)",
+        f"('dead', 1, '506540352242922', toDateTime('{D5} 08:00:00', 'UTC'), "
+        f"toDateTime('{D5} 08:00:00', 'UTC'), 1, 3)")
     return now
 
 
@@ -215,6 +223,11 @@ EXPECTED = {
     "dead_letters": (
         ["day", "reason", "dead_letters"],
         [(D2, "malformed", 3), (D3, "unknown_type", 4)],
+    ),
+    # Over every partition; an id last seen after the range is not listed.
+    "unknown_phone_numbers": (
+        ["phone_number_id", "first_seen", "last_seen", "bodies"],
+        [("406540352242922", f"{D1} 22:00:00", f"{D3} 09:30:00", 3)],
     ),
 }
 

@@ -571,6 +571,10 @@ TABLE_COLUMNS = {
         "worker_topic String, worker_partition UInt32, reason String, day Date, "
         "records UInt64, version UInt64"
     ),
+    "unknown_phone_number_counts": (
+        "worker_topic String, worker_partition UInt32, phone_number_id String, "
+        "first_seen DateTime('UTC'), last_seen DateTime('UTC'), bodies UInt64, version UInt64"
+    ),
 }
 
 TABLE_KEYS = {
@@ -588,6 +592,8 @@ TABLE_KEYS = {
     "capi_exports": ("ReplacingMergeTree", "export_id"),
     "dead_letter_reasons": ("ReplacingMergeTree",
                             "worker_topic, worker_partition, reason, day"),
+    "unknown_phone_number_counts": ("ReplacingMergeTree",
+                                    "worker_topic, worker_partition, phone_number_id"),
 }
 
 
@@ -662,6 +668,8 @@ def test_migrations_are_rerunnable(db):
         "record_accounting": "ReplacingMergeTree",
         "schema_migrations": "MergeTree",
         "spend_snapshots": "ReplacingMergeTree",
+        "unknown_phone_number_counts": "ReplacingMergeTree",
+        "unknown_phone_numbers": "View",
     }
 
 
@@ -945,6 +953,34 @@ def test_dead_letters_daily_sums_the_latest_count_of_every_partition(db):
     _assert_rows(rows, expected)
     db.execute("OPTIMIZE TABLE dead_letter_reasons FINAL")
     _assert_rows(_select_view(db, "dead_letters_daily", "day, reason")[1], expected)
+
+
+def test_unknown_phone_numbers_lists_each_id_over_every_partition(db):
+    apply_migrations(db)
+    cols = "worker_topic, worker_partition, phone_number_id, first_seen, last_seen, bodies, version"
+    # Partition 0 saw the id twice by offset 4, then three times by offset 7;
+    # a replay rewrote the older row after the newer one. Partition 1 saw it
+    # earlier and later, and another id once.
+    db.execute(f"INSERT INTO unknown_phone_number_counts ({cols}) VALUES "
+               "('dead', 0, '406540352242922', 1772445600, 1772449200, 2, 4), "
+               "('dead', 0, '406540352242922', 1772445600, 1772452800, 3, 7)")
+    db.execute(f"INSERT INTO unknown_phone_number_counts ({cols}) VALUES "
+               "('dead', 0, '406540352242922', 1772445600, 1772449200, 2, 4), "
+               "('dead', 1, '406540352242922', 1772442000, 1772456400, 1, 2), "
+               "('dead', 1, '506540352242922', 1772460000, 1772460000, 1, 3)")
+    names, types, rows = db.query(
+        "SELECT phone_number_id, toString(first_seen), toString(last_seen), bodies "
+        "FROM unknown_phone_numbers ORDER BY phone_number_id")
+    expected = [("406540352242922", "2026-03-02 09:00:00", "2026-03-02 13:00:00", 4),
+                ("506540352242922", "2026-03-02 14:00:00", "2026-03-02 14:00:00", 1)]
+    _assert_rows(rows, expected)
+    columns, _ = _select_view(db, "unknown_phone_numbers", "phone_number_id")
+    assert columns == [("phone_number_id", "String"), ("first_seen", "DateTime('UTC')"),
+                       ("last_seen", "DateTime('UTC')"), ("bodies", "Int64")]
+    db.execute("OPTIMIZE TABLE unknown_phone_number_counts FINAL")
+    _assert_rows(db.query(
+        "SELECT phone_number_id, toString(first_seen), toString(last_seen), bodies "
+        "FROM unknown_phone_numbers ORDER BY phone_number_id")[2], expected)
 
 
 def test_revenue_daily(loaded):

@@ -698,6 +698,17 @@ impl Sessionizer {
         self.settings.get(account_id)
     }
 
+    /// The windows it counts with.
+    pub fn windows(&self) -> Windows {
+        self.windows
+    }
+
+    /// The accounts with an event applied so far: the only ones whose
+    /// settings the state depends on.
+    pub fn account_ids(&self) -> impl Iterator<Item = &str> {
+        self.accounts.iter().map(|a| &*a.id)
+    }
+
     /// Sizes of the state.
     pub fn stats(&self) -> StateStats {
         let mut stats = StateStats {

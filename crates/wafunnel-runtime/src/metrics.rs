@@ -106,6 +106,12 @@ impl CapiCounters {
     }
 }
 
+/// A dead letter's `wafunnel.reason`: one of the fixed codes ingest writes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportStatus {
     status: &'static str,
@@ -161,6 +167,8 @@ pub struct Metrics {
     pub webhook: WebhookCounters,
     /// Conversions API exports and requests.
     pub capi: CapiCounters,
+    /// Dead letters counted by sessionize, by reason.
+    dead_letters: Family<Reason, Counter>,
     /// 1 while the service is ready (consuming, and its outputs acknowledged).
     ready: Gauge,
 }
@@ -256,6 +264,17 @@ impl Metrics {
             waiting_credential,
             refused_credentials,
         };
+        let dead_letters = Family::<Reason, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Dead letters counted by sessionize, by reason",
+            dead_letters.clone(),
+        );
+        // An empty family is not rendered: one series from the start, so
+        // the family is served before the first dead letter.
+        drop(dead_letters.get_or_create(&Reason {
+            reason: "other".into(),
+        }));
         let snapshot_bytes = Counter::default();
         registry.register(
             "snapshot_bytes",
@@ -279,6 +298,7 @@ impl Metrics {
         Metrics {
             webhook,
             capi,
+            dead_letters,
             snapshots_written,
             snapshots_failed,
             restores_from_snapshot,
@@ -333,6 +353,21 @@ impl Metrics {
         }
     }
 
+    /// The counter of dead letters of `reason` (`wafunnel_dead_letters_total`).
+    /// A reason that is not a code (lowercase letters and underscores, at
+    /// most 40) is counted as `other`, so no header can add series at will.
+    pub fn dead_letters(&self, reason: &str) -> Counter {
+        let code = !reason.is_empty()
+            && reason.len() <= 40
+            && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        let reason = if code { reason } else { "other" };
+        self.dead_letters
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+
     /// Marks the service ready or not (`/readyz` and `wafunnel_ready`).
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
@@ -378,6 +413,7 @@ pub const FAMILIES: &[&str] = &[
     "wafunnel_capi_requests_total",
     "wafunnel_capi_waiting_credential_exports",
     "wafunnel_capi_refused_credentials",
+    "wafunnel_dead_letters_total",
 ];
 
 #[cfg(test)]
@@ -402,5 +438,24 @@ mod tests {
         assert!(text.contains("wafunnel_ready 1"), "{text}");
         assert!(text.contains("wafunnel_flush_seconds_count 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn dead_letters_are_counted_by_reason_code_and_anything_else_as_other() {
+        let m = metrics();
+        m.dead_letters("unknown_phone_number").inc();
+        m.dead_letters("unknown_phone_number").inc();
+        m.dead_letters("Not A Code 5511999999999").inc();
+        m.dead_letters(&"x".repeat(41)).inc();
+        let text = m.render();
+        assert!(
+            text.contains("wafunnel_dead_letters_total{reason=\"unknown_phone_number\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wafunnel_dead_letters_total{reason=\"other\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("5511999999999"), "{text}");
     }
 }

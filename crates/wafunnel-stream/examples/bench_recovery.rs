@@ -12,7 +12,9 @@
 //! snapshot to a fresh state topic, then RUNS times: produces one new event
 //! to the internal partition, starts `sessionize::run` and times until that
 //! event is applied (group join, snapshot read and decoded, first record),
-//! then stops it (which writes a new snapshot). Prints `key=value` lines.
+//! then stops it (which writes a new snapshot). Each run's configuration
+//! lists one more account, with a phone number, than the one before: the
+//! restart of an agency onboarding a client. Prints `key=value` lines.
 
 use std::time::{Duration, Instant};
 
@@ -138,7 +140,11 @@ snapshot_interval_ms = 3600000
     let mut restart = Vec::new();
     let mut restore = Vec::new();
     let mut stop = Vec::new();
+    let mut onboarded = text.clone();
     for run in 0..runs {
+        onboarded.push_str(&format!(
+            "[[accounts]]\nid = \"act_new_{run}\"\ncurrency = \"EUR\"\ntime_zone = \"Europe/Madrid\"\nphone_number_ids = [\"90{run}\"]\n"
+        ));
         let probe = click(
             conversations + u64::from(run),
             T0 + 3_600_000 + i64::from(run),
@@ -164,9 +170,10 @@ snapshot_interval_ms = 3600000
 
         let applied_before = metrics().sessionize_applied.get();
         let restore_before = metrics().restore_seconds.get();
+        let restores_before = metrics().restores_from_snapshot.get();
         let shutdown = Shutdown::new();
         let stop_tx = shutdown.clone();
-        let run_cfg = Config::from_toml(&text).expect("config");
+        let run_cfg = Config::from_toml(&onboarded).expect("config");
         let started = Instant::now();
         let service =
             tokio::spawn(async move { wafunnel_stream::sessionize::run(&run_cfg, shutdown).await });
@@ -179,6 +186,11 @@ snapshot_interval_ms = 3600000
         }
         let to_processing = started.elapsed().as_secs_f64();
         let restore_secs = metrics().restore_seconds.get() - restore_before;
+        assert_eq!(
+            metrics().restores_from_snapshot.get(),
+            restores_before + 1,
+            "the partition was restored from its snapshot"
+        );
         let stopping = Instant::now();
         stop_tx.stop();
         service.await.expect("join").expect("sessionize");
@@ -192,10 +204,22 @@ snapshot_interval_ms = 3600000
     }
     if runs > 0 {
         println!(
+            "range restart_to_processing_seconds={} restore_seconds={} stop_with_snapshot_seconds={}",
+            range(&restart),
+            range(&restore),
+            range(&stop)
+        );
+        println!(
             "median restart_to_processing_seconds={:.2} restore_seconds={:.2} stop_with_snapshot_seconds={:.2}",
             median(restart),
             median(restore),
             median(stop)
         );
     }
+}
+
+fn range(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}-{max:.2}")
 }

@@ -66,7 +66,9 @@ use crate::check::CANARY_ACCOUNT;
 use crate::exports::{ExportError, ExportProducer};
 use crate::in_flight::{InFlight, Settled};
 use crate::internal;
-use crate::sink::{Batch, CanaryWrite, LateWrite, OutcomeWrite, ReasonWrite, Sink, SinkError};
+use crate::sink::{
+    Batch, CanaryWrite, LateWrite, OutcomeWrite, ReasonWrite, Sink, SinkError, UnknownNumberWrite,
+};
 use crate::state::{OutcomeCount, SnapshotError, StateStore};
 use wafunnel_runtime::config::Config;
 use wafunnel_runtime::error::{Classify, Fault};
@@ -158,14 +160,40 @@ impl Worker {
 /// The counts per reason and day are kept the same way, each with the
 /// offset below which it holds every dead letter of its key (its version
 /// when restored): a dead letter below it, consumed again after a restart,
-/// is already in the count and is not added twice.
+/// is already in the count and is not added twice. So are the bodies of
+/// each unknown phone number id, with the first and last time seen.
 #[derive(Debug, Default)]
 struct DeadLetterWorker {
     next_offset: i64,
     counts: BTreeMap<SourceKey, u64>,
     reasons: BTreeMap<ReasonKey, ReasonTally>,
+    unknown_numbers: BTreeMap<String, NumberTally>,
     dirty: bool,
     restored: bool,
+}
+
+/// The `unknown_phone_number` dead letters of one phone number id.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct NumberTally {
+    bodies: u64,
+    /// Kafka timestamps, in seconds, of the first and last counted.
+    first_seen: u32,
+    last_seen: u32,
+    /// Every dead letter of the id below this offset is in `bodies`.
+    counted_below: i64,
+    /// Changed since the last batch.
+    changed: bool,
+}
+
+/// A dead letter as the worker counts it.
+#[derive(Debug)]
+struct DeadLetter {
+    source: SourceKey,
+    reason: ReasonKey,
+    /// The phone number id of an `unknown_phone_number` one.
+    unknown_number: Option<String>,
+    /// Its Kafka timestamp, in seconds.
+    seconds: u32,
 }
 
 /// A dead letter's reason and the UTC day (days since 1970-01-01) of its
@@ -183,16 +211,61 @@ struct ReasonTally {
 
 impl DeadLetterWorker {
     /// Counts the dead letter at `offset`.
-    fn count(&mut self, source: SourceKey, reason: ReasonKey, offset: i64) {
-        *self.counts.entry(source).or_default() += 1;
-        let tally = self.reasons.entry(reason).or_default();
+    fn count(&mut self, letter: DeadLetter, offset: i64) {
+        *self.counts.entry(letter.source).or_default() += 1;
+        let reason = letter.reason.0.clone();
+        let tally = self.reasons.entry(letter.reason).or_default();
         if offset >= tally.counted_below {
             tally.records += 1;
             tally.changed = true;
+            metrics().dead_letters(&reason).inc();
+        }
+        if let Some(number) = letter.unknown_number {
+            let tally = self.unknown_numbers.entry(number).or_default();
+            if offset >= tally.counted_below {
+                tally.first_seen = if tally.bodies == 0 {
+                    letter.seconds
+                } else {
+                    tally.first_seen.min(letter.seconds)
+                };
+                tally.last_seen = tally.last_seen.max(letter.seconds);
+                tally.bodies += 1;
+                tally.changed = true;
+            }
         }
         self.next_offset = offset + 1;
         self.dirty = true;
     }
+}
+
+/// How a dead letter is counted: its source, reason and day, and for
+/// `unknown_phone_number` the id its detail names ("phone_number_id
+/// `<id>` is not configured for any account").
+fn dead_letter(message: &BorrowedMessage<'_>) -> DeadLetter {
+    let reason = reason_key(message);
+    let unknown_number = (reason.0 == "unknown_phone_number")
+        .then(|| kafka::header(message, kafka::DETAIL).and_then(named_number))
+        .flatten();
+    let ms = message.timestamp().to_millis().unwrap_or(0);
+    DeadLetter {
+        source: source(message),
+        reason,
+        unknown_number,
+        seconds: u32::try_from(ms.div_euclid(1000)).unwrap_or(0),
+    }
+}
+
+/// The id in "phone_number_id `<id>` ...", if it is one (up to 64
+/// characters, without spaces or backticks; `<withheld>` is not).
+fn named_number(detail: &str) -> Option<String> {
+    let rest = detail.strip_prefix("phone_number_id `")?;
+    let (id, _) = rest.split_once('`')?;
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    valid.then(|| id.to_owned())
 }
 
 /// The reason and day of a dead letter.
@@ -247,7 +320,7 @@ impl ConsumerContext for SessionizeContext {
                     .collect();
                 // Partitions are restored side by side: reading a snapshot
                 // waits on the broker as much as it decodes.
-                let restored: Vec<(u32, Worker)> = blocking(|| {
+                let restored: Vec<(u32, Option<Worker>)> = blocking(|| {
                     std::thread::scope(|scope| {
                         let restoring: Vec<_> = internal
                             .iter()
@@ -261,13 +334,19 @@ impl ConsumerContext for SessionizeContext {
                                         partition = p,
                                         "restore failed, replaying the partition from its beginning"
                                     );
-                                    self.fresh(p)
+                                    Some(self.fresh(p))
                                 });
                                 (p, worker)
                             })
                             .collect()
                     })
                 });
+                // A refused partition is not assigned: nothing of it is
+                // counted under the new settings before the loop stops.
+                let restored: Vec<(u32, Worker)> = restored
+                    .into_iter()
+                    .filter_map(|(p, worker)| Some((p, worker?)))
+                    .collect();
                 let mut assignment = TopicPartitionList::new();
                 let mut paused = TopicPartitionList::new();
                 for (partition, worker) in &restored {
@@ -454,7 +533,7 @@ impl SessionizeContext {
         };
         if worker.next_offset < low {
             let message = format!(
-                "internal partition {partition} would resume at offset {} but its records before {low} were deleted (no usable state snapshot: changed windows or accounts, or a lost state topic); rebuild it from the raw topics (README: rebuilding)",
+                "internal partition {partition} would resume at offset {} but its records before {low} were deleted (no usable state snapshot: changed windows, or a lost state topic); rebuild it from the raw topics (README: rebuilding)",
                 worker.next_offset
             );
             tracing::error!(
@@ -482,7 +561,9 @@ impl SessionizeContext {
         }
     }
 
-    fn restore(&self, partition: u32) -> Worker {
+    /// The partition's worker, or `None` (and the service stopping) if its
+    /// snapshot refuses the configured settings.
+    fn restore(&self, partition: u32) -> Option<Worker> {
         let started = Instant::now();
         match self.store.load(partition, self.windows, &self.accounts) {
             Ok(Some(restored)) => {
@@ -513,7 +594,7 @@ impl SessionizeContext {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "state restored from snapshot"
                 );
-                Worker {
+                Some(Worker {
                     sessionizer: restored.sessionizer,
                     next_offset: restored.next_offset,
                     outcomes,
@@ -523,7 +604,7 @@ impl SessionizeContext {
                     last_snapshot: Instant::now(),
                     snapshot_offset: Some(restored.next_offset),
                     deletable_below: None,
-                }
+                })
             }
             Ok(None) => {
                 metrics().restores_from_beginning.inc();
@@ -531,7 +612,13 @@ impl SessionizeContext {
                     partition,
                     "no snapshot, replaying the partition from its beginning"
                 );
-                self.fresh(partition)
+                Some(self.fresh(partition))
+            }
+            Err(e @ SnapshotError::AccountSettingsChanged { .. }) => {
+                tracing::error!(partition, error = %e, "account settings changed");
+                let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                fatal.get_or_insert(e.to_string());
+                None
             }
             Err(e) => {
                 metrics().restores_from_beginning.inc();
@@ -540,7 +627,7 @@ impl SessionizeContext {
                     error = %e,
                     "snapshot unusable, replaying the partition from its beginning"
                 );
-                self.fresh(partition)
+                Some(self.fresh(partition))
             }
         }
     }
@@ -641,6 +728,18 @@ impl Partitions {
                     reason: reason.clone(),
                     day: *day,
                     records: tally.records,
+                    version: worker.next_offset as u64,
+                });
+            }
+            for (number, tally) in worker.unknown_numbers.iter_mut().filter(|(_, t)| t.changed) {
+                tally.changed = false;
+                batch.unknown_numbers.push(UnknownNumberWrite {
+                    worker_topic: dead.to_owned(),
+                    worker_partition: partition,
+                    phone_number_id: number.clone(),
+                    first_seen: tally.first_seen,
+                    last_seen: tally.last_seen,
+                    bodies: tally.bodies,
                     version: worker.next_offset as u64,
                 });
             }
@@ -786,7 +885,7 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                 }
                 in_batch += 1;
                 processed += 1;
-                worker.count(source(&message), reason_key(&message), message.offset());
+                worker.count(dead_letter(&message), message.offset());
                 metrics().sessionize_dead_lettered.inc();
                 continue;
             }
@@ -931,9 +1030,10 @@ async fn restore_dead_letter_counts(
         let read = async {
             let counts = sink.dead_letter_counts(dead, partition).await?;
             let reasons = sink.dead_letter_reasons(dead, partition).await?;
-            Ok::<_, SinkError>((counts, reasons))
+            let numbers = sink.unknown_phone_numbers(dead, partition).await?;
+            Ok::<_, SinkError>((counts, reasons, numbers))
         };
-        let (counts, reasons) = match read.await {
+        let (counts, reasons, numbers) = match read.await {
             Ok(read) => read,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(partition, error = %e, "cannot read dead-letter counts yet, retrying");
@@ -961,6 +1061,19 @@ async fn restore_dead_letter_counts(
                         changed: false,
                     };
                     ((r.reason, r.day), tally)
+                })
+                .collect();
+            worker.unknown_numbers = numbers
+                .into_iter()
+                .map(|n| {
+                    let tally = NumberTally {
+                        bodies: n.bodies,
+                        first_seen: n.first_seen,
+                        last_seen: n.last_seen,
+                        counted_below: n.version as i64,
+                        changed: false,
+                    };
+                    (n.phone_number_id, tally)
                 })
                 .collect();
             worker.next_offset = next_offset;
@@ -1173,6 +1286,8 @@ async fn flush(
 
 #[cfg(test)]
 mod tests {
+    use wafunnel_core::event::Rejection;
+
     use super::*;
 
     fn worker(next_offset: i64, dirty: bool) -> Worker {
@@ -1231,6 +1346,16 @@ mod tests {
                         changed: true,
                     },
                 )]),
+                unknown_numbers: BTreeMap::from([(
+                    "406540352242922".to_owned(),
+                    NumberTally {
+                        bodies: 1,
+                        first_seen: 100,
+                        last_seen: 100,
+                        counted_below: 0,
+                        changed: true,
+                    },
+                )]),
                 dirty: true,
                 restored: true,
             },
@@ -1259,6 +1384,18 @@ mod tests {
             .map(|r| (r.reason.as_str(), r.day, r.records, r.version))
             .collect();
         assert_eq!(reasons, [("malformed", 20514, 2, 2)]);
+        assert_eq!(
+            batch.unknown_numbers,
+            [UnknownNumberWrite {
+                worker_topic: "dead".into(),
+                worker_partition: 0,
+                phone_number_id: "406540352242922".into(),
+                first_seen: 100,
+                last_seen: 100,
+                bodies: 1,
+                version: 2,
+            }]
+        );
         assert_eq!(
             offsets(&committed),
             [
@@ -1291,11 +1428,16 @@ mod tests {
             ..DeadLetterWorker::default()
         };
         let source = || ("raw".to_owned(), 0);
-        let malformed = || ("malformed".to_owned(), 20514);
-        worker.count(source(), malformed(), 8);
-        worker.count(source(), malformed(), 9);
-        worker.count(source(), malformed(), 10);
-        worker.count(source(), ("unknown_type".to_owned(), 20515), 11);
+        let letter = |reason: &str, day| DeadLetter {
+            source: source(),
+            reason: (reason.to_owned(), day),
+            unknown_number: None,
+            seconds: 0,
+        };
+        worker.count(letter("malformed", 20514), 8);
+        worker.count(letter("malformed", 20514), 9);
+        worker.count(letter("malformed", 20514), 10);
+        worker.count(letter("unknown_type", 20515), 11);
         let tallies: Vec<(&str, u16, u64)> = worker
             .reasons
             .iter()
@@ -1307,5 +1449,65 @@ mod tests {
         );
         assert_eq!(worker.counts[&source()], 4);
         assert_eq!(worker.next_offset, 12);
+    }
+
+    #[test]
+    fn unknown_numbers_are_tallied_once_with_their_first_and_last_time() {
+        // Restored: 2 bodies of the id below offset 5, seen at 100 and 200.
+        let number = "406540352242922";
+        let mut worker = DeadLetterWorker {
+            next_offset: 4,
+            unknown_numbers: BTreeMap::from([(
+                number.to_owned(),
+                NumberTally {
+                    bodies: 2,
+                    first_seen: 100,
+                    last_seen: 200,
+                    counted_below: 5,
+                    changed: false,
+                },
+            )]),
+            restored: true,
+            ..DeadLetterWorker::default()
+        };
+        let letter = |id: Option<&str>, seconds| DeadLetter {
+            source: ("raw-webhook".to_owned(), 0),
+            reason: ("unknown_phone_number".to_owned(), 0),
+            unknown_number: id.map(str::to_owned),
+            seconds,
+        };
+        worker.count(letter(Some(number), 200), 4);
+        worker.count(letter(Some(number), 90), 5);
+        worker.count(letter(Some(number), 300), 6);
+        worker.count(letter(Some("506540352242922"), 250), 7);
+        worker.count(letter(None, 260), 8);
+        let tallies: Vec<(&str, u64, u32, u32)> = worker
+            .unknown_numbers
+            .iter()
+            .map(|(id, t)| (id.as_str(), t.bodies, t.first_seen, t.last_seen))
+            .collect();
+        assert_eq!(
+            tallies,
+            [(number, 4, 90, 300), ("506540352242922", 1, 250, 250)]
+        );
+    }
+
+    #[test]
+    fn the_detail_names_the_number_and_nothing_else_is_taken_for_one() {
+        let detail = |rejection: &Rejection| crate::dead_letter::detail(rejection);
+        let unknown = Rejection::UnknownPhoneNumber("406540352242922".into());
+        assert_eq!(
+            named_number(&detail(&unknown)).as_deref(),
+            Some("406540352242922")
+        );
+        assert_eq!(
+            named_number("phone_number_id `<withheld>` is not configured"),
+            None
+        );
+        assert_eq!(named_number("field `user_id` is missing"), None);
+        assert_eq!(
+            named_number(&format!("phone_number_id `{}`", "9".repeat(65))),
+            None
+        );
     }
 }

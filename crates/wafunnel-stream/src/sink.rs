@@ -166,6 +166,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "capi_waiting_exports",
         include_str!("../../../schemas/clickhouse/0012_capi_waiting_exports.sql"),
     ),
+    (
+        13,
+        "unknown_phone_numbers",
+        include_str!("../../../schemas/clickhouse/0013_unknown_phone_numbers.sql"),
+    ),
 ];
 
 /// Splits a migration into statements: each ends with `;` at the end of a line.
@@ -618,6 +623,35 @@ pub struct ReasonWrite {
     pub version: u64,
 }
 
+/// The `unknown_phone_number` dead letters of one phone number id on one
+/// dead-letter partition: every such dead letter below offset `version`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnknownNumberCount {
+    /// The phone number id.
+    pub phone_number_id: String,
+    /// Kafka timestamp of the first, in seconds.
+    pub first_seen: u32,
+    /// Kafka timestamp of the last, in seconds.
+    pub last_seen: u32,
+    /// Dead letters counted.
+    pub bodies: u64,
+    /// The dead-letter partition's next offset when it was written.
+    pub version: u64,
+}
+
+/// An [`UnknownNumberCount`] of one dead-letter partition, as written.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct UnknownNumberWrite {
+    pub worker_topic: String,
+    pub worker_partition: u32,
+    pub phone_number_id: String,
+    pub first_seen: u32,
+    pub last_seen: u32,
+    pub bodies: u64,
+    pub version: u64,
+}
+
 /// A `wafunnel check` canary that reached sessionize (never applied).
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CanaryWrite {
@@ -657,6 +691,8 @@ pub struct Batch {
     pub outcomes: Vec<OutcomeWrite>,
     /// Dead-letter counts per reason and day that changed.
     pub reasons: Vec<ReasonWrite>,
+    /// Unknown phone number counts that changed.
+    pub unknown_numbers: Vec<UnknownNumberWrite>,
     /// `wafunnel check` canaries seen.
     pub canaries: Vec<CanaryWrite>,
 }
@@ -668,6 +704,7 @@ impl Batch {
             && self.late.is_empty()
             && self.outcomes.is_empty()
             && self.reasons.is_empty()
+            && self.unknown_numbers.is_empty()
             && self.canaries.is_empty()
     }
 }
@@ -788,6 +825,30 @@ impl Sink {
             .bind(dead_letter_topic)
             .bind(partition)
             .fetch_all::<ReasonCount>()
+            .await?)
+    }
+
+    /// The unknown phone number counts this pipeline last wrote for one
+    /// partition of the dead-letter topic (empty if none).
+    pub async fn unknown_phone_numbers(
+        &self,
+        dead_letter_topic: &str,
+        partition: u32,
+    ) -> Result<Vec<UnknownNumberCount>, SinkError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT phone_number_id, \
+                 toUInt32(argMax(first_seen, version)) AS last_first, \
+                 toUInt32(argMax(last_seen, version)) AS last_last, \
+                 argMax(bodies, version) AS last_bodies, max(version) AS last_version \
+                 FROM unknown_phone_number_counts \
+                 WHERE worker_topic = ? AND worker_partition = ? \
+                 GROUP BY phone_number_id",
+            )
+            .bind(dead_letter_topic)
+            .bind(partition)
+            .fetch_all::<UnknownNumberCount>()
             .await?)
     }
 
@@ -925,6 +986,12 @@ impl Sink {
         // its record_outcomes rows reached, so its reason counts must be
         // there by then (counts written further are recognised on restore).
         write_all::<ReasonWrite>(&self.db, "dead_letter_reasons", &batch.reasons).await?;
+        write_all::<UnknownNumberWrite>(
+            &self.db,
+            "unknown_phone_number_counts",
+            &batch.unknown_numbers,
+        )
+        .await?;
         write_all::<OutcomeWrite>(&self.db, "record_outcomes", &batch.outcomes).await?;
         write_all::<CanaryWrite>(&self.db, "check_canaries", &batch.canaries).await?;
         Ok(())

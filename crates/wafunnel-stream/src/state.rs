@@ -17,10 +17,19 @@
 //!   the slot the manifest names intact; compaction keeps the newest record
 //!   per key, so the topic holds about two snapshots per partition.
 //! - A manifest whose chunks do not all match (another writer, a torn write,
-//!   a different configuration or format) is not used: the partition is
+//!   other windows, an unknown format) is not used: the partition is
 //!   replayed from its beginning instead, which is slower but exact.
+//! - Settings: the manifest names the windows that change numbers (gap,
+//!   lateness, attribution) and the currency and time zone of each account
+//!   in the state. Accounts, phone numbers, clients or Conversions API
+//!   destinations added since do not matter: an account absent from the
+//!   state counts from its first event on. An account of the state whose
+//!   currency or time zone changed is refused
+//!   ([`SnapshotError::AccountSettingsChanged`]): its numbers so far were
+//!   counted under the old ones, and neither resuming nor replaying from a
+//!   truncated log would be exact.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -32,7 +41,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use wafunnel_core::config::{Accounts, Windows};
+use wafunnel_core::config::{AccountSettings, Accounts, Windows};
 use wafunnel_core::sessionizer::{Sessionizer, StateError};
 
 use wafunnel_runtime::config::Config;
@@ -40,8 +49,15 @@ use wafunnel_runtime::kafka::{self, LogContext};
 
 /// Bytes per chunk record: well under the broker's default 1 MB record limit.
 const CHUNK_BYTES: usize = 512 * 1024;
-/// Layout of the manifest and chunks; a different one is never read.
-const FORMAT: u32 = 1;
+/// Layout of the manifest and chunks written.
+///
+/// 1: one fingerprint of the windows and of every configured account
+/// (phone numbers included), so any account added made it unusable.
+/// 2: the windows and each account of the state, compared one by one.
+const FORMAT: u32 = 2;
+/// The oldest layout still read: the chunks are the same, and a format 1
+/// manifest is used when the settings are still those it was written under.
+const OLDEST_FORMAT: u32 = 1;
 /// Longest wait for a snapshot's records to be acknowledged, or for a restore to read them.
 const KAFKA_WAIT: Duration = Duration::from_secs(120);
 
@@ -65,6 +81,66 @@ pub enum SnapshotError {
         /// What did not match.
         reason: String,
     },
+    /// An account of the state now has another currency or time zone. Fatal
+    /// for the service, and the operator's to fix: the partition is neither
+    /// resumed nor replayed, since its rows so far were counted under the
+    /// old settings.
+    #[error(
+        "account {account} was counted as {saved} and is now configured as {configured} (internal partition {partition}): configure {saved} again, or rebuild as the README's \"Rebuilding after a settings change\" says"
+    )]
+    AccountSettingsChanged {
+        /// Internal partition.
+        partition: u32,
+        /// The account id.
+        account: String,
+        /// Its currency and time zone in the snapshot.
+        saved: SavedAccount,
+        /// Its currency and time zone now.
+        configured: SavedAccount,
+    },
+}
+
+/// The windows a state depends on, in milliseconds. The Conversions API
+/// delay is not one: it only decides when exports are emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedWindows {
+    gap_ms: i64,
+    lateness_ms: i64,
+    attribution_window_ms: i64,
+}
+
+impl From<Windows> for SavedWindows {
+    fn from(w: Windows) -> Self {
+        SavedWindows {
+            gap_ms: w.gap_ms,
+            lateness_ms: w.lateness_ms,
+            attribution_window_ms: w.attribution_window_ms,
+        }
+    }
+}
+
+/// An account's settings as a snapshot records them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedAccount {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// IANA zone name.
+    pub time_zone: String,
+}
+
+impl From<AccountSettings> for SavedAccount {
+    fn from(a: AccountSettings) -> Self {
+        SavedAccount {
+            currency: a.currency.as_str().to_owned(),
+            time_zone: a.time_zone.name().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SavedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.currency, self.time_zone)
+    }
 }
 
 /// One cumulative record-outcome count of a partition.
@@ -90,9 +166,65 @@ struct Manifest {
     chunks: u32,
     bytes: u64,
     checksum: u64,
-    fingerprint: u64,
+    /// Format 1: the hash of the settings it was written under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<u64>,
+    /// Format 2: the windows it was written under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    windows: Option<SavedWindows>,
+    /// Format 2: the settings of every account in the state.
+    #[serde(default)]
+    accounts: BTreeMap<String, SavedAccount>,
     next_offset: i64,
     outcomes: Vec<OutcomeCount>,
+}
+
+/// The settings a manifest is checked against.
+struct Current<'a> {
+    windows: SavedWindows,
+    accounts: &'a Accounts,
+    /// What format 1 would have written under these settings.
+    legacy_fingerprint: u64,
+}
+
+impl Manifest {
+    /// Whether its state may be resumed under `current`.
+    fn check(&self, partition: u32, current: &Current<'_>) -> Result<(), SnapshotError> {
+        let unusable = |reason: String| SnapshotError::Unusable { partition, reason };
+        if !(OLDEST_FORMAT..=FORMAT).contains(&self.format) || self.partition != partition {
+            return Err(unusable(format!(
+                "format {} of partition {}",
+                self.format, self.partition
+            )));
+        }
+        if self.format == 1 {
+            return if self.fingerprint == Some(current.legacy_fingerprint) {
+                Ok(())
+            } else {
+                Err(unusable(
+                    "written by an earlier release under other windows or accounts".into(),
+                ))
+            };
+        }
+        if self.windows != Some(current.windows) {
+            return Err(unusable(format!(
+                "written under other windows ({:?}, now {:?})",
+                self.windows, current.windows
+            )));
+        }
+        for (account, saved) in &self.accounts {
+            let configured = SavedAccount::from(current.accounts.get(account));
+            if *saved != configured {
+                return Err(SnapshotError::AccountSettingsChanged {
+                    partition,
+                    account: account.clone(),
+                    saved: saved.clone(),
+                    configured,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A partition's state as read back.
@@ -145,7 +277,7 @@ pub struct StateStore {
     restore_group: String,
     topic: String,
     topic_partitions: i32,
-    fingerprint: u64,
+    legacy_fingerprint: u64,
     writer: u64,
     producer: ThreadedProducer<DeliveryContext>,
 }
@@ -168,16 +300,12 @@ impl StateStore {
             .set("linger.ms", "5")
             .create_with_context(DeliveryContext::default())
             .map_err(kafka::redact)?;
-        // The settings the state depends on: a snapshot taken under other
-        // settings would resume into different numbers, so it is not used.
-        let fingerprint =
-            xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}", cfg.windows, cfg.accounts).as_bytes());
         Ok(StateStore {
             cfg: cfg.kafka.clone(),
             restore_group: format!("{}-restore", cfg.kafka.sessionize_group),
             topic: cfg.topics.state.clone(),
             topic_partitions: topic_partitions.max(1),
-            fingerprint,
+            legacy_fingerprint: legacy::fingerprint(cfg),
             writer: writer_id(),
             producer,
         })
@@ -217,7 +345,12 @@ impl StateStore {
             chunks: chunk_count,
             bytes,
             checksum,
-            fingerprint: self.fingerprint,
+            fingerprint: None,
+            windows: Some(sessionizer.windows().into()),
+            accounts: sessionizer
+                .account_ids()
+                .map(|id| (id.to_owned(), sessionizer.account_settings(id).into()))
+                .collect(),
             next_offset,
             outcomes,
         };
@@ -336,8 +469,27 @@ impl StateStore {
                 partition,
                 reason: e.to_string(),
             })?;
-        let state = assemble(partition, &manifest, chunks, self.fingerprint)?;
+        manifest.check(
+            partition,
+            &Current {
+                windows: windows.into(),
+                accounts,
+                legacy_fingerprint: self.legacy_fingerprint,
+            },
+        )?;
+        let state = assemble(partition, &manifest, chunks)?;
         let sessionizer = Sessionizer::load(windows, accounts.clone(), &state)?;
+        // Written from the same sessionizer, so never seen; checked because
+        // an account missing from the manifest would escape the check above.
+        if let Some(id) = sessionizer
+            .account_ids()
+            .find(|id| manifest.format > 1 && !manifest.accounts.contains_key(*id))
+        {
+            return Err(SnapshotError::Unusable {
+                partition,
+                reason: format!("account {id} of the state missing from the manifest"),
+            });
+        }
         Ok(Some(Restored {
             sessionizer,
             next_offset: manifest.next_offset,
@@ -393,20 +545,8 @@ fn assemble(
     partition: u32,
     manifest: &Manifest,
     mut chunks: HashMap<String, Vec<u8>>,
-    fingerprint: u64,
 ) -> Result<Vec<u8>, SnapshotError> {
     let unusable = |reason: String| SnapshotError::Unusable { partition, reason };
-    if manifest.format != FORMAT || manifest.partition != partition {
-        return Err(unusable(format!(
-            "format {} of partition {}",
-            manifest.format, manifest.partition
-        )));
-    }
-    if manifest.fingerprint != fingerprint {
-        return Err(unusable(
-            "written under other windows or account settings".into(),
-        ));
-    }
     let mut state = Vec::with_capacity(manifest.bytes as usize);
     for i in 0..manifest.chunks {
         let key = chunk_key(partition, manifest.slot, i);
@@ -426,6 +566,36 @@ fn assemble(
         return Err(unusable("checksum mismatch".into()));
     }
     Ok(state)
+}
+
+/// The settings hash of format 1 manifests: the `Debug` text the
+/// `[windows]` and `[[accounts]]` sections had then, written out here so
+/// that settings added to those sections later leave it as it was.
+mod legacy {
+    use wafunnel_runtime::config::Config;
+
+    pub(super) fn fingerprint(cfg: &Config) -> u64 {
+        let w = &cfg.windows;
+        let accounts: Vec<String> = cfg
+            .accounts
+            .iter()
+            .map(|a| {
+                format!(
+                    "AccountConfig {{ id: {:?}, currency: {:?}, time_zone: {:?}, phone_number_ids: {:?} }}",
+                    a.id, a.currency, a.time_zone, a.phone_number_ids
+                )
+            })
+            .collect();
+        let text = format!(
+            "WindowsConfig {{ gap: {:?}, lateness: {:?}, attribution: {:?}, max_partition_skew: {:?} }}|[{}]",
+            w.gap,
+            w.lateness,
+            w.attribution,
+            w.max_partition_skew,
+            accounts.join(", ")
+        );
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    }
 }
 
 /// Cuts the encoded state into chunk records as it is written, so a large
@@ -495,6 +665,8 @@ impl<F: FnMut(&str, &[u8]) -> Result<(), SnapshotError>> Write for ChunkWriter<F
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// Writes `state` through a ChunkWriter; returns its chunks by key and a matching manifest.
@@ -515,7 +687,9 @@ mod tests {
             chunks: count,
             bytes,
             checksum,
-            fingerprint: 42,
+            fingerprint: None,
+            windows: Some(Windows::default().into()),
+            accounts: BTreeMap::new(),
             next_offset: 1000,
             outcomes: Vec::new(),
         };
@@ -536,7 +710,7 @@ mod tests {
         assert!(chunks
             .values()
             .all(|c| c.len() <= ChunkHeader::LEN + CHUNK_BYTES));
-        assert_eq!(assemble(3, &manifest, chunks, 42).expect("usable"), bytes);
+        assert_eq!(assemble(3, &manifest, chunks).expect("usable"), bytes);
     }
 
     #[test]
@@ -544,7 +718,7 @@ mod tests {
         let (chunks, manifest) = stored(&[], 9);
         assert_eq!(manifest.chunks, 1);
         assert_eq!(
-            assemble(3, &manifest, chunks, 42).expect("usable"),
+            assemble(3, &manifest, chunks).expect("usable"),
             Vec::<u8>::new()
         );
     }
@@ -558,25 +732,19 @@ mod tests {
 
         let (mut chunks, manifest) = stored(&bytes, 9);
         chunks.remove("3/1/1");
-        assert!(unusable(assemble(3, &manifest, chunks, 42)));
+        assert!(unusable(assemble(3, &manifest, chunks)));
 
         // Another writer's chunk under the same key (two owners for a moment).
         let (mut chunks, manifest) = stored(&bytes, 9);
         let (other, _) = stored(&bytes, 10);
         chunks.insert("3/1/0".into(), other["3/1/0"].clone());
-        assert!(unusable(assemble(3, &manifest, chunks, 42)));
+        assert!(unusable(assemble(3, &manifest, chunks)));
 
         let (mut chunks, manifest) = stored(&bytes, 9);
         if let Some(chunk) = chunks.get_mut("3/1/1") {
             chunk[ChunkHeader::LEN] ^= 1;
         }
-        assert!(unusable(assemble(3, &manifest, chunks, 42)));
-
-        let (chunks, manifest) = stored(&bytes, 9);
-        assert!(
-            unusable(assemble(3, &manifest, chunks, 43)),
-            "other settings"
-        );
+        assert!(unusable(assemble(3, &manifest, chunks)));
     }
 
     #[test]
@@ -587,5 +755,185 @@ mod tests {
             )))
         });
         assert!(out.write_all(&state(CHUNK_BYTES)).is_err());
+    }
+
+    const CONFIG: &str = r#"
+user_hash_key = "0123456789abcdef-test"
+[kafka]
+bootstrap = "127.0.0.1:9092"
+[topics]
+raw = [{ name = "raw-json" }]
+[clickhouse]
+url = "http://127.0.0.1:8123"
+[windows]
+gap = "3d"
+[[accounts]]
+id = "act_2"
+currency = "BRL"
+time_zone = "America/Sao_Paulo"
+phone_number_ids = ["206540352242922", "206540352242923"]
+[[accounts]]
+id = "act_3"
+currency = "EUR"
+time_zone = "Europe/Madrid"
+"#;
+
+    #[test]
+    fn the_legacy_fingerprint_is_the_one_format_1_wrote() {
+        // Computed by the release writing format 1, from the `Debug` text of
+        // the two sections, for `CONFIG`.
+        let cfg = Config::from_toml(CONFIG).expect("config");
+        assert_eq!(legacy::fingerprint(&cfg), LEGACY_FINGERPRINT);
+    }
+
+    const LEGACY_FINGERPRINT: u64 = 4_633_917_714_653_881_147;
+
+    #[test]
+    fn a_format_1_manifest_is_read_and_used_under_its_own_settings_only() {
+        let cfg = Config::from_toml(CONFIG).expect("config");
+        let accounts = cfg.accounts().expect("accounts");
+        let windows = cfg.windows().expect("windows");
+        // As the release writing format 1 stored it.
+        let json = format!(
+            r#"{{"format":1,"partition":3,"generation":7,"writer":9,"slot":1,"chunks":1,"bytes":0,"checksum":1,"fingerprint":{LEGACY_FINGERPRINT},"next_offset":1000,"outcomes":[{{"source_topic":"raw-json","source_partition":0,"outcome":"applied","records":12}}]}}"#
+        );
+        let manifest: Manifest = serde_json::from_str(&json).expect("format 1 manifest");
+        assert_eq!(manifest.outcomes[0].records, 12);
+        let current = |legacy_fingerprint| Current {
+            windows: windows.into(),
+            accounts: &accounts,
+            legacy_fingerprint,
+        };
+        manifest
+            .check(3, &current(LEGACY_FINGERPRINT))
+            .expect("same settings");
+        assert!(matches!(
+            manifest.check(3, &current(LEGACY_FINGERPRINT ^ 1)),
+            Err(SnapshotError::Unusable { partition: 3, .. })
+        ));
+    }
+
+    fn settings(currency: &str, zone: &str) -> AccountSettings {
+        AccountSettings {
+            currency: wafunnel_core::money::Currency::parse(currency).expect("currency"),
+            time_zone: zone.parse().expect("zone"),
+        }
+    }
+
+    const CURRENCIES: [&str; 3] = ["USD", "EUR", "BRL"];
+    const ZONES: [&str; 3] = ["UTC", "Europe/Madrid", "America/Sao_Paulo"];
+
+    /// A format 2 manifest written for `state` (account ids with settings).
+    fn manifest_of(state: &BTreeMap<String, AccountSettings>, windows: Windows) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            partition: 1,
+            generation: 1,
+            writer: 1,
+            slot: 1,
+            chunks: 1,
+            bytes: 0,
+            checksum: 0,
+            fingerprint: None,
+            windows: Some(windows.into()),
+            accounts: state
+                .iter()
+                .map(|(id, s)| (id.clone(), SavedAccount::from(*s)))
+                .collect(),
+            next_offset: 0,
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn account_settings() -> impl Strategy<Value = AccountSettings> {
+        (0..CURRENCIES.len(), 0..ZONES.len()).prop_map(|(c, z)| settings(CURRENCIES[c], ZONES[z]))
+    }
+
+    proptest! {
+        /// Accounts added to the configuration (listed or not, any
+        /// settings) never make a snapshot unusable; the listed ones of the
+        /// state keep theirs.
+        #[test]
+        fn added_accounts_never_invalidate_a_snapshot(
+            state in proptest::collection::btree_map("act_[0-9]{1,3}", account_settings(), 0..6),
+            added in proptest::collection::btree_map("new_[0-9]{1,3}", account_settings(), 0..6),
+            default in account_settings(),
+        ) {
+            let windows = Windows::default();
+            let manifest = manifest_of(&state, windows);
+            let mut accounts = Accounts { listed: state.clone().into_iter().collect(), default };
+            accounts.listed.extend(added);
+            let current = Current { windows: windows.into(), accounts: &accounts, legacy_fingerprint: 0 };
+            prop_assert!(manifest.check(1, &current).is_ok());
+        }
+
+        /// Another currency or time zone for one account of the state is
+        /// refused, naming that account; windows changed make it unusable.
+        #[test]
+        fn a_changed_account_is_refused_by_name(
+            state in proptest::collection::btree_map("act_[0-9]{1,3}", account_settings(), 1..6),
+            pick in any::<proptest::sample::Index>(),
+            changed in account_settings(),
+        ) {
+            let windows = Windows::default();
+            let manifest = manifest_of(&state, windows);
+            let account = pick.get(&state.keys().cloned().collect::<Vec<_>>()).clone();
+            let mut listed: HashMap<String, AccountSettings> = state.clone().into_iter().collect();
+            listed.insert(account.clone(), changed);
+            let accounts = Accounts { listed, default: AccountSettings::default() };
+            let current = Current { windows: windows.into(), accounts: &accounts, legacy_fingerprint: 0 };
+            match manifest.check(1, &current) {
+                Ok(()) => prop_assert_eq!(state[&account], changed),
+                Err(SnapshotError::AccountSettingsChanged { account: named, saved, configured, .. }) => {
+                    prop_assert_eq!(&named, &account);
+                    prop_assert_eq!(saved, SavedAccount::from(state[&account]));
+                    prop_assert_eq!(configured, SavedAccount::from(changed));
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+            let wider = Windows { gap_ms: windows.gap_ms + 1, ..windows };
+            let current = Current { windows: wider.into(), accounts: &accounts, legacy_fingerprint: 0 };
+            let unusable = matches!(manifest.check(1, &current), Err(SnapshotError::Unusable { .. }));
+            prop_assert!(unusable);
+        }
+    }
+
+    #[test]
+    fn an_unlisted_account_of_the_state_counts_under_the_default_and_keeps_it() {
+        let mut state = BTreeMap::new();
+        state.insert("act_9".to_owned(), AccountSettings::default());
+        let manifest = manifest_of(&state, Windows::default());
+        let mut accounts = Accounts::default();
+        let check = |accounts: &Accounts| {
+            manifest.check(
+                1,
+                &Current {
+                    windows: Windows::default().into(),
+                    accounts,
+                    legacy_fingerprint: 0,
+                },
+            )
+        };
+        check(&accounts).expect("unchanged");
+        accounts
+            .listed
+            .insert("act_9".into(), AccountSettings::default());
+        check(&accounts).expect("listed with the settings it was counted under");
+        accounts
+            .listed
+            .insert("act_9".into(), settings("EUR", "UTC"));
+        let e = check(&accounts).expect_err("changed");
+        assert_eq!(
+            e.to_string(),
+            "account act_9 was counted as USD UTC and is now configured as EUR UTC (internal partition 1): configure USD UTC again, or rebuild as the README's \"Rebuilding after a settings change\" says"
+        );
+    }
+
+    #[test]
+    fn the_old_settings_hash_is_kept_beside_format_1_only() {
+        let json = serde_json::to_string(&manifest_of(&BTreeMap::new(), Windows::default()))
+            .expect("json");
+        assert!(!json.contains("fingerprint"), "{json}");
+        assert!(json.contains(r#""windows":{"gap_ms":604800000"#), "{json}");
     }
 }

@@ -22,6 +22,8 @@ use wafunnel_runtime::kafka::{self, LogContext, TopicLayout};
 use wafunnel_runtime::shutdown::Shutdown;
 use wafunnel_stream::sink::{self, ConversationCh};
 
+#[path = "e2e/accounts.rs"]
+mod accounts;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/grants.rs"]
