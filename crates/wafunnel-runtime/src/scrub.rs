@@ -7,7 +7,10 @@
 //!   stay registered for the life of the process.
 //! - [`scrub`] replaces, in any text, with `<redacted>`:
 //!   - a registered secret, whole or partly (any run of at least
-//!     [`PARTIAL`] of its characters, extended as far as it goes), in its
+//!     [`PARTIAL`] of its characters, extended as far as it goes, unless
+//!     the run is lower-case letters, `_`, `-` and `.` only: a word such as
+//!     `password` in a secret must not hide the setting names of the
+//!     program's own messages), in its
 //!     plain, percent-encoded (either hex case, `+` or `%20` for a space)
 //!     and JSON-escaped forms;
 //!   - whatever the text itself marks as a credential, registered or not:
@@ -103,15 +106,23 @@ impl Scrubber {
         for secret in &self.secrets {
             forms.extend(encodings(secret));
         }
+        // Whole forms first: at one position the alternation takes the
+        // first that matches, and a whole secret is caught even when every
+        // run of it reads as a word.
+        let mut alternatives: Vec<String> = forms.iter().map(|f| regex::escape(f)).collect();
         let mut pieces = BTreeSet::new();
         for form in &forms {
             let chars: Vec<char> = form.chars().collect();
             let n = PARTIAL.min(chars.len());
             for window in chars.windows(n) {
-                pieces.insert(regex::escape(&window.iter().collect::<String>()));
+                let piece: String = window.iter().collect();
+                if !word_like(&piece) {
+                    pieces.insert(regex::escape(&piece));
+                }
             }
         }
-        let alternation = pieces.into_iter().collect::<Vec<_>>().join("|");
+        alternatives.extend(pieces);
+        let alternation = alternatives.join("|");
         self.pieces = regex::RegexBuilder::new(&alternation)
             .size_limit(256 << 20)
             .build()
@@ -142,7 +153,7 @@ impl Scrubber {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         while let Some(found) = pieces.find_at(text, at) {
-            let start = found.start();
+            let mut start = found.start();
             let mut end = found.end();
             for (i, c) in text[found.end()..].char_indices() {
                 let next = found.end() + i + c.len_utf8();
@@ -151,6 +162,14 @@ impl Scrubber {
                 }
                 end = next;
             }
+            // Back over the word-like run a found piece may follow.
+            for (i, _) in text[at..start].char_indices().rev() {
+                let before = at + i;
+                if !self.forms.iter().any(|f| f.contains(&text[before..end])) {
+                    break;
+                }
+                start = before;
+            }
             out.push_str(&text[at..start]);
             out.push_str(REDACTED);
             at = end;
@@ -158,6 +177,16 @@ impl Scrubber {
         out.push_str(&text[at..]);
         out
     }
+}
+
+/// Whether a run of a secret reads as a word of the program's own text
+/// (lower-case letters, `_`, `-`, `.`: `sasl_password`, `not-the-`): such a
+/// run alone is no part of a secret worth hiding at the cost of every
+/// setting name that contains it.
+fn word_like(piece: &str) -> bool {
+    piece
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The ways `secret` may be written: plain, percent-encoded, form-encoded,
@@ -329,6 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn a_word_inside_a_secret_leaves_setting_names_readable() {
+        let s = Scrubber::new(["not-the-password-4711", "correcthorsebattery"]);
+        let text = "refused (check kafka.sasl_password and the ssl_* settings)";
+        assert_eq!(s.scrub(text), text);
+        assert_eq!(
+            s.scrub("login not-the-password-4711 refused"),
+            "login <redacted> refused"
+        );
+        assert_eq!(
+            s.scrub("the tail the-password-4711 and the word correcthorsebattery"),
+            "the tail <redacted> and the word <redacted>"
+        );
+    }
+
+    #[test]
     fn short_secrets_are_not_registered_and_clean_text_is_borrowed() {
         let s = Scrubber::new(["abc", ""]);
         assert!(s.pieces.is_none());
@@ -372,13 +416,14 @@ mod tests {
         }
 
         #[test]
-        fn a_part_of_a_secret_never_survives(
+        fn a_part_of_a_secret_never_survives_unless_it_reads_as_a_word(
             secret in "[a-zA-Z0-9_-]{16,60}",
             from in 0usize..8,
             before in "[ a-z:]{0,20}",
         ) {
             let s = Scrubber::new([secret.as_str()]);
             let part = &secret[from..from + PARTIAL];
+            prop_assume!(!word_like(part));
             let text = format!("{before} {part}");
             let out = s.scrub(&text);
             prop_assert!(!out.contains(part), "{part:?} survives in {out:?}");

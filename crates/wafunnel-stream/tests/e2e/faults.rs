@@ -72,6 +72,35 @@ async fn a_check_before_and_during_a_backfill_changes_no_number() {
     );
 }
 
+/// Waits until the ingest group has `members` members and its partitions
+/// are assigned.
+async fn wait_for_stable_group(env_: &Env, members: usize) {
+    let consumer: rdkafka::consumer::BaseConsumer<LogContext> =
+        kafka::create(&kafka::client_config(&env_.cfg.kafka)).expect("consumer");
+    let group = &env_.cfg.kafka.ingest_group;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = rdkafka::consumer::Consumer::fetch_group_list(
+            &consumer,
+            Some(group),
+            Duration::from_secs(5),
+        );
+        let ready = list.as_ref().is_ok_and(|list| {
+            list.groups()
+                .iter()
+                .any(|g| g.state() == "Stable" && g.members().len() == members)
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ingest group {group} never had {members} members assigned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An ingest instance of the test's group, running in this process.
 fn start_ingest(
     toml: &str,
@@ -92,7 +121,11 @@ async fn ingest_instances_joining_and_leaving_forward_every_record_once() {
     let env_ = Env::new("threeingest", 4, 2).await;
     let lines = generated(30_000);
     let (tables, outcomes) = reference(&env_, &lines);
-    env_.produce(&env_.raw, 4, &lines).await;
+    // A third of the log first, the rest once all three have their
+    // partitions: how fast the first instance reads must not decide whether
+    // the others get any work.
+    let (head, rest) = lines.split_at(lines.len() / 3);
+    env_.produce(&env_.raw, 4, head).await;
     let first = Pipeline::start(&env_);
     // Let the first one commit some batches before the others join: each
     // join takes partitions away from it in the middle of the stream.
@@ -102,7 +135,8 @@ async fn ingest_instances_joining_and_leaving_forward_every_record_once() {
     let second = start_ingest(&env_.toml_again());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let third = start_ingest(&env_.toml_again());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for_stable_group(&env_, 3).await;
+    env_.produce(&env_.raw, 4, rest).await;
     // One leaves while the others work: its partitions move to them.
     second.0.stop();
     let second = second.1.await.expect("join").expect("second ingest");

@@ -220,10 +220,13 @@ async fn a_client_reads_nothing_of_another_account_whatever_it_tries() {
     let dir = std::env::temp_dir().join(format!("wafunnel-isolation-{pid}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("wafunnel.toml");
+    // The suite's thousand attempts, most refused, would use up the default
+    // hourly quota of errors, and every later attempt would then be refused
+    // by the quota instead of by the rights this suite tests.
     std::fs::write(
         &config,
         format!(
-            "{}\n[clients.a]\naccounts = [\"{a_account}\"]\nnetworks = [\"127.0.0.1\", \"::1\"]\n[clients.b]\naccounts = [\"{b_account}\"]\nnetworks = [\"127.0.0.1\", \"::1\"]\n",
+            "{}\n[client_limits]\nquota_queries = 0\nquota_errors = 0\n[clients.a]\naccounts = [\"{a_account}\"]\nnetworks = [\"127.0.0.1\", \"::1\"]\n[clients.b]\naccounts = [\"{b_account}\"]\nnetworks = [\"127.0.0.1\", \"::1\"]\n",
             env_.toml_again()
         ),
     )
