@@ -32,6 +32,11 @@
 //!   there is the one dead-lettered. So a dead letter can be re-driven for
 //!   as long as its raw topic keeps the record (its `retention.ms`); the
 //!   raw topic of webhooks holds bodies as the receiver stored them.
+//! - A re-driven dead letter is marked by a record on its own dead-letter
+//!   partition with the [`REDRIVEN`] header (its offset) and its source
+//!   headers, written in the re-drive's transaction: the marker tells a
+//!   later re-drive to skip it, and sessionize to count its record in its
+//!   new outcome instead of as dead-lettered.
 
 use wafunnel_avro::Format;
 use wafunnel_core::config::UserHasher;
@@ -41,6 +46,20 @@ use wafunnel_core::event::Rejection;
 pub const ORIGINAL_SIZE: &str = "wafunnel.original.size";
 /// Header: a keyed BLAKE3 digest of the original payload, when the payload is not it.
 pub const ORIGINAL_DIGEST: &str = "wafunnel.original.digest";
+
+/// Header of a re-drive marker: the offset of the dead letter re-driven,
+/// on the marker's own partition.
+pub const REDRIVEN: &str = "wafunnel.redriven";
+
+/// Whether `raw`, read back at a dead letter's source, is the record it
+/// was made from: by the digest when its payload is not the original,
+/// else by the payload itself.
+pub fn is_original(raw: &[u8], payload: &[u8], digest: Option<&str>, hasher: &UserHasher) -> bool {
+    match digest {
+        Some(digest) => hasher.digest(raw) == digest,
+        None => raw == payload,
+    }
+}
 
 /// Fields of an insights row (section 6.2), breakdowns included: a
 /// breakdown row is dead-lettered for its breakdown field.
@@ -343,6 +362,24 @@ mod tests {
             }
             assert_eq!(out.original.map(|(size, _)| size), Some(body.len()));
         }
+    }
+
+    #[test]
+    fn a_record_read_back_is_recognised_by_its_digest_or_its_bytes() {
+        let raw = br#"{"type":"ad_click","user_id":"+55 11 99999-9999"}"#;
+        let written = payload(raw, Format::Json, POLICY, &hasher());
+        let (_, digest) = written.original.expect("reduced");
+        assert!(is_original(raw, &written.bytes, Some(&digest), &hasher()));
+        let other = br#"{"type":"ad_click","user_id":"+55 11 99999-9998"}"#;
+        assert!(!is_original(
+            other,
+            &written.bytes,
+            Some(&digest),
+            &hasher()
+        ));
+        let kept = br#"{"type":"x"}"#;
+        assert!(is_original(kept, kept, None, &hasher()));
+        assert!(!is_original(other, kept, None, &hasher()));
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //!   offsets with the consumer's group metadata, so an instance the group
 //!   has moved on from cannot commit (KIP-447). Two running instances given
 //!   one `kafka.ingest_instance` fence each other: the fenced one stops.
+//! - Deciding a record and writing its outputs ([`Route`]) is the same for
+//!   a record re-driven from its dead letter ([`crate::redrive`]).
 //! - A `wafunnel check` canary is forwarded in its partition's order but
 //!   takes no part in the alignment, so a check never holds a partition
 //!   back or makes an event late.
@@ -125,7 +127,7 @@ impl Classify for IngestError {
 
 /// The result of deciding one record. Events are kept as events: they are
 /// encoded when produced, into buffers reused for the whole batch.
-enum Decision {
+pub(crate) enum Decision {
     Forward {
         event: Event,
     },
@@ -175,23 +177,29 @@ pub struct IngestCounts {
     pub ignored: u64,
 }
 
-struct Ingest {
-    consumer: StreamConsumer<GroupContext>,
-    producer: forward::Producer,
+/// What decides a raw record and writes its outputs: the same for ingest
+/// and for a re-drive.
+pub(crate) struct Route {
     decoders: HashMap<String, Decoder<HttpRegistry>>,
     accounts: Accounts,
     hasher: UserHasher,
     internal: String,
     dead_letter: String,
+    dead_letters: dead_letter::Policy,
+    phone_numbers: wafunnel_meta::PhoneNumbers,
+}
+
+struct Ingest {
+    consumer: StreamConsumer<GroupContext>,
+    producer: forward::Producer,
+    route: Route,
     max_records: usize,
     flush_interval: Duration,
     counts: IngestCounts,
     alignment: Alignment,
     positions: AlignmentTopic,
-    dead_letters: dead_letter::Policy,
     transactional_id: String,
     producer_config: rdkafka::ClientConfig,
-    phone_numbers: wafunnel_meta::PhoneNumbers,
 }
 
 /// Runs ingest until `shutdown` stops it: the batch in hand is committed
@@ -309,42 +317,15 @@ impl Ingest {
         let positions = AlignmentTopic::open(cfg, partitions).await?;
         let topics: Vec<&str> = cfg.topics.raw.iter().map(|t| t.name.as_str()).collect();
         consumer.subscribe(&topics)?;
-        let registry = match &cfg.schema_registry {
-            Some(r) => {
-                Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
-            }
-            None => None,
-        };
-        let mut decoders = HashMap::new();
-        for topic in &cfg.topics.raw {
-            let decoder = Decoder::new(
-                topic.format,
-                AvroCodec::new(),
-                registry.clone().map(CachingRegistry::new),
-            )
-            .map_err(|e| IngestError::Config(format!("topic {}: {e}", topic.name)))?;
-            decoders.insert(topic.name.clone(), decoder);
-        }
         Ok(Ingest {
             consumer,
             producer,
-            decoders,
-            accounts: cfg
-                .accounts()
-                .map_err(|e| IngestError::Config(e.to_string()))?,
-            hasher: UserHasher::new(cfg.user_hash_key()),
-            internal: cfg.topics.internal.clone(),
-            dead_letter: cfg.topics.dead_letter.clone(),
+            route: Route::new(cfg)?,
             max_records: cfg.batch.max_records,
             flush_interval: Duration::from_millis(cfg.batch.flush_interval_ms),
             counts: IngestCounts::default(),
-            dead_letters: dead_letter::Policy {
-                keep_raw_user_ids: cfg.dead_letter.keep_raw_user_ids,
-                max_payload_bytes: cfg.dead_letter.max_payload_bytes,
-            },
             transactional_id,
             producer_config,
-            phone_numbers: wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers()),
             alignment: Alignment::new(
                 cfg.max_partition_skew_ms()
                     .map_err(|e| IngestError::Config(e.to_string()))?,
@@ -671,7 +652,7 @@ impl Ingest {
     ) -> Result<Decision, IngestError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.decide(message).await {
+            match self.route.decide(message, None).await {
                 Err(IngestError::Decode(e)) => {
                     // Consumption waits: good records are never dead-lettered for this.
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, retrying");
@@ -683,78 +664,6 @@ impl Ingest {
                 other => return other,
             }
         }
-    }
-
-    async fn decide(&self, message: &OwnedMessage) -> Result<Decision, IngestError> {
-        let Some(bytes) = message.payload() else {
-            return Ok(Decision::DeadLetter {
-                reason: "malformed",
-                detail: "record has no value".into(),
-            });
-        };
-        let Some(decoder) = self.decoders.get(message.topic()) else {
-            return Err(IngestError::Config(format!(
-                "no decoder for topic {}",
-                message.topic()
-            )));
-        };
-        let record_time = message.timestamp().to_millis();
-        let now = record_time.unwrap_or_else(wall_clock_ms);
-        let raw = match decoder.format() {
-            Format::WhatsappWebhook => return self.decide_webhook(bytes, now),
-            Format::MetaInsights => {
-                match wafunnel_meta::insights_row(bytes, record_time, &self.accounts) {
-                    Ok(raw) => raw,
-                    Err(rejection) => return Ok(dead_letter(&rejection)),
-                }
-            }
-            _ => match decoder.decode(bytes).await {
-                Ok(raw) => raw,
-                Err(e) if e.is_retryable() => return Err(IngestError::Decode(e)),
-                Err(e) => {
-                    return Ok(Decision::DeadLetter {
-                        reason: e.code(),
-                        detail: dead_letter::detail_text(&e.to_string()),
-                    })
-                }
-            },
-        };
-        match raw.validate(&self.accounts, &self.hasher, now) {
-            Ok(event) if event.account_id == CANARY_ACCOUNT => Ok(Decision::Canary { event }),
-            Ok(event) => Ok(Decision::Forward { event }),
-            Err(rejection) => Ok(dead_letter(&rejection)),
-        }
-    }
-
-    /// A webhook body: rejected whole, ignored, or its events each
-    /// forwarded or dead-lettered (docs/SEMANTICS.md section 6.1).
-    fn decide_webhook(&self, bytes: &[u8], now: i64) -> Result<Decision, IngestError> {
-        let raws = match wafunnel_meta::normalize_webhook(bytes, &self.phone_numbers) {
-            Ok(raws) if raws.is_empty() => return Ok(Decision::Ignored),
-            Ok(raws) => raws,
-            Err(rejection) => return Ok(dead_letter(&rejection)),
-        };
-        let mut events = Vec::with_capacity(raws.len());
-        let mut rejected = Vec::new();
-        let mut event_time = i64::MIN;
-        for (i, raw) in raws.iter().enumerate() {
-            match raw.validate(&self.accounts, &self.hasher, now) {
-                Ok(event) => {
-                    event_time = event_time.max(event.time);
-                    events.push(event);
-                }
-                Err(rejection) => rejected.push((
-                    rejection.code(),
-                    format!("event {i} of the body: {}", dead_letter::detail(&rejection)),
-                )),
-            }
-        }
-        // With only rejected events there is no time to align on: MIN holds nobody.
-        Ok(Decision::Many {
-            events,
-            rejected,
-            event_time,
-        })
     }
 
     /// Resolves a failed transaction: aborted if the producer can, else the
@@ -871,7 +780,7 @@ impl Ingest {
         shutdown: &Shutdown,
     ) -> Result<IngestCounts, IngestError> {
         kafka::blocking(|| self.producer.begin_transaction())?;
-        let counts = self.produce_batch(batch)?;
+        let counts = self.route.produce_batch(&self.producer, batch)?;
         let offsets = next_offsets(batch)?;
         let group = self
             .consumer
@@ -898,11 +807,170 @@ impl Ingest {
         }
         Ok(counts)
     }
+}
+
+impl Route {
+    /// The route of `cfg`'s raw topics, accounts and dead-letter policy.
+    pub(crate) fn new(cfg: &Config) -> Result<Route, IngestError> {
+        let registry = match &cfg.schema_registry {
+            Some(r) => {
+                Some(HttpRegistry::new(&r.url).map_err(|e| IngestError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut decoders = HashMap::new();
+        for topic in &cfg.topics.raw {
+            let decoder = Decoder::new(
+                topic.format,
+                AvroCodec::new(),
+                registry.clone().map(CachingRegistry::new),
+            )
+            .map_err(|e| IngestError::Config(format!("topic {}: {e}", topic.name)))?;
+            decoders.insert(topic.name.clone(), decoder);
+        }
+        Ok(Route {
+            decoders,
+            accounts: cfg
+                .accounts()
+                .map_err(|e| IngestError::Config(e.to_string()))?,
+            hasher: UserHasher::new(cfg.user_hash_key()),
+            internal: cfg.topics.internal.clone(),
+            dead_letter: cfg.topics.dead_letter.clone(),
+            dead_letters: dead_letter::Policy {
+                keep_raw_user_ids: cfg.dead_letter.keep_raw_user_ids,
+                max_payload_bytes: cfg.dead_letter.max_payload_bytes,
+            },
+            phone_numbers: wafunnel_meta::PhoneNumbers::new(cfg.phone_numbers()),
+        })
+    }
+
+    /// Decides `message`, validated at `clock` (default: its own timestamp).
+    pub(crate) async fn decide(
+        &self,
+        message: &OwnedMessage,
+        clock: Option<i64>,
+    ) -> Result<Decision, IngestError> {
+        let Some(bytes) = message.payload() else {
+            return Ok(Decision::DeadLetter {
+                reason: "malformed",
+                detail: "record has no value".into(),
+            });
+        };
+        let Some(decoder) = self.decoders.get(message.topic()) else {
+            return Err(IngestError::Config(format!(
+                "no decoder for topic {}",
+                message.topic()
+            )));
+        };
+        let record_time = message.timestamp().to_millis();
+        let now = clock.or(record_time).unwrap_or_else(wall_clock_ms);
+        let raw = match decoder.format() {
+            Format::WhatsappWebhook => return self.decide_webhook(bytes, now),
+            Format::MetaInsights => {
+                match wafunnel_meta::insights_row(bytes, record_time, &self.accounts) {
+                    Ok(raw) => raw,
+                    Err(rejection) => return Ok(dead_letter(&rejection)),
+                }
+            }
+            _ => match decoder.decode(bytes).await {
+                Ok(raw) => raw,
+                Err(e) if e.is_retryable() => return Err(IngestError::Decode(e)),
+                Err(e) => {
+                    return Ok(Decision::DeadLetter {
+                        reason: e.code(),
+                        detail: dead_letter::detail_text(&e.to_string()),
+                    })
+                }
+            },
+        };
+        match raw.validate(&self.accounts, &self.hasher, now) {
+            Ok(event) if event.account_id == CANARY_ACCOUNT => Ok(Decision::Canary { event }),
+            Ok(event) => Ok(Decision::Forward { event }),
+            Err(rejection) => Ok(dead_letter(&rejection)),
+        }
+    }
+
+    /// Event `index` of webhook body `message` alone, decided as ingest
+    /// decides it within its body: the re-drive of one rejected event of a
+    /// body whose other events were forwarded.
+    pub(crate) fn decide_body_event(
+        &self,
+        message: &OwnedMessage,
+        index: usize,
+        now: i64,
+    ) -> Decision {
+        let bytes = message.payload().unwrap_or_default();
+        let raws = match wafunnel_meta::normalize_webhook(bytes, &self.phone_numbers) {
+            Ok(raws) => raws,
+            Err(rejection) => return dead_letter(&rejection),
+        };
+        let Some(raw) = raws.get(index) else {
+            return Decision::DeadLetter {
+                reason: "malformed",
+                detail: format!("the body has no event {index}"),
+            };
+        };
+        match raw.validate(&self.accounts, &self.hasher, now) {
+            Ok(event) => Decision::Many {
+                event_time: event.time,
+                events: vec![event],
+                rejected: Vec::new(),
+            },
+            Err(rejection) => Decision::Many {
+                events: Vec::new(),
+                rejected: vec![(
+                    rejection.code(),
+                    format!(
+                        "event {index} of the body: {}",
+                        dead_letter::detail(&rejection)
+                    ),
+                )],
+                event_time: i64::MIN,
+            },
+        }
+    }
+
+    /// The key that hashes user ids and digests dead-lettered payloads.
+    pub(crate) fn hasher(&self) -> &UserHasher {
+        &self.hasher
+    }
+
+    /// A webhook body: rejected whole, ignored, or its events each
+    /// forwarded or dead-lettered (docs/SEMANTICS.md section 6.1).
+    fn decide_webhook(&self, bytes: &[u8], now: i64) -> Result<Decision, IngestError> {
+        let raws = match wafunnel_meta::normalize_webhook(bytes, &self.phone_numbers) {
+            Ok(raws) if raws.is_empty() => return Ok(Decision::Ignored),
+            Ok(raws) => raws,
+            Err(rejection) => return Ok(dead_letter(&rejection)),
+        };
+        let mut events = Vec::with_capacity(raws.len());
+        let mut rejected = Vec::new();
+        let mut event_time = i64::MIN;
+        for (i, raw) in raws.iter().enumerate() {
+            match raw.validate(&self.accounts, &self.hasher, now) {
+                Ok(event) => {
+                    event_time = event_time.max(event.time);
+                    events.push(event);
+                }
+                Err(rejection) => rejected.push((
+                    rejection.code(),
+                    format!("event {i} of the body: {}", dead_letter::detail(&rejection)),
+                )),
+            }
+        }
+        // With only rejected events there is no time to align on: MIN holds nobody.
+        Ok(Decision::Many {
+            events,
+            rejected,
+            event_time,
+        })
+    }
 
     /// Produces the outputs of `batch` into the open transaction: events and
     /// markers to the internal topic, rejections to the dead-letter topic.
-    fn produce_batch(
+    pub(crate) fn produce_batch(
         &self,
+        producer: &forward::Producer,
         batch: &[(OwnedMessage, Decision)],
     ) -> Result<IngestCounts, IngestError> {
         let mut counts = IngestCounts::default();
@@ -916,7 +984,7 @@ impl Ingest {
             let mut forward = |event: &Event| {
                 let (key, payload) = encoder.event(&source, event);
                 forward::send(
-                    &self.producer,
+                    producer,
                     BaseRecord::to(&self.internal).key(key).payload(payload),
                 )
             };
@@ -934,20 +1002,20 @@ impl Ingest {
                         forward(event)?;
                     }
                     for (reason, detail) in rejected {
-                        self.send_dead_letter(message, reason, detail)?;
+                        self.send_dead_letter(producer, message, reason, detail)?;
                     }
                 }
                 Decision::Ignored => {
                     counts.ignored += 1;
                     let (key, payload) = encoder.ignored(&source);
                     forward::send(
-                        &self.producer,
+                        producer,
                         BaseRecord::to(&self.internal).key(key).payload(payload),
                     )?;
                 }
                 Decision::DeadLetter { reason, detail } => {
                     counts.dead_lettered += 1;
-                    self.send_dead_letter(message, reason, detail)?;
+                    self.send_dead_letter(producer, message, reason, detail)?;
                 }
             }
         }
@@ -956,6 +1024,7 @@ impl Ingest {
 
     fn send_dead_letter(
         &self,
+        producer: &forward::Producer,
         message: &OwnedMessage,
         reason: &'static str,
         detail: &str,
@@ -965,7 +1034,7 @@ impl Ingest {
         if let Some(key) = &key {
             record = record.key(key);
         }
-        forward::send(&self.producer, record)?;
+        forward::send(producer, record)?;
         Ok(())
     }
 
@@ -1068,7 +1137,7 @@ fn dead_letter(rejection: &Rejection) -> Decision {
     }
 }
 
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -33,6 +33,7 @@ pub mod grants;
 mod in_flight;
 pub mod ingest;
 pub mod internal;
+pub mod redrive;
 pub mod sessionize;
 pub mod sink;
 pub mod state;

@@ -236,6 +236,16 @@ impl DeadLetterWorker {
         self.next_offset = offset + 1;
         self.dirty = true;
     }
+
+    /// A re-drive marker: its dead letter's record is counted again in its
+    /// new outcome, so it no longer counts as dead-lettered. The marker
+    /// follows its dead letter on the same partition, so the count holds it.
+    fn uncount(&mut self, source: SourceKey, offset: i64) {
+        let count = self.counts.entry(source).or_default();
+        *count = count.saturating_sub(1);
+        self.next_offset = offset + 1;
+        self.dirty = true;
+    }
 }
 
 /// How a dead letter is counted: its source, reason and day, and for
@@ -885,6 +895,10 @@ pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<u64, SessionizeErro
                 }
                 in_batch += 1;
                 processed += 1;
+                if kafka::header(&message, crate::dead_letter::REDRIVEN).is_some() {
+                    worker.uncount(source(&message), message.offset());
+                    continue;
+                }
                 worker.count(dead_letter(&message), message.offset());
                 metrics().sessionize_dead_lettered.inc();
                 continue;
@@ -1407,6 +1421,31 @@ mod tests {
         let (again, committed) = owned.take_batch("events", "dead");
         assert!(again.is_empty(), "nothing changed since");
         assert_eq!(committed.count(), 0);
+    }
+
+    #[test]
+    fn a_re_drive_marker_takes_its_record_off_the_dead_lettered_count() {
+        let mut worker = DeadLetterWorker {
+            restored: true,
+            ..DeadLetterWorker::default()
+        };
+        let source = || ("raw".to_owned(), 0);
+        let letter = || DeadLetter {
+            source: source(),
+            reason: ("unknown_phone_number".to_owned(), 20514),
+            unknown_number: Some("406540352242922".into()),
+            seconds: 0,
+        };
+        worker.count(letter(), 0);
+        worker.count(letter(), 1);
+        worker.dirty = false;
+        worker.uncount(source(), 2);
+        assert_eq!(worker.counts[&source()], 1);
+        assert_eq!(worker.next_offset, 3);
+        assert!(worker.dirty, "the lower count is written");
+        // The dead letters stay in the reasons and unknown numbers they had.
+        assert_eq!(worker.reasons.values().map(|t| t.records).sum::<u64>(), 2);
+        assert_eq!(worker.unknown_numbers["406540352242922"].bodies, 2);
     }
 
     #[test]

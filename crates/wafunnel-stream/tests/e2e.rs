@@ -36,6 +36,8 @@ mod isolation;
 mod limits;
 #[path = "e2e/ops.rs"]
 mod ops;
+#[path = "e2e/redrive.rs"]
+mod redrive;
 #[path = "e2e/webhook.rs"]
 mod webhook;
 

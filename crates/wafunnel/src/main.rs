@@ -15,7 +15,9 @@
 //!   receives Meta's webhooks and `capi` sends the Conversions API exports
 //!   (see `wafunnel-webhook` and `wafunnel-capi`); `grants` gives each
 //!   client of the agency a read-only ClickHouse user that sees its own
-//!   accounts only (see `wafunnel_stream::grants`).
+//!   accounts only (see `wafunnel_stream::grants`); `redrive` re-processes
+//!   dead letters once the configuration is fixed (see
+//!   `wafunnel_stream::redrive`).
 
 mod html;
 mod offline;

@@ -59,6 +59,29 @@ pub(crate) enum ServiceCommand {
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
     },
+    /// Re-process dead letters once the configuration that rejected them is fixed
+    /// (each at most once): read back from their raw topic, decided again as if they arrived now.
+    Redrive {
+        /// A reason to re-drive (repeatable; default: the reasons a configuration fixes,
+        /// `unknown_phone_number`). Malformed records only when named here.
+        #[arg(long = "reason", value_name = "REASON")]
+        reasons: Vec<String>,
+        /// A source raw topic to re-drive from (repeatable; default: every one).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Only dead letters written at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only dead letters written before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// List what would be re-driven and what each would become; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Dead letters re-driven per Kafka transaction.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+    },
     /// Check the broker, the topics and ClickHouse, then send a canary event end to end.
     Check {
         /// Create missing topics.
@@ -225,6 +248,39 @@ pub(crate) async fn run(command: ServiceCommand, config_path: &Path) -> anyhow::
                     }
                     _ => fatal("capi", e.fault(), &e),
                 })?;
+        }
+        ServiceCommand::Redrive {
+            reasons,
+            topics,
+            from,
+            to,
+            dry_run,
+            batch_size,
+        } => {
+            let selection = wafunnel_stream::redrive::Selection {
+                reasons,
+                topics,
+                from_ms: from.map(|t| t.timestamp_millis()),
+                to_ms: to.map(|t| t.timestamp_millis()),
+            };
+            let counts = wafunnel_stream::redrive::run(
+                &cfg,
+                &selection,
+                dry_run,
+                batch_size,
+                &mut std::io::stdout().lock(),
+            )
+            .await
+            .map_err(|e| fatal("redrive", e.fault(), &e))?;
+            println!(
+                "{} {} dead letter(s): {} event(s) forwarded, {} dead-lettered again; {} re-driven before, {} no longer in their raw topic",
+                if dry_run { "would re-drive" } else { "re-drove" },
+                counts.redriven,
+                counts.forwarded,
+                counts.dead_lettered,
+                counts.already,
+                counts.gone
+            );
         }
         ServiceCommand::Check {
             create_topics,
